@@ -1,0 +1,32 @@
+# Two commands for a new user: `make demo` and `make test`. `make dev` opens the Dagster UI on
+# the same instance `make demo` used (DAGSTER_HOME = this folder, state under .state/).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: install demo test dev validate clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/compound-learning demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+dev: install
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+validate: install
+	$(BIN)/dagster definitions validate -w workspace.yaml
+
+clean:
+	rm -rf .state

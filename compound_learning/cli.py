@@ -1,0 +1,351 @@
+"""The ``compound-learning`` command. Every query command prints JSON with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+from compound_learning.config import load_settings
+from compound_learning.core.contract import ContractError
+
+
+def _store():
+    from compound_learning.storage.store import get_store
+
+    return get_store(load_settings().database_url)
+
+
+def _print(obj, as_json: bool, human=None) -> None:
+    if as_json or human is None:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        human(obj)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from None
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_simulate(args) -> int:
+    from compound_learning.core.simulate import WorldConfig, simulate
+
+    cfg = WorldConfig(days=args.days, accounts=args.accounts, creatives_per_account=args.creatives,
+                      seed=args.seed, effect_scale=args.effect_scale, null=args.null, start=args.start,
+                      drift=args.drift)
+    data, truth = simulate(cfg)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    data.to_csv(args.out, index=False)
+    if args.truth:
+        Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.truth).write_text(json.dumps(truth, indent=2))
+    summary = {"rows": len(data), "days": args.days, "accounts": args.accounts, "out": args.out,
+               "truth": args.truth, "first_day": data["date"].min(), "last_day": data["date"].max()}
+    _print(summary, args.json, lambda s: print(f"wrote {s['rows']} rows ({s['first_day']}..{s['last_day']}) to {s['out']}"
+                                              + (f", truth to {s['truth']}" if s["truth"] else "")))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from compound_learning.ingestion import ingest_file
+
+    try:
+        summary = ingest_file(args.file)
+    except ContractError as exc:
+        print(f"error: {exc} (nothing was written)", file=sys.stderr)
+        return 2
+
+    def human(s):
+        print(f"{s['source']}: accepted {s['accepted']} (new {s['inserted']}, replaced {s['replaced']}, "
+              f"unchanged {s['unchanged']}), rejected {s['rejected']}; batch {s['batch_id']}")
+        for reason, n in s["rejected_by_reason"].items():
+            print(f"  rejected {n}: {reason}")
+        if s["days_touched"]:
+            print(f"  days touched: {s['days_touched'][0]} .. {s['days_touched'][-1]} ({len(s['days_touched'])})")
+    _print(summary, args.json, human)
+    return 0
+
+
+def dagster_instance():
+    """The persistent instance (``DAGSTER_HOME``, else ./dagster.yaml's folder), else ephemeral."""
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME") and Path("dagster.yaml").exists():
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    print("note: DAGSTER_HOME is not set; runs go to an ephemeral instance the UI will not show", file=sys.stderr)
+    return DagsterInstance.ephemeral()
+
+
+def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING") -> dict:
+    """Materialize the daily lineage graph for [start, end] as one run (single-run backfill)."""
+    from compound_learning.definitions import defs
+    from compound_learning.orchestration.partitions import daily_partitions
+    from compound_learning.orchestration.sensors import record_cycle_run
+
+    if end < start:
+        raise ValueError(f"--end {end} is before --start {start}")
+    keys = daily_partitions.get_partition_keys()
+    for d in (start, end):
+        if d.isoformat() not in keys:
+            first, last = (keys[0], keys[-1]) if keys else ("-", "-")
+            raise ValueError(f"{d} is not a complete daily partition (partitions run {first} .. {last})")
+    instance = instance or dagster_instance()
+    job = defs.resolve_job_def("daily_learning_cycle")
+    tags = ({"dagster/partition": start.isoformat()} if start == end else
+            {"dagster/asset_partition_range_start": start.isoformat(),
+             "dagster/asset_partition_range_end": end.isoformat()})
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id)
+    status = "SUCCESS" if result.success else "FAILURE"
+    message = ""
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_failure]
+        message = failures[0].message if failures else "run failed"
+    record_cycle_run(instance, _store(), run, status, message or "")
+    return {"run_id": result.run_id, "status": status, "start": str(start), "end": str(end),
+            "days": (end - start).days + 1, "message": message}
+
+
+def cmd_cycle(args) -> int:
+    try:
+        out = run_cycle(args.start, args.end or args.start)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(out, args.json, lambda o: print(f"run {o['run_id']}: {o['status']} for {o['start']}..{o['end']} "
+                                           f"({o['days']} days) {o['message']}"))
+    return 0 if out["status"] == "SUCCESS" else 1
+
+
+def _fmt_pattern(p: dict) -> str:
+    attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
+    lift = "n/a" if p["lift"] is None else f"{p['lift']:+.1%}"
+    ci = "" if p["ci_low"] is None else f" [{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]"
+    q = "" if p["q_value"] is None else f" q={p['q_value']:.3g}"
+    sup = p["support"]
+    return (f"{p['metric']:>4}  {attrs:<40} {lift:>8}{ci:<22}{q:<12} {p['state']:<17} "
+            f"creatives={sup.get('creatives')} accounts={sup.get('accounts')} clicks={sup.get('clicks')}")
+
+
+def cmd_patterns(args) -> int:
+    from compound_learning import queries
+
+    try:
+        items = queries.patterns(_store(), account_id=args.account, pattern_type=args.type, metric=args.metric,
+                                 state=args.state, min_confidence=args.min_confidence, limit=args.limit)
+    except queries.QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(items, args.json, lambda xs: print("\n".join(map(_fmt_pattern, xs)) or "no patterns (run a cycle first?)"))
+    return 0
+
+
+def cmd_knowledge_graph(args) -> int:
+    from compound_learning import queries
+
+    graph = queries.knowledge_graph(_store(), limit=args.limit)
+
+    def human(g):
+        print(f"knowledge graph as of {g['as_of']}: {len(g['nodes'])} nodes, {len(g['relationships'])} relationships")
+        for n in g["nodes"]:
+            print(f"  {n['node_type']:<16} {n['label']:<45} confidence={n['confidence']:.3f} importance={n['importance']:.3f}")
+        for r in g["relationships"]:
+            print(f"  {r['source']} -[{r['type']}{'/' + r['metric'] if r['metric'] else ''}]-> {r['target']}")
+    _print(graph, args.json, human)
+    return 0
+
+
+def cmd_trajectory(args) -> int:
+    from compound_learning import queries
+
+    try:
+        traj = queries.trajectory(_store(), args.account)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def human(x):
+        print(f"{x['account_id']} as of {x['as_of']}: {x['learning_status']} (model {x['model']})")
+        if x["initial_roas"] is not None:
+            print(f"  ROAS initial {x['initial_roas']:.3f} -> current {x['current_roas']:.3f}")
+        for h in (30, 90, 365):
+            p, ci = x[f"projected_{h}d_roas"], x[f"projected_{h}d_roas_ci"]
+            if p is not None:
+                print(f"  projected {h:>3}d ROAS {p:.3f}  95% [{ci[0]:.3f}, {ci[1]:.3f}]")
+        print(f"  on track for 10x: {x['on_track_for_10x']}")
+    _print(traj, args.json, human)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from compound_learning import queries
+
+    try:
+        creative = json.loads(args.creative)
+        result = queries.score(_store(), args.account, creative)
+    except json.JSONDecodeError as exc:
+        print(f"error: --creative is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except (LookupError, queries.QueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(result, True)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from compound_learning import queries
+
+    try:
+        dash = queries.dashboard(_store(), args.account)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def human(d):
+        if d.get("trajectory"):
+            tr = d["trajectory"]
+            print(f"== {d['account_id']}: {tr['learning_status']}, ROAS {tr['initial_roas']:.3f} -> {tr['current_roas']:.3f}")
+        print("== significant patterns")
+        print("\n".join(map(_fmt_pattern, d["top_patterns"])) or "  none yet")
+        print("== cross-account insights (>= 5 accounts)")
+        for i in d["cross_account_insights"]:
+            print(f"  {i['metric']:>4} {i['attributes']} {i['pooled_lift']:+.1%} [{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
+                  f"accounts={i['n_accounts']}")
+        print(f"== model: {d['model']}")
+        print("== last cycles")
+        for c in d["last_cycles"]:
+            print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']} {c['duration_seconds']}")
+    _print(dash, args.json, human)
+    return 0
+
+
+def cmd_reset(args) -> int:
+    if not args.yes:
+        what = "learning tables AND raw performance data" if args.all else "learning tables (raw data kept)"
+        print(f"refusing to empty the {what} without --yes", file=sys.stderr)
+        return 2
+    tables = _store().reset(include_raw=args.all)
+    _print({"emptied": tables}, args.json, lambda o: print("emptied: " + ", ".join(o["emptied"])))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Simulate, ingest, run the cycle over every day, print a short summary."""
+    from compound_learning import queries
+    from compound_learning.core.simulate import WorldConfig, simulate
+    from compound_learning.ingestion import ingest_frame
+
+    settings = load_settings()
+    cfg = WorldConfig(days=args.days, accounts=args.accounts, seed=args.seed, start=settings.partition_start)
+    data, truth = simulate(cfg)
+    demo_dir = settings.state_dir / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    data.to_csv(demo_dir / "performance.csv", index=False)
+    (demo_dir / "truth.json").write_text(json.dumps(truth, indent=2))
+    print(f"simulated {len(data)} rows: {args.days} days x {args.accounts} accounts -> {demo_dir / 'performance.csv'}")
+    summary = ingest_frame(data, settings=settings, source=str(demo_dir / "performance.csv"))
+    print(f"ingested: {summary['inserted']} new, {summary['replaced']} replaced, {summary['unchanged']} unchanged, "
+          f"{summary['rejected']} rejected")
+    start = settings.partition_start
+    end = start + timedelta(days=args.days - 1)
+    print(f"running daily_learning_cycle over {start}..{end} as one run (this takes a few minutes)...")
+    out = run_cycle(start, end)
+    print(f"run {out['run_id']}: {out['status']} {out['message']}")
+    if out["status"] != "SUCCESS":
+        return 1
+    store = _store()
+    print("\nTop significant patterns (lift vs the dimension's average value, 95% interval):")
+    for p in queries.patterns(store, state="significant", limit=8):
+        print("  " + _fmt_pattern(p))
+    account = queries.accounts(store)[0]
+    traj = queries.trajectory(store, account)
+    print(f"\nTrajectory of {account}: {traj['learning_status']}, ROAS {traj['initial_roas']:.2f} -> "
+          f"{traj['current_roas']:.2f}; projected 90d {traj['projected_90d_roas']:.2f} "
+          f"[{traj['projected_90d_roas_ci'][0]:.2f}, {traj['projected_90d_roas_ci'][1]:.2f}]")
+    print("\nNext: `make dev` and open http://127.0.0.1:3000 to see the lineage graph, runs and metadata.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compound-learning", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("simulate", cmd_simulate, "write a simulated world (CSV) and its ground truth (JSON)")
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--accounts", type=int, default=20)
+    p.add_argument("--creatives", type=int, default=30, help="creatives per account")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--effect-scale", type=float, default=1.0)
+    p.add_argument("--null", action="store_true", help="no attribute effects at all")
+    p.add_argument("--drift", action="store_true", help="the template effect flips halfway")
+    p.add_argument("--start", type=_date, default=date(2024, 1, 1))
+    p.add_argument("--out", required=True)
+    p.add_argument("--truth")
+
+    p = add("ingest", cmd_ingest, "load a CSV of daily performance rows (upsert by account, creative, date)")
+    p.add_argument("file")
+
+    p = add("cycle", cmd_cycle, "run daily_learning_cycle for a day or a range (one run)")
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date)
+
+    p = add("patterns", cmd_patterns, "list the latest patterns")
+    p.add_argument("--account")
+    p.add_argument("--type", help="an attribute dimension, or 'interaction'")
+    p.add_argument("--metric", choices=["ctr", "cvr", "roas"])
+    p.add_argument("--state", choices=["insufficient_data", "learning", "significant", "contradicted"])
+    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add("knowledge-graph", cmd_knowledge_graph, "the latest knowledge graph")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add("trajectory", cmd_trajectory, "an account's improvement trajectory")
+    p.add_argument("account")
+
+    p = add("score", cmd_score, "score a new creative for an account with the creative DNA")
+    p.add_argument("--account", required=True)
+    p.add_argument("--creative", required=True, help='JSON object, e.g. {"hook_type": "question"}')
+
+    p = add("dashboard", cmd_dashboard, "a text dashboard")
+    p.add_argument("--account")
+
+    p = add("reset", cmd_reset, "empty the learning tables (raw data only with --all)")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--yes", action="store_true")
+
+    p = add("demo", cmd_demo, "simulate, ingest and learn over every day, then summarize")
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--accounts", type=int, default=20)
+    p.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ValueError as exc:  # settings or arguments the parser could not check
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

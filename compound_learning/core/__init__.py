@@ -1,0 +1,1 @@
+"""Pure learning logic: no Dagster, no database. Everything here takes and returns pandas/numpy."""

@@ -1,0 +1,207 @@
+"""Patterns: adjusted effects turned into auditable claims with a state.
+
+Every attribute value (and every supported pair) gets, per metric and scope (global or one
+account): relative lift with a 95% interval, a Benjamini-Hochberg q-value over the whole
+family tested in the cycle, a confidence in 0..1, its support and a state:
+
+- ``insufficient_data``: fewer than ``min_creatives`` creatives carry the value (or the
+  contrast is not estimable); nothing is claimed;
+- ``learning``: estimable, not (yet) significant, or significant for fewer than
+  ``persistence`` consecutive cycles (daily re-testing is peeking: a claim must hold);
+- ``significant``: q < alpha with the same sign for ``persistence`` consecutive cycles;
+- ``contradicted``: was significant, and new evidence is significant the other way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from compound_learning.core.effects import METRIC_SPECS, Z95, EffectFit, fit_effects
+
+GLOBAL = "*"
+STATES = ("insufficient_data", "learning", "significant", "contradicted")
+PATTERN_COLUMNS = [
+    "pattern_id", "pattern_type", "account_id", "attributes", "metric", "lift", "ci_low", "ci_high",
+    "log_effect", "std_error", "p_value", "q_value", "confidence", "state", "streak", "support",
+    "first_seen", "last_updated",
+]
+
+
+@dataclass
+class PatternSettings:
+    min_creatives: int = 5
+    min_interaction_creatives: int = 10  # creatives carrying both values of a pair
+    alpha: float = 0.05
+    persistence: int = 3
+    per_account: bool = True
+    interactions: bool = True
+
+
+@dataclass
+class CycleFits:
+    """The fits of one cycle, kept for the assets downstream (DNA, insights)."""
+
+    global_fits: dict[str, EffectFit]
+    account_fits: dict[tuple[str, str], EffectFit]  # (account_id, metric) -> fit
+
+
+def pattern_id(metric: str, account_id: str, attributes: dict) -> str:
+    attrs = "&".join(f"{k}={v}" for k, v in sorted(attributes.items()))
+    return f"{metric}|{account_id}|{attrs}"
+
+
+def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -> list[dict]:
+    rows = []
+    frames = [(fit.effects, False), (fit.interactions, True)]
+    for frame, is_inter in frames:
+        if frame is None or frame.empty:
+            continue
+        for r in frame.to_dict("records"):
+            if is_inter:
+                attrs = {r["dimension"]: r["value"], r["dimension2"]: r["value2"]}
+                ptype = "interaction"
+            else:
+                attrs = {r["dimension"]: r["value"]}
+                ptype = r["dimension"]
+            support = {k: (None if pd.isna(r.get(k)) else float(r[k]) if k in ("spend", "revenue") else int(round(r[k])))
+                       for k in ("impressions", "clicks", "conversions", "spend", "revenue", "creatives", "accounts")
+                       if k in r}
+            est, se = r["log_effect"], r["std_error"]
+            estimable = np.isfinite(est) and np.isfinite(se) and se > 0
+            needed = settings.min_interaction_creatives if is_inter else settings.min_creatives
+            enough = support.get("creatives", 0) >= needed
+            rows.append({
+                "pattern_id": pattern_id(fit.metric, account_id, attrs),
+                "pattern_type": ptype,
+                "account_id": account_id,
+                "attributes": json.dumps(attrs, sort_keys=True),
+                "metric": fit.metric,
+                "log_effect": float(est) if np.isfinite(est) else np.nan,
+                "std_error": float(se) if estimable else np.nan,
+                "testable": bool(estimable and enough),
+                "support": json.dumps(support, sort_keys=True),
+            })
+    return rows
+
+
+def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -> CycleFits:
+    """All GLM fits of one cycle: global (with interactions) and per account."""
+    pairs = list(combinations(dims, 2)) if settings.interactions else []
+    global_fits = {}
+    for metric in METRIC_SPECS:
+        fit = fit_effects(cells, dims, metric, interaction_pairs=pairs,
+                          min_cell_creatives=settings.min_interaction_creatives)
+        if fit is not None:
+            global_fits[metric] = fit
+    account_fits = {}
+    if settings.per_account:
+        for account_id, sub in cells.groupby("account_id"):
+            if sub["creative_id"].nunique() < settings.min_creatives:
+                continue
+            for metric in METRIC_SPECS:
+                fit = fit_effects(sub, dims, metric)
+                if fit is not None:
+                    account_fits[(str(account_id), metric)] = fit
+    return CycleFits(global_fits, account_fits)
+
+
+def build_patterns(
+    fits: CycleFits, as_of: date, previous: pd.DataFrame | None, settings: PatternSettings
+) -> pd.DataFrame:
+    """Pattern rows for ``as_of`` from the cycle's fits and the previous cycle's patterns."""
+    rows: list[dict] = []
+    for fit in fits.global_fits.values():
+        rows += _rows_from_fit(fit, GLOBAL, settings)
+    for (account_id, _metric), fit in fits.account_fits.items():
+        rows += _rows_from_fit(fit, account_id, settings)
+    if not rows:
+        return pd.DataFrame(columns=PATTERN_COLUMNS)
+    df = pd.DataFrame(rows)
+    z = df["log_effect"] / df["std_error"]
+    df["p_value"] = np.where(df["testable"], 2 * sps.norm.sf(np.abs(z.fillna(0))), np.nan)
+    df["q_value"] = np.nan
+    testable = df["testable"].to_numpy()
+    if testable.any():
+        df.loc[testable, "q_value"] = sps.false_discovery_control(df.loc[testable, "p_value"].to_numpy(), method="bh")
+    half = Z95 * df["std_error"]
+    df["lift"] = np.expm1(df["log_effect"])
+    df["ci_low"] = np.where(df["testable"], np.expm1(df["log_effect"] - half), np.nan)
+    df["ci_high"] = np.where(df["testable"], np.expm1(df["log_effect"] + half), np.nan)
+    df["confidence"] = np.where(df["testable"], 1.0 - df["q_value"].fillna(1.0), 0.0)
+    df = _apply_states(df, as_of, previous, settings)
+    return df[PATTERN_COLUMNS].sort_values(["metric", "account_id", "pattern_id"]).reset_index(drop=True)
+
+
+def _apply_states(df: pd.DataFrame, as_of: date, previous: pd.DataFrame | None, s: PatternSettings) -> pd.DataFrame:
+    cols = ["pattern_id", "log_effect", "state", "streak", "first_seen"]
+    prev = (previous[cols] if previous is not None and not previous.empty else pd.DataFrame(columns=cols))
+    merged = df.merge(prev.rename(columns={c: f"prev_{c}" for c in cols[1:]}), on="pattern_id", how="left")
+    has_prev = merged["prev_state"].notna().to_numpy()
+    sign = np.sign(merged["log_effect"].fillna(0.0)).to_numpy()
+    prev_sign = np.sign(merged["prev_log_effect"].astype(float).fillna(0.0)).to_numpy()
+    prev_streak = merged["prev_streak"].astype(float).fillna(0.0).to_numpy()
+    prev_state = merged["prev_state"].fillna("").to_numpy()
+    testable = merged["testable"].to_numpy(bool)
+    sig_now = testable & (merged["q_value"].fillna(1.0).to_numpy() < s.alpha)
+    # streak > 0: consecutive significant cycles in the positive direction; < 0: negative.
+    continuing = prev_streak * sign > 0
+    streak = np.where(sig_now, np.where(continuing, (np.abs(prev_streak) + 1) * sign, sign), 0).astype(int)
+    established = np.isin(prev_state, ["significant", "contradicted"])
+    state = np.full(len(merged), "learning", dtype=object)
+    state[established & sig_now & (prev_sign != 0) & (sign != prev_sign)] = "contradicted"
+    state[(prev_state == "contradicted") & ~sig_now] = "contradicted"
+    state[sig_now & (np.abs(streak) >= s.persistence)] = "significant"
+    state[~testable] = "insufficient_data"
+    streak[~testable] = 0
+    out = df.copy()
+    out["state"], out["streak"] = state, streak
+    first = pd.to_datetime(merged["prev_first_seen"]).dt.date
+    out["first_seen"] = np.where(has_prev, first, as_of)
+    out["last_updated"] = as_of
+    return out
+
+
+def patterns_to_records(df: pd.DataFrame) -> list[dict]:
+    """The output contract shared by the CLI and the HTTP API."""
+    out = []
+    for r in df.to_dict("records"):
+        def num(v):
+            return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
+        out.append({
+            "pattern_id": r["pattern_id"],
+            "pattern_type": r["pattern_type"],
+            "attributes": json.loads(r["attributes"]),
+            "metric": r["metric"],
+            "lift": num(r["lift"]),
+            "ci_low": num(r["ci_low"]),
+            "ci_high": num(r["ci_high"]),
+            "q_value": num(r["q_value"]),
+            "confidence": num(r["confidence"]),
+            "state": r["state"],
+            "support": json.loads(r["support"]),
+            "account_id": None if r["account_id"] == GLOBAL else r["account_id"],
+            "first_seen": str(pd.Timestamp(r["first_seen"]).date()),
+            "last_updated": str(pd.Timestamp(r["last_updated"]).date()),
+        })
+    return out
+
+
+def main_effects(patterns: pd.DataFrame) -> pd.DataFrame:
+    """Estimable main-effect patterns as (account_id, metric, dimension, value, est, se, creatives)."""
+    main = patterns[(patterns["pattern_type"] != "interaction") & patterns["std_error"].notna()]
+    if main.empty:
+        return pd.DataFrame(columns=["account_id", "metric", "dimension", "value", "log_effect", "std_error", "creatives"])
+    pairs = [next(iter(json.loads(a).items())) for a in main["attributes"]]
+    return pd.DataFrame({
+        "account_id": main["account_id"].to_numpy(), "metric": main["metric"].to_numpy(),
+        "dimension": [d for d, _ in pairs], "value": [v for _, v in pairs],
+        "log_effect": main["log_effect"].to_numpy(float), "std_error": main["std_error"].to_numpy(float),
+        "creatives": [json.loads(s).get("creatives", 0) for s in main["support"]],
+    })

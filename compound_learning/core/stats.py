@@ -1,0 +1,113 @@
+"""Additive sufficient statistics: per creative and day, per account x attribute value (and
+pairs), and the cumulative per-creative cells that carry the knowledge from day to day.
+
+Cumulative cells are keyed by (account, creative, day of week, age bucket) so the learning can
+adjust for day of week and creative age without ever reading the history rows again:
+``cumulative(D) = decay ** gap * cumulative(D - gap) + day_stats(D)``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+METRICS = ["impressions", "clicks", "conversions", "spend", "revenue"]
+CELL_KEYS = ["account_id", "creative_id", "dow", "age_bucket"]
+AGE_BUCKET_EDGES = [7, 14, 28]  # days since first seen: 0-6, 7-13, 14-27, 28+
+AGE_BUCKET_LABELS = ["0-6 days", "7-13 days", "14-27 days", "28+ days"]
+MISSING = "__missing__"
+NO_DIMENSION = "-"
+
+
+def age_bucket(age_days) -> np.ndarray:
+    return np.searchsorted(AGE_BUCKET_EDGES, np.asarray(age_days), side="right").astype(int)
+
+
+def decay_factor(half_life_days: float, gap_days: int) -> float:
+    """Weight of yesterday's evidence after ``gap_days`` (1.0 when forgetting is off)."""
+    if not half_life_days or half_life_days <= 0:
+        return 1.0
+    return float(0.5 ** (gap_days / half_life_days))
+
+
+def expand_attributes(frame: pd.DataFrame, column: str = "attributes") -> tuple[pd.DataFrame, list[str]]:
+    """Turn the JSON ``attributes`` column into one column per dimension (missing -> MISSING)."""
+    if frame.empty:
+        return frame.copy(), []
+    unique = frame[column].unique()
+    parsed = pd.DataFrame([json.loads(s) for s in unique], index=unique)
+    dims = sorted(parsed.columns)
+    parsed = parsed.reindex(columns=dims).fillna(MISSING).astype(str)
+    wide = parsed.reindex(frame[column].to_numpy())
+    wide.index = frame.index
+    return pd.concat([frame, wide], axis=1), dims
+
+
+def creative_day_stats(day_rows: pd.DataFrame, first_seen: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The day's rows with day of week and the creative's age in days (since first seen)."""
+    if day_rows.empty:
+        return pd.DataFrame(columns=["account_id", "creative_id", "dow", "age_days", *METRICS, "attributes"])
+    frame = day_rows[["account_id", "creative_id", *METRICS, "attributes"]].merge(
+        first_seen, on=["account_id", "creative_id"], how="left"
+    )
+    first = pd.to_datetime(frame["first_seen"]).fillna(pd.Timestamp(day))
+    frame["age_days"] = (pd.Timestamp(day) - first).dt.days.clip(lower=0).astype(int)
+    frame["dow"] = pd.Timestamp(day).dayofweek
+    return frame[["account_id", "creative_id", "dow", "age_days", *METRICS, "attributes"]]
+
+
+def attribute_day_stats(creative_day: pd.DataFrame) -> pd.DataFrame:
+    """Per account x attribute value, and per account x pair of values: creatives and sums."""
+    columns = ["account_id", "dimension", "value", "dimension2", "value2", "creatives", *METRICS]
+    if creative_day.empty:
+        return pd.DataFrame(columns=columns)
+    wide, dims = expand_attributes(creative_day)
+    parts = []
+    for dim in dims:
+        g = wide[wide[dim] != MISSING].groupby(["account_id", dim], observed=True)
+        part = g[METRICS].sum(min_count=1).join(g["creative_id"].nunique().rename("creatives")).reset_index()
+        part = part.rename(columns={dim: "value"}).assign(dimension=dim, dimension2=NO_DIMENSION, value2=NO_DIMENSION)
+        parts.append(part)
+    for d1, d2 in combinations(dims, 2):
+        sub = wide[(wide[d1] != MISSING) & (wide[d2] != MISSING)]
+        g = sub.groupby(["account_id", d1, d2], observed=True)
+        part = g[METRICS].sum(min_count=1).join(g["creative_id"].nunique().rename("creatives")).reset_index()
+        part = part.rename(columns={d1: "value", d2: "value2"}).assign(dimension=d1, dimension2=d2)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, day: date) -> pd.DataFrame:
+    """Cumulative cells after adding one day: ``decay * previous + today`` per cell."""
+    cols = [*CELL_KEYS, *METRICS, "days", "attributes", "last_seen"]
+    today = day_stats.copy()
+    if not today.empty:
+        today["age_bucket"] = age_bucket(today["age_days"])
+        today["days"] = 1
+        today["last_seen"] = day
+        today = today.groupby(CELL_KEYS, as_index=False).agg(
+            **{m: (m, lambda s: s.sum(min_count=1)) for m in METRICS},
+            days=("days", "sum"), attributes=("attributes", "last"), last_seen=("last_seen", "max"),
+        )
+    prev = previous[cols].copy() if not previous.empty else pd.DataFrame(columns=cols)
+    if not prev.empty and decay != 1.0:
+        prev[METRICS] = prev[METRICS].astype(float) * decay
+    if today.empty:
+        return prev.reset_index(drop=True)
+    if prev.empty:
+        return today[cols].reset_index(drop=True)
+    merged = prev.set_index(CELL_KEYS).join(today.set_index(CELL_KEYS), how="outer", rsuffix="_new")
+    out = pd.DataFrame(index=merged.index)
+    for m in METRICS:
+        a, b = merged[m].astype(float), merged[f"{m}_new"].astype(float)
+        out[m] = a.fillna(0) + b.fillna(0)
+        out.loc[a.isna() & b.isna(), m] = np.nan  # unknown stays unknown (e.g. no revenue column)
+    out["days"] = merged["days"].fillna(0).astype(int) + merged["days_new"].fillna(0).astype(int)
+    # The newest attributes win: a creative's attributes may be corrected by a restatement.
+    out["attributes"] = merged["attributes_new"].where(merged["attributes_new"].notna(), merged["attributes"])
+    out["last_seen"] = merged["last_seen_new"].where(merged["last_seen_new"].notna(), merged["last_seen"])
+    return out.reset_index()[cols]

@@ -1,0 +1,191 @@
+"""The lineage graph. Every asset is daily-partitioned, handles a single day or a whole range
+(single-run backfills), writes its partition through ``compound_learning.steps`` and reports
+what happened as metadata, so the UI tells the story without the logs."""
+
+
+import warnings
+from collections.abc import Callable
+from datetime import date, timedelta
+
+import dagster as dg
+
+from compound_learning import steps
+from compound_learning.orchestration.partitions import daily_partitions
+from compound_learning.orchestration.resources import StoreResource
+
+# Single-run backfills are what make a range one run; the parameter is marked beta in 1.13.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+OWNERS = ["team:growth-data"]
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+compound_performance_data = dg.AssetSpec(
+    "compound_performance_data",
+    description=(
+        "Raw daily performance rows, one per (account_id, creative_id, date), loaded by "
+        "`compound-learning ingest` or an upstream sync. Restated rows replace older ones."
+    ),
+    group_name="ingestion",
+    kinds={"sql", "csv"},
+    owners=OWNERS,
+    partitions_def=daily_partitions,
+)
+
+
+def partition_days(context: dg.AssetExecutionContext) -> list[date]:
+    """The days of the run: one for a daily run, many for a single-run backfill."""
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    return [start + timedelta(days=i) for i in range((end - start).days)]
+
+
+def _md_table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "_nothing to show_"
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
+    return head + body
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def _materialize(
+    context: dg.AssetExecutionContext,
+    step: Callable[[date], dict],
+    figures: list[str],
+    preview: Callable[[dict], str] | None = None,
+) -> dg.MaterializeResult:
+    results = []
+    for day in partition_days(context):
+        summary = step(day)
+        context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
+        results.append({"day": str(day), **summary})
+    last = results[-1]
+    metadata: dict = {"days_processed": len(results), "last_day": last["day"]}
+    for key in figures:
+        value = last.get(key)
+        if isinstance(value, bool) or value is None:
+            metadata[key] = str(value)
+        elif isinstance(value, (int, float)):
+            metadata[key] = value
+        else:
+            metadata[key] = dg.MetadataValue.json(value)
+    if len(results) > 1:
+        metadata["per_day"] = dg.MetadataValue.md(_md_table(results[-31:], ["day", *figures]))
+    if preview:
+        metadata["preview"] = dg.MetadataValue.md(preview(last))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _asset(name: str, deps: list, group: str, kinds: set[str]):
+    return dg.asset(
+        name=name, deps=deps, partitions_def=daily_partitions, backfill_policy=SINGLE_RUN,
+        group_name=group, kinds=kinds, owners=OWNERS,
+    )
+
+
+@_asset("performance_data", [compound_performance_data], "ingestion", {"python", "sql"})
+def performance_data(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """The validated slice of one day: row, account and creative counts, totals, the rows
+    quarantined for that day with the data version (newest ingestion batch) it was built from."""
+    s = store.store()
+    return _materialize(
+        context, lambda day: steps.check_performance_day(s, day),
+        ["rows", "quarantined_rows", "quarantine_rate", "accounts", "creatives", "impressions", "clicks",
+         "spend", "data_version", "invariant_violations"],
+    )
+
+
+@_asset("daily_stats", [performance_data], "statistics", {"python", "pandas", "sql"})
+def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Additive sufficient statistics of one day: per creative (with its attributes, day of week
+    and age) and per account x attribute value and pairs of values. A restated day drops the
+    cumulative snapshots after it so the knowledge is rebuilt from correct evidence."""
+    s = store.store()
+    return _materialize(
+        context, lambda day: steps.compute_daily_stats(s, day),
+        ["creatives", "attribute_rows", "pair_rows", "impressions", "clicks", "changed_since_last_run"],
+    )
+
+
+def _patterns_preview(summary: dict) -> str:
+    rows = [{"metric": p["metric"], "attributes": p["attributes"], "lift": p["lift"],
+             "95% CI": f"[{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]", "q": p["q_value"], "state": p["state"]}
+            for p in summary.get("top_patterns", [])]
+    return "**Top global patterns** (lift vs the dimension's average value)\n\n" + _md_table(
+        rows, ["metric", "attributes", "lift", "95% CI", "q", "state"])
+
+
+@_asset("learning_patterns", [daily_stats], "learning", {"python", "statsmodels", "sql"})
+def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Cumulative evidence up to the day (yesterday's knowledge + today's statistics, optional
+    forgetting) -> adjusted effects of every attribute value and supported pair on CTR, CVR and
+    ROAS, with creative-clustered 95% intervals, BH q-values, confidence and state; global and
+    per account."""
+    s, cfg = store.store(), store.cycle_settings()
+    return _materialize(
+        context, lambda day: steps.learn_patterns(s, day, cfg),
+        ["patterns", "global_patterns", "significant_global_patterns", "states_global", "creatives", "accounts",
+         "cumulative_cells", "days_rolled_forward"],
+        _patterns_preview,
+    )
+
+
+@_asset("knowledge_graph", [learning_patterns], "learning", {"python", "sql"})
+def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Nodes (attribute values, metrics, patterns) and typed relationships (improves, hurts,
+    synergy, antagonism, co_occurs, contradicts, describes) with posterior confidence; one
+    snapshot per day, so each node's history shows knowledge accumulating."""
+    s = store.store()
+    return _materialize(context, lambda day: steps.build_knowledge_graph(s, day),
+                        ["nodes", "relationships", "relationships_by_type", "mean_value_confidence"])
+
+
+@_asset("creative_dna", [learning_patterns], "learning", {"python", "sql"})
+def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Explainable scoring weights for new creatives: shrunk (empirical-Bayes) log multipliers of
+    every attribute value, globally and per account (partially pooled), plus account baselines."""
+    s = store.store()
+    return _materialize(context, lambda day: steps.build_creative_dna(s, day),
+                        ["weights", "global_weights", "accounts"])
+
+
+@_asset("cross_account_insights", [learning_patterns], "learning", {"python", "sql"})
+def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Effects that hold across accounts (random-effects pooling), published only when at least
+    5 accounts contribute and no two dominate; relative lifts only, never an account id."""
+    s, cfg = store.store(), store.cycle_settings()
+    return _materialize(context, lambda day: steps.build_cross_account_insights(s, day, cfg),
+                        ["candidates", "published", "withheld"])
+
+
+@_asset("ctr_model", [daily_stats], "model", {"python", "scikitlearn"})
+def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """The CTR model, retrained when enough new clicks arrived (or the champion is too old):
+    logistic regression and gradient boosting compared on a later window; the winner becomes
+    champion only if it beats the current one (paired bootstrap) and is calibrated."""
+    s, cfg, settings = store.store(), store.cycle_settings(), store.settings()
+    return _materialize(
+        context, lambda day: steps.train_ctr_model(s, settings, day, cfg),
+        ["action", "reason", "new_clicks", "version", "family", "log_loss", "normalized_entropy", "auc",
+         "calibration_ratio", "brier"],
+    )
+
+
+@_asset("improvement_snapshots", [daily_stats], "trajectory", {"python", "statsmodels", "sql"})
+def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
+    intervals, projections at 30/90/365 days, learning status)."""
+    s, cfg = store.store(), store.cycle_settings()
+    return _materialize(context, lambda day: steps.snapshot_improvement(s, day, cfg),
+                        ["accounts", "learning_status", "median_roas", "median_roas_multiple"])
+
+
+CYCLE_ASSETS = [performance_data, daily_stats, learning_patterns, knowledge_graph, creative_dna,
+                cross_account_insights, ctr_model, improvement_snapshots]

@@ -1,0 +1,119 @@
+"""Sensors: new or restated data, gaps the schedule missed, and the cycle log.
+
+``new_data_sensor``'s cursor is the ingestion watermark (the newest batch id it has handled).
+It requests exactly the days whose stored rows changed; the run key carries the day's data
+version (the newest batch that changed it), so a restatement of an already-processed day gets a
+new run while a duplicate file (which changes nothing) gets none.
+"""
+
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import dagster as dg
+
+from compound_learning.orchestration.jobs import JOB_NAME, daily_learning_cycle
+from compound_learning.orchestration.partitions import daily_partitions
+from compound_learning.orchestration.resources import StoreResource
+from compound_learning.storage import schema as t
+from compound_learning.storage.store import Store
+
+GAP_LOOKBACK_DAYS = 14
+GAP_MARKER_ASSET = dg.AssetKey("improvement_snapshots")  # the last asset of a complete cycle
+
+
+def _valid_partition_keys(context) -> set[str]:
+    now = getattr(context, "_cursor_now", None)
+    return set(daily_partitions.get_partition_keys(current_time=now))
+
+
+@dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def new_data_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
+    """Request a run for every day touched by ingestion batches newer than the cursor."""
+    s = store.store()
+    watermark = s.ingestion_watermark()
+    if context.cursor is None:
+        # First evaluation: start from the current watermark; days already loaded but never
+        # materialized are the gap filler's job, so turning the sensor on does not rerun history.
+        context.update_cursor(str(watermark))
+        return dg.SkipReason(f"cursor initialised at ingestion batch {watermark}")
+    cursor = int(context.cursor)
+    batches = s.batches_after(cursor)
+    if batches.empty:
+        return dg.SkipReason(f"no ingestion batch after {cursor}")
+    touched = sorted({d for days in batches["days_touched"] for d in json.loads(days)})
+    new_cursor = str(int(batches["batch_id"].max()))
+    if not touched:
+        context.update_cursor(new_cursor)
+        return dg.SkipReason(f"batches up to {new_cursor} changed no stored row (duplicates)")
+    keys = set(daily_partitions.get_partition_keys())
+    versions = s.day_versions(date.fromisoformat(touched[0]), date.fromisoformat(touched[-1]))
+    requests = []
+    for day in touched:
+        if day not in keys:
+            context.log.info(f"{day} is not a complete partition yet; the schedule will process it")
+            continue
+        requests.append(dg.RunRequest(run_key=f"{day}:v{versions.get(day, new_cursor)}", partition_key=day,
+                                      tags={"compound_learning/trigger": "new_data"}))
+    return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+
+
+@dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
+def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
+    """Fill days with data but no complete cycle in the last 14 partitions (missed ticks)."""
+    keys = daily_partitions.get_partition_keys()
+    if not keys:
+        return dg.SkipReason("no complete partition yet")
+    recent = keys[-GAP_LOOKBACK_DAYS:]
+    versions = store.store().day_versions(date.fromisoformat(recent[0]), date.fromisoformat(recent[-1]))
+    done = context.instance.get_materialized_partitions(GAP_MARKER_ASSET)
+    missing = [k for k in recent if k in versions and k not in done]
+    if not missing:
+        return dg.SkipReason(f"every day with data in {recent[0]}..{recent[-1]} has a complete cycle")
+    return [dg.RunRequest(run_key=f"fill:{k}:v{versions[k]}", partition_key=k,
+                          tags={"compound_learning/trigger": "gap_fill"}) for k in missing]
+
+
+def run_partition_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
+    tags = run.tags
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"], tags["dagster/partition"]
+    return tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+
+
+def record_cycle_run(instance: dg.DagsterInstance, s: Store, run: dg.DagsterRun, status: str, message: str = "") -> dict:
+    """Write one learning_cycle_logs row for a finished run (shared by the sensors and the CLI)."""
+    start, end = run_partition_range(run)
+    stats = instance.get_run_stats(run.run_id)
+    started = datetime.fromtimestamp(stats.start_time, timezone.utc) if stats.start_time else None
+    ended = datetime.fromtimestamp(stats.end_time, timezone.utc) if stats.end_time else datetime.now(timezone.utc)
+    counts = {"materializations": int(stats.materializations), "steps_succeeded": int(stats.steps_succeeded),
+              "steps_failed": int(stats.steps_failed)}
+    if end:
+        end_day = date.fromisoformat(end)
+        counts["significant_global_patterns"] = s.count_rows(t.learning_patterns, as_of=end_day, account_id="*",
+                                                             state="significant")
+        counts["performance_rows"] = s.count_rows(t.performance, date=end_day)
+    row = {"run_id": run.run_id, "job_name": run.job_name,
+           "partition_start": date.fromisoformat(start) if start else None,
+           "partition_end": date.fromisoformat(end) if end else None,
+           "status": status, "started_at": started, "ended_at": ended,
+           "duration_seconds": (ended - started).total_seconds() if started else None,
+           "counts": json.dumps(counts), "message": message[:2000]}
+    s.log_cycle(row)
+    return row
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_learning_cycle],
+                      default_status=dg.DefaultSensorStatus.RUNNING, name="cycle_success_logger")
+def cycle_success_logger(context: dg.RunStatusSensorContext, store: StoreResource):
+    """Log every successful cycle run to learning_cycle_logs."""
+    record_cycle_run(context.instance, store.store(), context.dagster_run, "SUCCESS")
+
+
+@dg.run_failure_sensor(monitored_jobs=[daily_learning_cycle], default_status=dg.DefaultSensorStatus.RUNNING,
+                       name="cycle_failure_logger")
+def cycle_failure_logger(context: dg.RunFailureSensorContext, store: StoreResource):
+    """Log every failed cycle run to learning_cycle_logs, with the failure message."""
+    message = context.failure_event.message if context.failure_event else "run failed"
+    record_cycle_run(context.instance, store.store(), context.dagster_run, "FAILURE", message or "")

@@ -1,0 +1,150 @@
+"""Read models shared by the CLI and the HTTP API: the latest knowledge, in the output contract."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pandas as pd
+import sqlalchemy as sa
+
+from compound_learning.core.dna import score_creative
+from compound_learning.core.patterns import GLOBAL, STATES, patterns_to_records
+from compound_learning.core.effects import METRIC_SPECS
+from compound_learning.storage import schema as t
+from compound_learning.storage.store import Store
+
+
+class QueryError(ValueError):
+    """A bad query parameter (named in the message)."""
+
+
+def _latest(store: Store, table: sa.Table, column: str = "as_of") -> date | None:
+    return store.latest_day(table, day_column=column)
+
+
+def patterns(store: Store, *, account_id: str | None = None, pattern_type: str | None = None,
+             metric: str | None = None, state: str | None = None, min_confidence: float = 0.0,
+             limit: int = 50, include_global: bool = True) -> list[dict]:
+    """Latest patterns, most confident first. ``account_id`` None: global patterns only."""
+    if metric is not None and metric not in METRIC_SPECS:
+        raise QueryError(f"metric must be one of {sorted(METRIC_SPECS)}, got {metric!r}")
+    if state is not None and state not in STATES:
+        raise QueryError(f"state must be one of {list(STATES)}, got {state!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise QueryError(f"min_confidence must be within 0..1, got {min_confidence}")
+    if limit < 1:
+        raise QueryError(f"limit must be at least 1, got {limit}")
+    day = _latest(store, t.learning_patterns)
+    if day is None:
+        return []
+    c = t.learning_patterns.c
+    stmt = sa.select(t.learning_patterns).where(c.as_of == day, c.confidence >= min_confidence)
+    stmt = stmt.where(c.account_id == (account_id if account_id else GLOBAL))
+    if pattern_type:
+        stmt = stmt.where(c.pattern_type == pattern_type)
+    if metric:
+        stmt = stmt.where(c.metric == metric)
+    if state:
+        stmt = stmt.where(c.state == state)
+    frame = store.read_frame(stmt.order_by(c.confidence.desc(), c.pattern_id).limit(limit))
+    return patterns_to_records(frame)
+
+
+def knowledge_graph(store: Store, limit: int = 50) -> dict:
+    """The latest graph's most important nodes, the relationships among them, and each node's
+    confidence history (one point per day)."""
+    if limit < 1:
+        raise QueryError(f"limit must be at least 1, got {limit}")
+    day = _latest(store, t.knowledge_nodes)
+    if day is None:
+        return {"as_of": None, "nodes": [], "relationships": []}
+    n = t.knowledge_nodes.c
+    nodes = store.read_frame(sa.select(t.knowledge_nodes).where(n.as_of == day)
+                             .order_by(n.importance.desc(), n.node_id).limit(limit))
+    ids = list(nodes["node_id"])
+    r = t.knowledge_relationships.c
+    rels = store.read_frame(sa.select(t.knowledge_relationships).where(
+        r.as_of == day, r.source_id.in_(ids), r.target_id.in_(ids)))
+    history = store.read_frame(sa.select(n.node_id, n.as_of, n.confidence).where(n.node_id.in_(ids)).order_by(n.as_of))
+    hist = {k: [{"as_of": str(pd.Timestamp(d).date()), "confidence": float(cf)} for d, cf in zip(g["as_of"], g["confidence"])]
+            for k, g in history.groupby("node_id")} if len(history) else {}
+    return {
+        "as_of": str(day),
+        "nodes": [{"node_id": x.node_id, "node_type": x.node_type, "label": x.label,
+                   "properties": json.loads(x.properties), "confidence": float(x.confidence),
+                   "importance": float(x.importance), "history": hist.get(x.node_id, [])[-90:]}
+                  for x in nodes.itertuples()],
+        "relationships": [{"source": x.source_id, "target": x.target_id, "type": x.relationship_type,
+                           "metric": None if x.metric == "-" else x.metric, "strength": float(x.strength),
+                           "confidence": float(x.confidence), "evidence": json.loads(x.evidence)}
+                          for x in rels.itertuples()],
+    }
+
+
+def trajectory(store: Store, account_id: str) -> dict:
+    """The latest improvement trajectory of an account."""
+    s = t.improvement_snapshots.c
+    frame = store.read_frame(sa.select(t.improvement_snapshots).where(s.account_id == account_id)
+                             .order_by(s.date.desc()).limit(1))
+    if frame.empty:
+        raise LookupError(f"no improvement snapshot for account {account_id!r}")
+    row = frame.iloc[0]
+    return {"account_id": account_id, "as_of": str(pd.Timestamp(row["date"]).date()), **json.loads(row["trajectory"])}
+
+
+def roas_series(store: Store, account_id: str) -> list[dict]:
+    s = t.improvement_snapshots.c
+    frame = store.read_frame(sa.select(s.date, s.spend, s.revenue, s.roas).where(s.account_id == account_id).order_by(s.date))
+    return [{"date": str(pd.Timestamp(r.date).date()), "spend": float(r.spend),
+             "revenue": None if pd.isna(r.revenue) else float(r.revenue),
+             "roas": None if pd.isna(r.roas) else float(r.roas)} for r in frame.itertuples()]
+
+
+def accounts(store: Store) -> list[str]:
+    s = t.improvement_snapshots.c
+    frame = store.read_frame(sa.select(s.account_id).distinct().order_by(s.account_id))
+    return list(frame["account_id"])
+
+
+def score(store: Store, account_id: str, creative: dict) -> dict:
+    if not isinstance(creative, dict) or not creative or not all(isinstance(v, str) for v in creative.values()):
+        raise QueryError('creative must be a JSON object of attribute name -> value strings, e.g. {"hook_type": "question"}')
+    day = _latest(store, t.creative_dna)
+    if day is None:
+        raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
+    weights = store.read_day(t.creative_dna, day)
+    return {"as_of": str(day), **score_creative(weights, account_id, creative)}
+
+
+def cross_account(store: Store, limit: int = 50) -> list[dict]:
+    day = _latest(store, t.cross_account_insights)
+    if day is None:
+        return []
+    c = t.cross_account_insights.c
+    frame = store.read_frame(sa.select(t.cross_account_insights).where(c.as_of == day, c.published.is_(True))
+                             .order_by(c.ci_low.desc()).limit(limit))
+    return [{"insight_id": r.insight_id, "attributes": json.loads(r.attributes), "metric": r.metric,
+             "pooled_lift": r.pooled_lift, "ci_low": r.ci_low, "ci_high": r.ci_high, "heterogeneity_tau2": r.tau2,
+             "i2": r.i2, "n_accounts": int(r.n_accounts)} for r in frame.itertuples()]
+
+
+def dashboard(store: Store, account_id: str | None = None) -> dict:
+    """Everything a person looks at first: trajectory, top patterns, model, last cycles."""
+    out: dict = {"account_id": account_id}
+    if account_id:
+        out["trajectory"] = trajectory(store, account_id)
+    out["top_patterns"] = patterns(store, account_id=account_id, state="significant", limit=10)
+    out["cross_account_insights"] = cross_account(store, limit=10)
+    reg = store.registry()
+    champ = reg[reg["status"] == "champion"]
+    out["model"] = None if champ.empty else {
+        "version": int(champ.iloc[-1]["version"]), "family": champ.iloc[-1]["family"],
+        "trained_as_of": str(pd.Timestamp(champ.iloc[-1]["as_of"]).date()),
+        **{k: v for k, v in json.loads(champ.iloc[-1]["metrics"]).items()
+           if k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio")}}
+    logs = store.cycle_logs(10)
+    out["last_cycles"] = [{"run_id": r.run_id, "partition_start": None if r.partition_start is None else str(r.partition_start),
+                           "partition_end": None if r.partition_end is None else str(r.partition_end),
+                           "status": r.status, "duration_seconds": r.duration_seconds} for r in logs.itertuples()]
+    return out

@@ -1,0 +1,367 @@
+"""The daily cycle's steps: read from the store, call the pure core, write one partition.
+
+Each step handles one day, writes its outputs in one transaction under the day's lock (so two
+concurrent runs of the same day serialize on PostgreSQL), and returns a summary dict that the
+Dagster assets show as metadata. The steps know nothing about Dagster; the CLI, the tests and
+the benchmarks call them directly too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from compound_learning.config import Settings
+from compound_learning.core import ctr_model as cm
+from compound_learning.core import stats
+from compound_learning.core.dna import dna_weights
+from compound_learning.core.insights import cross_account_insights
+from compound_learning.core.knowledge import build_graph
+from compound_learning.core.patterns import GLOBAL, PatternSettings, build_patterns, fit_cycle
+from compound_learning.core.trajectory import trajectory
+from compound_learning.storage import schema as t
+from compound_learning.storage.artifacts import ArtifactError, load_model, save_model
+from compound_learning.storage.store import Store, utcnow
+
+
+@dataclass
+class CycleSettings:
+    """Tunable knobs of the learning cycle (defaults are what the demo and tests use)."""
+
+    patterns: PatternSettings = field(default_factory=PatternSettings)
+    half_life_days: float = 0.0
+    min_accounts_for_insight: int = 5
+    max_top2_share: float = 0.8
+    model_train_days: int = 28
+    model_holdout_days: int = 7
+    min_new_clicks: int = 20_000
+    max_model_age_days: int = 7
+    calibration_tolerance: float = 0.05
+    baseline_days: int = 7
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CycleSettings":
+        return cls(half_life_days=settings.half_life_days, min_new_clicks=settings.min_new_clicks)
+
+
+def _lock(name: str, day: date) -> str:
+    return f"{name}:{day.isoformat()}"
+
+
+# -- performance_data -----------------------------------------------------------------------
+def check_performance_day(store: Store, day: date) -> dict:
+    """Summarize the validated slice of ``day`` (the contract was enforced at ingestion)."""
+    rows = store.performance_for_day(day)
+    quarantined = store.quarantined_count(day)
+    total = len(rows) + quarantined
+    summary = {
+        "rows": len(rows), "quarantined_rows": quarantined,
+        "quarantine_rate": float(quarantined / total) if total else 0.0,
+        "accounts": int(rows["account_id"].nunique()) if len(rows) else 0,
+        "creatives": int(rows["creative_id"].nunique()) if len(rows) else 0,
+        "impressions": int(rows["impressions"].sum()) if len(rows) else 0,
+        "clicks": int(rows["clicks"].sum()) if len(rows) else 0,
+        "spend": float(rows["spend"].sum()) if len(rows) else 0.0,
+        "data_version": int(rows["batch_id"].max()) if len(rows) else 0,
+    }
+    # Invariants the store must hold whatever wrote to it (defense in depth).
+    if len(rows):
+        bad = rows[(rows["clicks"] > rows["impressions"]) | (rows["impressions"] < 0) | (rows["spend"] < 0)]
+        summary["invariant_violations"] = int(len(bad))
+    else:
+        summary["invariant_violations"] = 0
+    return summary
+
+
+# -- daily stats -----------------------------------------------------------------------------
+def compute_daily_stats(store: Store, day: date) -> dict:
+    """Per-creative and per account x attribute (value, pair) sums for ``day``.
+
+    If the day's statistics changed (a restatement), cumulative snapshots from ``day`` on are
+    dropped: they are caches, rebuilt from the last valid snapshot by the next learning step.
+    """
+    with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
+        rows = store.performance_for_day(day, conn)
+        first_seen = store.first_seen(rows[["account_id", "creative_id"]], conn) if len(rows) else pd.DataFrame()
+        creative = stats.creative_day_stats(rows, first_seen, day)
+        attrs = stats.attribute_day_stats(creative)
+        old = store.read_day(t.creative_daily_stats, day, "date", conn)
+        changed = not _same_frame(old, creative)
+        store.write_day(conn, t.creative_daily_stats, day, creative, "date")
+        store.write_day(conn, t.attribute_daily_stats, day, attrs, "date")
+        if changed:
+            store.delete_from(conn, t.creative_cumulative_stats, day)
+    return {
+        "creatives": len(creative), "attribute_rows": int((attrs["dimension2"] == stats.NO_DIMENSION).sum()) if len(attrs) else 0,
+        "pair_rows": int((attrs["dimension2"] != stats.NO_DIMENSION).sum()) if len(attrs) else 0,
+        "impressions": int(creative["impressions"].sum()) if len(creative) else 0,
+        "clicks": int(creative["clicks"].sum()) if len(creative) else 0,
+        "changed_since_last_run": bool(changed),
+    }
+
+
+def _same_frame(old: pd.DataFrame, new: pd.DataFrame) -> bool:
+    if len(old) != len(new):
+        return False
+    if not len(new):
+        return True
+    keys = ["account_id", "creative_id"]
+    a = old.sort_values(keys).reset_index(drop=True)
+    b = new.sort_values(keys).reset_index(drop=True)
+    for col in ["account_id", "creative_id", "attributes"]:
+        if not (a[col].astype(str) == b[col].astype(str)).all():
+            return False
+    for col in stats.METRICS + ["age_days"]:
+        x, y = a[col].astype(float).to_numpy(), b[col].astype(float).to_numpy()
+        if not np.allclose(np.nan_to_num(x, nan=-1), np.nan_to_num(y, nan=-1)):
+            return False
+    return True
+
+
+# -- cumulative statistics + patterns ---------------------------------------------------------
+def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd.DataFrame, int]:
+    """Cumulative cells as of ``day``: the last snapshot before it plus the days since.
+
+    Returns the cells and how many days had to be rolled forward (1 in steady state, so a cycle
+    costs the new day plus the size of the knowledge, not the history).
+    """
+    previous_day = store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=1))
+    if previous_day is not None:
+        cells = store.read_day(t.creative_cumulative_stats, previous_day)
+        start = previous_day + timedelta(days=1)
+    else:
+        cells = pd.DataFrame()
+        start = min(_first_stats_day(store) or day, day)
+        previous_day = start - timedelta(days=1)
+    days_rolled = 0
+    last = previous_day
+    for offset in range((day - start).days + 1):
+        current = start + timedelta(days=offset)
+        day_stats = store.read_day(t.creative_daily_stats, current, "date")
+        if day_stats.empty and current != day:
+            continue
+        decay = stats.decay_factor(half_life_days, (current - last).days)
+        cells = stats.roll_forward(cells, day_stats, decay, current)
+        last = current
+        days_rolled += 1
+    if last != day:  # no data on `day` itself but forgetting still applies
+        cells = stats.roll_forward(cells, pd.DataFrame(), stats.decay_factor(half_life_days, (day - last).days), day)
+    return cells, days_rolled
+
+
+def _first_stats_day(store: Store) -> date | None:
+    import sqlalchemy as sa
+
+    with store.engine.connect() as conn:
+        value = conn.execute(sa.select(sa.func.min(t.creative_daily_stats.c.date))).scalar()
+    return None if value is None else pd.Timestamp(value).date()
+
+
+def learn_patterns(store: Store, day: date, cfg: CycleSettings) -> dict:
+    """Roll the cumulative evidence forward to ``day``, fit, and write patterns and baselines."""
+    cells, rolled = cumulative_cells(store, day, cfg.half_life_days)
+    wide, dims = stats.expand_attributes(_consistent_attributes(cells)) if len(cells) else (cells, [])
+    fits = fit_cycle(wide, dims, cfg.patterns) if len(cells) else None
+    prev_day = store.latest_day(t.learning_patterns, on_or_before=day - timedelta(days=1))
+    previous = store.read_day(t.learning_patterns, prev_day) if prev_day else None
+    patterns = build_patterns(fits, day, previous, cfg.patterns) if fits else pd.DataFrame(columns=["pattern_id"])
+    baselines = pd.concat(
+        [f.baselines.assign(metric=m) for m, f in fits.global_fits.items() if not f.baselines.empty], ignore_index=True
+    ) if fits and fits.global_fits else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
+    with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
+        store.write_day(conn, t.creative_cumulative_stats, day, cells)
+        store.write_day(conn, t.learning_patterns, day, patterns)
+        store.write_day(conn, t.account_baselines, day, baselines)
+    glob = patterns[patterns["account_id"] == GLOBAL] if len(patterns) else patterns
+    states = glob["state"].value_counts().to_dict() if len(glob) else {}
+    notes = [n for f in (fits.global_fits.values() if fits else []) for n in f.notes]
+    return {
+        "days_rolled_forward": rolled, "cumulative_cells": len(cells),
+        "creatives": int(cells["creative_id"].nunique()) if len(cells) else 0,
+        "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
+        "dimensions": dims, "patterns": len(patterns), "global_patterns": len(glob),
+        "significant_global_patterns": int(states.get("significant", 0)),
+        "states_global": {k: int(v) for k, v in states.items()},
+        "fit_notes": notes, "top_patterns": _top(glob),
+    }
+
+
+def _consistent_attributes(cells: pd.DataFrame) -> pd.DataFrame:
+    """One attribute set per creative: the most recently seen wins (restatements may fix them)."""
+    latest = cells.sort_values("last_seen").groupby(["account_id", "creative_id"])["attributes"].last()
+    out = cells.drop(columns="attributes").merge(latest.reset_index(), on=["account_id", "creative_id"])
+    return out
+
+
+def _top(patterns: pd.DataFrame, n: int = 10) -> list[dict]:
+    if patterns is None or patterns.empty:
+        return []
+    sig = patterns[patterns["state"] != "insufficient_data"].copy()
+    sig["abs"] = sig["log_effect"].abs()
+    sig = sig.sort_values(["state", "q_value", "abs"], ascending=[True, True, False])
+    sig["rank"] = (sig["state"] != "significant").astype(int)
+    sig = sig.sort_values(["rank", "abs"], ascending=[True, False]).head(n)
+    return [{"metric": r.metric, "attributes": json.loads(r.attributes), "lift": round(float(r.lift), 4),
+             "ci_low": round(float(r.ci_low), 4), "ci_high": round(float(r.ci_high), 4),
+             "q_value": float(r.q_value), "state": r.state} for r in sig.itertuples()]
+
+
+# -- knowledge graph, DNA, insights -------------------------------------------------------------
+def build_knowledge_graph(store: Store, day: date) -> dict:
+    patterns = store.read_day(t.learning_patterns, day)
+    cells = store.read_day(t.creative_cumulative_stats, day)
+    creatives, dims = (stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
+                       if len(cells) else (pd.DataFrame(), []))
+    nodes, edges = build_graph(patterns, creatives, dims) if len(patterns) else (pd.DataFrame(), pd.DataFrame())
+    with store.transaction(lock_key=_lock("knowledge_graph", day)) as conn:
+        store.write_day(conn, t.knowledge_nodes, day, nodes)
+        store.write_day(conn, t.knowledge_relationships, day, edges)
+    kinds = edges["relationship_type"].value_counts().to_dict() if len(edges) else {}
+    return {"nodes": len(nodes), "relationships": len(edges),
+            "relationships_by_type": {k: int(v) for k, v in kinds.items()},
+            "mean_value_confidence": float(nodes.loc[nodes["node_type"] == "attribute_value", "confidence"].mean())
+            if len(nodes) else 0.0}
+
+
+def build_creative_dna(store: Store, day: date) -> dict:
+    patterns = store.read_day(t.learning_patterns, day)
+    baselines = store.read_day(t.account_baselines, day)
+    weights = dna_weights(patterns, baselines) if len(patterns) else pd.DataFrame()
+    with store.transaction(lock_key=_lock("creative_dna", day)) as conn:
+        store.write_day(conn, t.creative_dna, day, weights)
+    glob = weights[weights["account_id"] == GLOBAL] if len(weights) else weights
+    return {"weights": len(weights), "global_weights": len(glob),
+            "accounts": int(weights.loc[weights["dimension"] == "__baseline__", "account_id"].nunique()) if len(weights) else 0}
+
+
+def build_cross_account_insights(store: Store, day: date, cfg: CycleSettings) -> dict:
+    patterns = store.read_day(t.learning_patterns, day)
+    insights = (cross_account_insights(patterns, cfg.min_accounts_for_insight, cfg.max_top2_share,
+                                       cfg.patterns.min_creatives) if len(patterns) else pd.DataFrame())
+    with store.transaction(lock_key=_lock("cross_account_insights", day)) as conn:
+        store.write_day(conn, t.cross_account_insights, day, insights)
+    published = insights[insights["published"]] if len(insights) else insights
+    return {"candidates": len(insights), "published": len(published),
+            "withheld": len(insights) - len(published)}
+
+
+# -- improvement snapshots ----------------------------------------------------------------------
+def snapshot_improvement(store: Store, day: date, cfg: CycleSettings) -> dict:
+    """Per account: the day's ROAS and the trajectory fitted on every snapshot up to ``day``."""
+    today = store.read_day(t.creative_daily_stats, day, "date")
+    history = store.read_frame(
+        t.improvement_snapshots.select().where(t.improvement_snapshots.c.date < day)
+    )
+    rows = []
+    if len(today):
+        g = today.groupby("account_id").agg(spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1)))
+        for account_id, r in g.iterrows():
+            series = pd.concat([
+                history.loc[history["account_id"] == account_id, ["date", "spend", "revenue"]],
+                pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}]),
+            ], ignore_index=True)
+            traj = trajectory(series, baseline_days=cfg.baseline_days)
+            roas = float(r["revenue"] / r["spend"]) if r["spend"] > 0 and pd.notna(r["revenue"]) else None
+            rows.append({"account_id": account_id, "spend": float(r["spend"]),
+                         "revenue": None if pd.isna(r["revenue"]) else float(r["revenue"]),
+                         "roas": roas, "trajectory": json.dumps(traj)})
+    frame = pd.DataFrame(rows, columns=["account_id", "spend", "revenue", "roas", "trajectory"])
+    with store.transaction(lock_key=_lock("improvement_snapshots", day)) as conn:
+        store.write_day(conn, t.improvement_snapshots, day, frame, "date")
+    statuses = pd.Series([json.loads(x)["learning_status"] for x in frame["trajectory"]]).value_counts().to_dict() if len(frame) else {}
+    multiples = [json.loads(x)["current_roas"] / json.loads(x)["initial_roas"] for x in frame["trajectory"]
+                 if json.loads(x)["initial_roas"]]
+    return {"accounts": len(frame), "learning_status": {k: int(v) for k, v in statuses.items()},
+            "median_roas_multiple": float(np.median(multiples)) if multiples else None,
+            "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None}
+
+
+# -- CTR model ----------------------------------------------------------------------------------
+def _model_rows(store: Store, start: date, end: date) -> tuple[pd.DataFrame, list[str]]:
+    rows = store.read_range(t.creative_daily_stats, start, end)
+    if rows.empty:
+        return rows, []
+    wide, dims = stats.expand_attributes(rows)
+    wide["date"] = pd.to_datetime(wide["date"]).dt.date
+    return wide, dims
+
+
+def champion(store: Store) -> pd.Series | None:
+    reg = store.registry()
+    champ = reg[reg["status"] == "champion"]
+    return None if champ.empty else champ.iloc[-1]
+
+
+def load_champion(store: Store):
+    """The champion's pipeline and registry row; raises ArtifactError if it cannot be trusted."""
+    row = champion(store)
+    if row is None:
+        raise ArtifactError("no champion model in the registry")
+    return load_model(row["artifact_path"], row["sha256"]), row
+
+
+def train_ctr_model(store: Store, settings: Settings, day: date, cfg: CycleSettings, force: bool = False) -> dict:
+    """Retrain on evidence; the better family is the challenger; promote only through the gate."""
+    champ = champion(store)
+    new_clicks_since = (pd.Timestamp(champ["holdout_end"]).date() if champ is not None else None)
+    window_start = day - timedelta(days=cfg.model_train_days + cfg.model_holdout_days - 1)
+    holdout_start = day - timedelta(days=cfg.model_holdout_days - 1)
+    rows, dims = _model_rows(store, window_start, day)
+    new_clicks = int(rows.loc[rows["date"] > new_clicks_since, "clicks"].sum()) if (champ is not None and len(rows)) else int(rows["clicks"].sum()) if len(rows) else 0
+    age_days = (day - pd.Timestamp(champ["as_of"]).date()).days if champ is not None else None
+    decision = {"new_clicks": new_clicks, "champion_version": None if champ is None else int(champ["version"]),
+                "champion_age_days": age_days}
+    if not force and champ is not None and new_clicks < cfg.min_new_clicks and age_days < cfg.max_model_age_days:
+        return {**decision, "action": "skipped: not enough new evidence",
+                "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old"}
+    train = rows[rows["date"] < holdout_start] if len(rows) else rows
+    hold = rows[rows["date"] >= holdout_start] if len(rows) else rows
+    if train.empty or hold.empty or train["clicks"].sum() == 0 or hold["clicks"].sum() == 0:
+        return {**decision, "action": "skipped: not enough data",
+                "reason": f"need clicks in both the training window (from {window_start}) and the holdout (from {holdout_start})"}
+    spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
+    candidates = {}
+    for family in cm.FAMILIES:
+        model = cm.fit_model(train, spec, family)
+        p = cm.predict_ctr(model, hold, spec)
+        candidates[family] = (model, p, cm.evaluate(p, hold))
+    family = min(candidates, key=lambda f: candidates[f][2]["log_loss"])
+    model, p_new, metrics = candidates[family]
+    metrics["per_account"] = cm.per_account_metrics(p_new, hold)
+    metrics["families"] = {f: {k: v for k, v in c[2].items() if k != "reliability"} for f, c in candidates.items()}
+    boot, champ_note = None, None
+    if champ is not None:
+        try:
+            old_model, _ = load_champion(store)
+            p_old = cm.predict_ctr(old_model, hold, spec)
+            boot = cm.paired_bootstrap(cm.row_log_loss(p_new, hold), cm.row_log_loss(p_old, hold),
+                                       hold["impressions"].to_numpy(float), hold["creative_id"].to_numpy())
+            metrics["champion_on_holdout"] = {k: v for k, v in cm.evaluate(p_old, hold).items() if k != "reliability"}
+        except (ArtifactError, ValueError, KeyError) as exc:
+            champ_note = f"champion unusable ({exc}); judged without it"
+    promote, reason = cm.promotion_decision(metrics, boot, cfg.calibration_tolerance)
+    if champ_note:
+        reason = f"{champ_note}; {reason}"
+    metrics["bootstrap"] = boot
+    with store.transaction(lock_key="model_registry") as conn:
+        version = store.next_model_version(conn)
+        path, digest = save_model(model, settings.artifacts_dir, f"ctr_model_v{version:04d}")
+        counts = {"train_rows": len(train), "holdout_rows": len(hold), "train_clicks": int(train["clicks"].sum()),
+                  "train_impressions": int(train["impressions"].sum()), "holdout_clicks": int(hold["clicks"].sum()),
+                  "features": spec.categorical}
+        if promote and champ is not None:
+            store.set_model_status(conn, int(champ["version"]), "retired", f"replaced by v{version}: {reason}")
+        store.bulk_insert(conn, t.model_registry, pd.DataFrame([{
+            "version": version, "trained_at": utcnow(), "as_of": day, "family": family,
+            "train_start": window_start, "train_end": holdout_start - timedelta(days=1),
+            "holdout_start": holdout_start, "holdout_end": day, "counts": json.dumps(counts),
+            "metrics": json.dumps(metrics, default=float), "status": "champion" if promote else "challenger",
+            "reason": reason, "artifact_path": str(path), "sha256": digest,
+        }]))
+    return {**decision, "action": "promoted" if promote else "kept champion", "version": version,
+            "family": family, "reason": reason,
+            **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")}}

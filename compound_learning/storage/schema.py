@@ -1,0 +1,245 @@
+"""Table definitions (SQLAlchemy Core). Created on start-up on SQLite and PostgreSQL.
+
+The original six tables keep their names (compound_performance_data, learning_patterns,
+knowledge_nodes, knowledge_relationships, compound_improvement_snapshots, learning_cycle_logs);
+the rest hold what the compound design needs: ingestion batches and quarantine, per-day and
+cumulative sufficient statistics, the DNA weights, cross-account insights and the model registry.
+Every derived table is keyed by the day it describes (``as_of``/``date``) plus a natural key, so a
+partition is rewritten in one transaction and re-running a day gives identical rows.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+GLOBAL_SCOPE = "*"  # account_id of global (all-account) rows; keys cannot hold NULL
+NO_DIMENSION = "-"  # dimension2/value2 of single-attribute rows
+
+
+def _metrics(nullable_optional: bool = True, as_float: bool = False) -> list[sa.Column]:
+    count = sa.Float if as_float else sa.BigInteger
+    return [
+        sa.Column("impressions", count, nullable=False),
+        sa.Column("clicks", count, nullable=False),
+        sa.Column("conversions", count, nullable=nullable_optional),
+        sa.Column("spend", sa.Float, nullable=False),
+        sa.Column("revenue", sa.Float, nullable=nullable_optional),
+    ]
+
+
+performance = sa.Table(
+    "compound_performance_data",
+    metadata,
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("creative_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    *_metrics(),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Integer, nullable=False, index=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_performance_date", "date"),
+)
+
+ingest_batches = sa.Table(
+    "ingest_batches",
+    metadata,
+    sa.Column("batch_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows_in_input", sa.Integer, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("inserted", sa.Integer, nullable=False),
+    sa.Column("replaced", sa.Integer, nullable=False),
+    sa.Column("unchanged", sa.Integer, nullable=False),
+    sa.Column("days_touched", sa.Text, nullable=False),  # JSON list of YYYY-MM-DD with changed rows
+    sa.Column("rejected_by_reason", sa.Text, nullable=False),  # JSON object
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.Integer, nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("day", sa.String(32)),  # the row's date as given, when it had one
+    sa.Column("row", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+creative_daily_stats = sa.Table(
+    "creative_daily_stats",
+    metadata,
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("creative_id", sa.String(200), primary_key=True),
+    sa.Column("dow", sa.SmallInteger, nullable=False),
+    sa.Column("age_days", sa.Integer, nullable=False),
+    *_metrics(),
+    sa.Column("attributes", sa.Text, nullable=False),
+)
+
+attribute_daily_stats = sa.Table(
+    "attribute_daily_stats",
+    metadata,
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("dimension", sa.String(200), primary_key=True),
+    sa.Column("value", sa.String(200), primary_key=True),
+    sa.Column("dimension2", sa.String(200), primary_key=True),
+    sa.Column("value2", sa.String(200), primary_key=True),
+    sa.Column("creatives", sa.Integer, nullable=False),
+    *_metrics(),
+)
+
+creative_cumulative_stats = sa.Table(
+    "creative_cumulative_stats",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("creative_id", sa.String(200), primary_key=True),
+    sa.Column("dow", sa.SmallInteger, primary_key=True),
+    sa.Column("age_bucket", sa.SmallInteger, primary_key=True),
+    *_metrics(as_float=True),
+    sa.Column("days", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("last_seen", sa.Date, nullable=False),
+)
+
+learning_patterns = sa.Table(
+    "learning_patterns",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("pattern_id", sa.String(600), primary_key=True),
+    sa.Column("pattern_type", sa.String(200), nullable=False),
+    sa.Column("account_id", sa.String(200), nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("metric", sa.String(16), nullable=False),
+    sa.Column("lift", sa.Float),
+    sa.Column("ci_low", sa.Float),
+    sa.Column("ci_high", sa.Float),
+    sa.Column("log_effect", sa.Float),
+    sa.Column("std_error", sa.Float),
+    sa.Column("p_value", sa.Float),
+    sa.Column("q_value", sa.Float),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("streak", sa.Integer, nullable=False),
+    sa.Column("support", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.Date, nullable=False),
+    sa.Column("last_updated", sa.Date, nullable=False),
+    sa.Index("ix_patterns_as_of_metric", "as_of", "metric"),
+)
+
+account_baselines = sa.Table(
+    "account_baselines",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("log_rate", sa.Float, nullable=False),  # a fresh creative, average day, mean values
+    sa.Column("std_error", sa.Float),
+)
+
+knowledge_nodes = sa.Table(
+    "knowledge_nodes",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("node_id", sa.String(600), primary_key=True),
+    sa.Column("node_type", sa.String(32), nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("properties", sa.Text, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("importance", sa.Float, nullable=False),
+)
+
+knowledge_relationships = sa.Table(
+    "knowledge_relationships",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("source_id", sa.String(600), primary_key=True),
+    sa.Column("target_id", sa.String(600), primary_key=True),
+    sa.Column("relationship_type", sa.String(32), primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("strength", sa.Float, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),
+)
+
+creative_dna = sa.Table(
+    "creative_dna",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("dimension", sa.String(200), primary_key=True),
+    sa.Column("value", sa.String(200), primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False),  # shrunk log multiplier vs the dimension mean
+    sa.Column("weight_se", sa.Float, nullable=False),
+    sa.Column("creatives", sa.Integer, nullable=False),
+)
+
+cross_account_insights = sa.Table(
+    "cross_account_insights",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("insight_id", sa.String(600), primary_key=True),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("metric", sa.String(16), nullable=False),
+    sa.Column("pooled_lift", sa.Float, nullable=False),
+    sa.Column("ci_low", sa.Float, nullable=False),
+    sa.Column("ci_high", sa.Float, nullable=False),
+    sa.Column("tau2", sa.Float, nullable=False),
+    sa.Column("i2", sa.Float, nullable=False),
+    sa.Column("n_accounts", sa.Integer, nullable=False),
+    sa.Column("top2_share", sa.Float, nullable=False),
+    sa.Column("published", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+model_registry = sa.Table(
+    "model_registry",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("trained_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("family", sa.String(64), nullable=False),
+    sa.Column("train_start", sa.Date, nullable=False),
+    sa.Column("train_end", sa.Date, nullable=False),
+    sa.Column("holdout_start", sa.Date, nullable=False),
+    sa.Column("holdout_end", sa.Date, nullable=False),
+    sa.Column("counts", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("artifact_path", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+improvement_snapshots = sa.Table(
+    "compound_improvement_snapshots",
+    metadata,
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("spend", sa.Float, nullable=False),
+    sa.Column("revenue", sa.Float),
+    sa.Column("roas", sa.Float),
+    sa.Column("trajectory", sa.Text, nullable=False),  # JSON: fitted trajectory as of this day
+)
+
+learning_cycle_logs = sa.Table(
+    "learning_cycle_logs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("job_name", sa.String(200), nullable=False),
+    sa.Column("partition_start", sa.Date),
+    sa.Column("partition_end", sa.Date),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("counts", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)

@@ -1,0 +1,246 @@
+"""Domain reads and writes: ingestion, per-partition outputs, the registry and the cycle log.
+
+Everything that touches a table goes through :class:`Store`; assets, the CLI and the API call
+these methods and never write SQL themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from compound_learning.core.contract import KEY_COLUMNS, METRIC_COLUMNS, ValidationResult
+from compound_learning.storage import schema as t
+from compound_learning.storage.database import Database, in_list
+
+LEARNING_TABLES = [
+    t.creative_daily_stats,
+    t.account_baselines,
+    t.attribute_daily_stats,
+    t.creative_cumulative_stats,
+    t.learning_patterns,
+    t.knowledge_nodes,
+    t.knowledge_relationships,
+    t.creative_dna,
+    t.cross_account_insights,
+    t.model_registry,
+    t.improvement_snapshots,
+    t.learning_cycle_logs,
+]
+RAW_TABLES = [t.performance, t.ingest_batches, t.quarantine]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _same(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Element-wise equality where NaN equals NaN and floats compare to 1e-9 relative."""
+    both_nan = a.isna() & b.isna()
+    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+        close = np.isclose(a.astype(float), b.astype(float), rtol=1e-9, atol=1e-12)
+        return both_nan | pd.Series(close, index=a.index)
+    return both_nan | (a.astype(str) == b.astype(str))
+
+
+class Store(Database):
+    """The project's storage API over one database URL."""
+
+    # -- ingestion --------------------------------------------------------------------------
+    def ingest(self, result: ValidationResult, source: str) -> dict:
+        """Upsert the good rows, quarantine the bad ones, record the batch; one transaction.
+
+        A row whose key exists with identical values is left alone (``unchanged``), so the same
+        file twice changes nothing; a key with different values is replaced (``replaced``).
+        ``days_touched`` lists the days whose stored data changed.
+        """
+        good = result.good
+        now = utcnow()
+        with self.transaction(lock_key="ingest") as conn:
+            batch_id = conn.execute(
+                t.ingest_batches.insert().returning(t.ingest_batches.c.batch_id),
+                {
+                    "source": source,
+                    "ingested_at": now,
+                    "rows_in_input": len(good) + len(result.rejected),
+                    "accepted": 0, "rejected": 0, "inserted": 0, "replaced": 0, "unchanged": 0,
+                    "days_touched": "[]", "rejected_by_reason": "{}",
+                },
+            ).scalar_one()
+            inserted = replaced = unchanged = 0
+            days: list[str] = []
+            if not good.empty:
+                existing = self.read_frame(
+                    sa.select(*[t.performance.c[c] for c in KEY_COLUMNS + METRIC_COLUMNS + ["attributes"]])
+                    .where(t.performance.c.date.in_(in_list(sorted(good["date"].unique())))),
+                    conn,
+                )
+                if not existing.empty:
+                    existing["date"] = pd.to_datetime(existing["date"]).dt.date
+                merged = good.merge(existing, on=KEY_COLUMNS, how="left", suffixes=("", "_old"), indicator=True)
+                is_new = (merged["_merge"] == "left_only").to_numpy()
+                same = np.ones(len(merged), dtype=bool)
+                for col in METRIC_COLUMNS + ["attributes"]:
+                    same &= _same(merged[col], merged[f"{col}_old"]).to_numpy()
+                is_changed = ~is_new & ~same
+                write = good[is_new | is_changed].copy()
+                write["batch_id"] = batch_id
+                write["updated_at"] = now
+                self.upsert(conn, t.performance, write)
+                inserted, replaced = int(is_new.sum()), int(is_changed.sum())
+                unchanged = len(good) - inserted - replaced
+                days = sorted({d.isoformat() for d in write["date"]})
+            if not result.rejected.empty:
+                q = result.rejected.copy()
+                q["batch_id"] = batch_id
+                q["created_at"] = now
+                self.bulk_insert(conn, t.quarantine, q)
+            summary = {
+                "batch_id": int(batch_id),
+                "source": source,
+                "rows_in_input": len(good) + len(result.rejected),
+                "accepted": len(good),
+                "rejected": len(result.rejected),
+                "rejected_by_reason": result.rejected_by_reason,
+                "inserted": inserted,
+                "replaced": replaced,
+                "unchanged": unchanged,
+                "days_touched": days,
+                "attribute_columns": result.attribute_columns,
+            }
+            conn.execute(
+                t.ingest_batches.update()
+                .where(t.ingest_batches.c.batch_id == batch_id)
+                .values(
+                    accepted=len(good), rejected=len(result.rejected), inserted=inserted,
+                    replaced=replaced, unchanged=unchanged, days_touched=json.dumps(days),
+                    rejected_by_reason=json.dumps(result.rejected_by_reason),
+                )
+            )
+        return summary
+
+    def batches_after(self, batch_id: int) -> pd.DataFrame:
+        """Ingestion batches newer than ``batch_id`` (the sensor's cursor), oldest first."""
+        return self.read_frame(
+            sa.select(t.ingest_batches).where(t.ingest_batches.c.batch_id > batch_id)
+            .order_by(t.ingest_batches.c.batch_id)
+        )
+
+    def ingestion_watermark(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(t.ingest_batches.c.batch_id))).scalar()
+        return int(value or 0)
+
+    def day_versions(self, start: date, end: date) -> dict[str, int]:
+        """For each day with data in [start, end]: the newest batch id that changed it."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.performance.c.date, sa.func.max(t.performance.c.batch_id))
+                .where(t.performance.c.date.between(start, end))
+                .group_by(t.performance.c.date)
+            ).all()
+        return {pd.Timestamp(d).date().isoformat(): int(v) for d, v in rows}
+
+    # -- raw reads ---------------------------------------------------------------------------
+    def performance_for_day(self, day: date, conn=None) -> pd.DataFrame:
+        return self.read_frame(sa.select(t.performance).where(t.performance.c.date == day), conn)
+
+    def quarantined_count(self, day: date) -> int:
+        """Rows ever refused for ``day`` (by the date they gave)."""
+        return self.count_rows(t.quarantine, day=day.isoformat())
+
+    def first_seen(self, keys: pd.DataFrame, conn=None) -> pd.DataFrame:
+        """First day each (account_id, creative_id) appears in the performance data."""
+        if keys.empty:
+            return pd.DataFrame(columns=["account_id", "creative_id", "first_seen"])
+        p = t.performance.c
+        frame = self.read_frame(
+            sa.select(p.account_id, p.creative_id, sa.func.min(p.date).label("first_seen"))
+            .where(p.creative_id.in_(in_list(keys["creative_id"].unique())))
+            .group_by(p.account_id, p.creative_id),
+            conn,
+        )
+        frame["first_seen"] = pd.to_datetime(frame["first_seen"]).dt.date if not frame.empty else []
+        return keys[["account_id", "creative_id"]].drop_duplicates().merge(
+            frame, on=["account_id", "creative_id"], how="left"
+        )
+
+    # -- generic per-day outputs -------------------------------------------------------------
+    def write_day(self, conn, table: sa.Table, day: date, frame: pd.DataFrame, day_column: str = "as_of") -> int:
+        """Replace everything ``table`` holds for ``day`` by ``frame`` (inside the caller's lock)."""
+        frame = frame.copy()
+        frame[day_column] = day
+        return self.replace_partition(conn, table, frame, {day_column: day})
+
+    def read_day(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
+        return self.read_frame(sa.select(table).where(table.c[day_column] == day), conn)
+
+    def latest_day(self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None) -> date | None:
+        col = table.c[day_column]
+        stmt = sa.select(sa.func.max(col))
+        if on_or_before is not None:
+            stmt = stmt.where(col <= on_or_before)
+        if conn is None:
+            with self.engine.connect() as own:
+                value = own.execute(stmt).scalar()
+        else:
+            value = conn.execute(stmt).scalar()
+        return None if value is None else pd.Timestamp(value).date()
+
+    def read_range(self, table: sa.Table, start: date, end: date, day_column: str = "date", conn=None) -> pd.DataFrame:
+        return self.read_frame(sa.select(table).where(table.c[day_column].between(start, end)), conn)
+
+    def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
+        """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
+        conn.execute(table.delete().where(table.c[day_column] >= day))
+
+    def count_rows(self, table: sa.Table, **equals) -> int:
+        stmt = sa.select(sa.func.count()).select_from(table)
+        for col, value in equals.items():
+            stmt = stmt.where(table.c[col] == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
+    # -- registry ----------------------------------------------------------------------------
+    def registry(self) -> pd.DataFrame:
+        return self.read_frame(sa.select(t.model_registry).order_by(t.model_registry.c.version))
+
+    def next_model_version(self, conn) -> int:
+        value = conn.execute(sa.select(sa.func.max(t.model_registry.c.version))).scalar()
+        return int(value or 0) + 1
+
+    def set_model_status(self, conn, version: int, status: str, reason: str | None = None) -> None:
+        values = {"status": status}
+        if reason is not None:
+            values["reason"] = reason
+        conn.execute(t.model_registry.update().where(t.model_registry.c.version == version).values(**values))
+
+    # -- cycle log ---------------------------------------------------------------------------
+    def log_cycle(self, row: dict) -> None:
+        with self.transaction(lock_key=f"cycle_log:{row['run_id']}") as conn:
+            self.upsert(conn, t.learning_cycle_logs, pd.DataFrame([row]))
+
+    def cycle_logs(self, limit: int = 20) -> pd.DataFrame:
+        return self.read_frame(
+            sa.select(t.learning_cycle_logs).order_by(t.learning_cycle_logs.c.ended_at.desc()).limit(limit)
+        )
+
+    # -- maintenance -------------------------------------------------------------------------
+    def reset(self, include_raw: bool = False) -> list[str]:
+        """Empty the learning tables (and the raw data only when ``include_raw``)."""
+        tables = LEARNING_TABLES + (RAW_TABLES if include_raw else [])
+        with self.transaction(lock_key="ingest") as conn:
+            for table in tables:
+                conn.execute(table.delete())
+        return [tb.name for tb in tables]
+
+
+@lru_cache(maxsize=8)
+def get_store(url: str) -> Store:
+    """One Store (engine pool) per URL per process."""
+    return Store(url)

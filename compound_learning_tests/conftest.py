@@ -1,0 +1,103 @@
+"""Shared fixtures: small simulated worlds, SQLite and PostgreSQL stores.
+
+PostgreSQL tests use a fresh database per test on 127.0.0.1:5432 (override the admin URL with
+``COMPOUND_LEARNING_TEST_PG_ADMIN_URL``). They skip with a reason when no server answers,
+except where ``COMPOUND_LEARNING_REQUIRE_POSTGRES=1`` (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+
+from compound_learning.core.simulate import WorldConfig, simulate
+from compound_learning.storage.store import Store, get_store
+
+PG_ADMIN_URL = os.environ.get(
+    "COMPOUND_LEARNING_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_PG = os.environ.get("COMPOUND_LEARNING_REQUIRE_POSTGRES") == "1"
+START = date(2024, 1, 1)
+
+
+def small_world(days: int = 12, accounts: int = 6, creatives: int = 12, seed: int = 1, **kw):
+    return simulate(WorldConfig(days=days, accounts=accounts, creatives_per_account=creatives, seed=seed, **kw))
+
+
+@pytest.fixture(scope="session")
+def world():
+    """A small world (12 days x 6 accounts x 12 creatives) shared read-only by tests."""
+    return small_world()
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server for us"
+        return str(exc).splitlines()[0]
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    problem = _pg_available()
+    if problem:
+        message = f"PostgreSQL not reachable at {PG_ADMIN_URL}: {problem}"
+        if REQUIRE_PG:
+            pytest.fail(message + " (COMPOUND_LEARNING_REQUIRE_POSTGRES=1: PostgreSQL tests are mandatory)")
+        pytest.skip(message)
+    name = f"cl_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    _forget(url)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _forget(url: str) -> None:
+    store = get_store(url)
+    store.dispose()
+    get_store.cache_clear()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cl.db'}"
+    yield url
+    _forget(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """Point the settings (and so the Dagster resource) at a given database URL."""
+
+    def _apply(url: str) -> None:
+        monkeypatch.setenv("COMPOUND_LEARNING_DATABASE_URL", url)
+        monkeypatch.setenv("COMPOUND_LEARNING_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+        monkeypatch.setenv("COMPOUND_LEARNING_STATE_DIR", str(tmp_path / "state"))
+
+    return _apply
+
+
+def make_store(url: str) -> Store:
+    return get_store(url)
