@@ -110,7 +110,12 @@ def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING")
     message = ""
     if not result.success:
         failures = [e for e in result.all_events if e.is_failure]
-        message = failures[0].message if failures else "run failed"
+        message = "run failed"
+        if failures:
+            error = getattr(failures[0].event_specific_data, "error", None)
+            while error is not None and error.cause is not None:  # the user's error, not Dagster's wrapper
+                error = error.cause
+            message = failures[0].message + (f" {error.message.strip()}" if error is not None else "")
     record_cycle_run(instance, _store(), run, status, message or "")
     return {"run_id": result.run_id, "status": status, "start": str(start), "end": str(end),
             "days": (end - start).days + 1, "message": message}
