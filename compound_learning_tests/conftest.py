@@ -24,13 +24,13 @@ REQUIRE_PG = os.environ.get("COMPOUND_LEARNING_REQUIRE_POSTGRES") == "1"
 START = date(2024, 1, 1)
 
 
-def small_world(days: int = 12, accounts: int = 6, creatives: int = 12, seed: int = 1, **kw):
+def small_world(days: int = 12, accounts: int = 6, creatives: int = 25, seed: int = 1, **kw):
     return simulate(WorldConfig(days=days, accounts=accounts, creatives_per_account=creatives, seed=seed, **kw))
 
 
 @pytest.fixture(scope="session")
 def world():
-    """A small world (12 days x 6 accounts x 12 creatives) shared read-only by tests."""
+    """A small world (12 days x 6 accounts x 25 creatives) shared read-only by tests."""
     return small_world()
 
 

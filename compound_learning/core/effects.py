@@ -75,6 +75,7 @@ def fit_effects(
     *,
     interaction_pairs: list[tuple[str, str]] | None = None,
     min_cell_creatives: int = 5,
+    inference: str = "cluster",
 ) -> EffectFit | None:
     """Fit one metric's GLM on cumulative cells (one row per creative x dow x age bucket).
 
@@ -83,6 +84,12 @@ def fit_effects(
     With ``interaction_pairs`` a second fit adds the supported interaction terms; main effects
     always come from the model without them, since with reference-coded interactions a "main"
     coefficient becomes the effect at the partner's reference level.
+
+    ``inference="cluster"`` (many creatives): the cells' Poisson fit with a creative-clustered
+    sandwich. ``inference="creative"`` (few creatives, e.g. one account): the point estimates and
+    intervals come from a creative-level random-effects meta-regression with Knapp-Hartung
+    t-intervals (a sandwich with few clusters per parameter is badly anti-conservative).
+    Interactions always use the creative-level model.
     """
     y_col, exp_col = METRIC_SPECS[metric]
     data = cells[(cells[exp_col].astype(float) > 0) & cells[y_col].notna()].reset_index(drop=True)
@@ -139,6 +146,20 @@ def fit_effects(
     params, cov, converged = fitted
     if not converged:
         notes.append("GLM did not converge; estimates are unreliable")
+    count = data[COUNT_FOR_VARIANCE[metric]].to_numpy(dtype=float)
+    collapsed = _collapse(X, names, params, y, count, exposure, coded)
+    dof = float(coded.n_creatives - 1)
+    if inference == "creative":
+        keep, Xc, y_c, count_c, e_c = collapsed
+        meta = _fit_creative_re(y_c, count_c, e_c, Xc)
+        if meta is None:
+            return EffectFit(metric, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), len(data),
+                             coded.n_creatives, False, ["too few creatives for the creative-level model"])
+        params = params.copy()
+        params[keep] = meta[0]
+        cov = np.zeros_like(cov)
+        cov[np.ix_(keep, keep)] = meta[1]
+        dof = meta[2]
 
     def contrast(vec: np.ndarray) -> tuple[float, float]:
         var = float(vec @ cov @ vec)
@@ -156,7 +177,7 @@ def fit_effects(
             if lv != ref:
                 vec[index[(f"attr:{dim}", lv)]] += 1.0
             est, se = contrast(vec)
-            rows.append({"dimension": dim, "value": lv, "log_effect": est, "std_error": se,
+            rows.append({"dimension": dim, "value": lv, "log_effect": est, "std_error": se, "df": dof,
                          **coded.support(codes == all_levels.index(lv))})
     effects = pd.DataFrame(rows)
 
@@ -173,27 +194,20 @@ def fit_effects(
                 if mask.any() and len(np.unique(coded.creative[mask])) >= min_cell_creatives:
                     terms.append((d1, v1, d2, v2, mask))
     if terms:
-        # The interaction fit runs on one row per creative: day-of-week and age effects from the
-        # main fit move into the offset, which keeps this fit ~20x smaller and just as adjusted.
-        nuisance = [i for i, n in enumerate(names) if n[0] in ("dow", "age")]
-        eta = X[:, nuisance] @ params[nuisance] if nuisance else np.zeros(len(data))
-        g = coded.creative
-        y_c = np.bincount(g, weights=y)
-        e_c = np.bincount(g, weights=exposure * np.exp(eta))
-        first_row = np.zeros(coded.n_creatives, dtype=int)
-        first_row[g[::-1]] = np.arange(len(g))[::-1]
-        keep = [i for i, n in enumerate(names) if n[0] not in ("dow", "age")]
-        Xc = np.hstack([X[first_row][:, keep], *[m[first_row].astype(float)[:, None] for *_, m in terms]])
-        # One row per creative: quasi-Poisson (Pearson dispersion pooled over all creatives)
-        # rather than a sandwich, which underestimates the variance of a cell with few creatives.
-        fitted_i = _fit_glm(y_c, Xc, np.log(np.maximum(e_c, 1e-300)), None)
-        if fitted_i is not None:
-            p_i, cov_i, _ = fitted_i
+        # One row per creative (day-of-week and age effects from the main fit move into the
+        # offset), a random effect per creative, t-intervals: honest for cells of few creatives.
+        keep, Xc, y_c, count_c, e_c = collapsed
+        first_row = _first_rows(coded)
+        Xi = np.hstack([Xc, *[m[first_row].astype(float)[:, None] for *_, m in terms]])
+        # A creative's attributes are constant, so the cell indicator at its first row is exact.
+        meta = _fit_creative_re(y_c, count_c, e_c, Xi)
+        if meta is not None:
+            p_i, cov_i, df_i = meta
             for k, (d1, v1, d2, v2, mask) in enumerate(terms):
-                j = len(keep) + k
+                j = Xc.shape[1] + k
                 se = float(np.sqrt(cov_i[j, j])) if cov_i[j, j] > 0 else np.nan
                 irows.append({"dimension": d1, "value": v1, "dimension2": d2, "value2": v2,
-                              "log_effect": float(p_i[j]), "std_error": se, **coded.support(mask)})
+                              "log_effect": float(p_i[j]), "std_error": se, "df": df_i, **coded.support(mask)})
     interactions = pd.DataFrame(irows)
 
     # Baseline of each account: a fresh creative (first age bucket), average day of week,
@@ -211,6 +225,71 @@ def fit_effects(
         est, se = contrast(vec)
         brows.append({"account_id": a, "log_rate": est, "std_error": se})
     return EffectFit(metric, effects, interactions, pd.DataFrame(brows), len(data), coded.n_creatives, converged, notes)
+
+
+COUNT_FOR_VARIANCE = {"ctr": "clicks", "cvr": "conversions", "roas": "conversions"}
+
+
+def _first_rows(coded: _Coded) -> np.ndarray:
+    first = np.zeros(coded.n_creatives, dtype=int)
+    first[coded.creative[::-1]] = np.arange(coded.n)[::-1]
+    return first
+
+
+def _collapse(X, names, params, y, count, exposure, coded: _Coded):
+    """Creative-level rows: outcome, variance count and exposure adjusted by the main fit's
+    day-of-week and age effects; the design keeps the account and attribute columns."""
+    nuisance = [i for i, n in enumerate(names) if n[0] in ("dow", "age")]
+    keep = np.array([i for i, n in enumerate(names) if n[0] not in ("dow", "age")])
+    eta = X[:, nuisance] @ params[nuisance] if nuisance else np.zeros(len(y))
+    g = coded.creative
+    y_c = np.bincount(g, weights=y, minlength=coded.n_creatives)
+    count_c = np.bincount(g, weights=np.nan_to_num(count), minlength=coded.n_creatives)
+    e_c = np.bincount(g, weights=exposure * np.exp(eta), minlength=coded.n_creatives)
+    return keep, X[_first_rows(coded)][:, keep], y_c, count_c, e_c
+
+
+def _fit_creative_re(y, count, exposure, X):
+    """Random-effects meta-regression of creatives' log rates on their attributes.
+
+    Each creative gives ``log((y + 0.5 u) / exposure)`` with sampling variance ~ 1 / count;
+    creatives differ beyond their attributes by ``tau^2`` (method of moments); inference uses
+    the Knapp-Hartung scale and t with n - k degrees of freedom. Returns (beta, cov, df) or None.
+    """
+    n, k = X.shape
+    if n <= k + 1:
+        return None
+    unit = float(y.sum() / count.sum()) if count.sum() > 0 else 1.0  # e.g. revenue per conversion
+    r = np.log((y + 0.5 * unit) / exposure)
+    v = 1.0 / (count + 0.5)
+    ridge = 1e-8 * np.eye(k)
+
+    def wls(w):
+        xtw = X.T * w
+        try:
+            inv = np.linalg.inv(xtw @ X + ridge)
+        except np.linalg.LinAlgError:
+            return None
+        beta = inv @ (xtw @ r)
+        return beta, inv, r - X @ beta
+
+    fixed = wls(1.0 / v)
+    if fixed is None:
+        return None
+    _, inv_fe, resid = fixed
+    w = 1.0 / v
+    q = float(np.sum(w * resid**2))
+    trace = float(np.sum(w) - np.trace(inv_fe @ ((X.T * w**2) @ X)))
+    tau2 = max(0.0, (q - (n - k)) / trace) if trace > 0 else 0.0
+    random = wls(1.0 / (v + tau2))
+    if random is None:
+        return None
+    beta, inv, resid = random
+    scale = float(np.sum(resid**2 / (v + tau2)) / (n - k))
+    cov = inv * max(scale, 1.0)
+    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(cov))):
+        return None
+    return beta, cov, float(n - k)
 
 
 def _fit_glm(y, X, offset, groups, max_iter: int = 50, tol: float = 1e-8):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from compound_learning.core.effects import METRIC_SPECS, Z95, EffectFit, fit_effects
+from compound_learning.core.effects import METRIC_SPECS, EffectFit, fit_effects
 
 GLOBAL = "*"
 STATES = ("insufficient_data", "learning", "significant", "contradicted")
@@ -74,7 +74,8 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
                        for k in ("impressions", "clicks", "conversions", "spend", "revenue", "creatives", "accounts")
                        if k in r}
             est, se = r["log_effect"], r["std_error"]
-            estimable = np.isfinite(est) and np.isfinite(se) and se > 0
+            # |log effect| > 10 (a 22,000x lift) only comes from separation, never from evidence.
+            estimable = np.isfinite(est) and np.isfinite(se) and se > 0 and abs(est) < 10
             needed = settings.min_interaction_creatives if is_inter else settings.min_creatives
             enough = support.get("creatives", 0) >= needed
             rows.append({
@@ -85,6 +86,7 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
                 "metric": fit.metric,
                 "log_effect": float(est) if np.isfinite(est) else np.nan,
                 "std_error": float(se) if estimable else np.nan,
+                "df": float(r.get("df", np.inf)),
                 "testable": bool(estimable and enough),
                 "support": json.dumps(support, sort_keys=True),
             })
@@ -106,7 +108,7 @@ def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -
             if sub["creative_id"].nunique() < settings.min_creatives:
                 continue
             for metric in METRIC_SPECS:
-                fit = fit_effects(sub, dims, metric)
+                fit = fit_effects(sub, dims, metric, inference="creative")
                 if fit is not None:
                     account_fits[(str(account_id), metric)] = fit
     return CycleFits(global_fits, account_fits)
@@ -124,16 +126,18 @@ def build_patterns(
     if not rows:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
     df = pd.DataFrame(rows)
-    z = df["log_effect"] / df["std_error"]
-    df["p_value"] = np.where(df["testable"], 2 * sps.norm.sf(np.abs(z.fillna(0))), np.nan)
+    z = (df["log_effect"] / df["std_error"]).fillna(0).abs().to_numpy()
+    dof = df["df"].fillna(np.inf).clip(lower=1).to_numpy()
+    df["p_value"] = np.where(df["testable"], 2 * sps.t.sf(z, dof), np.nan)
     df["q_value"] = np.nan
     testable = df["testable"].to_numpy()
     if testable.any():
         df.loc[testable, "q_value"] = sps.false_discovery_control(df.loc[testable, "p_value"].to_numpy(), method="bh")
-    half = Z95 * df["std_error"]
-    df["lift"] = np.expm1(df["log_effect"])
-    df["ci_low"] = np.where(df["testable"], np.expm1(df["log_effect"] - half), np.nan)
-    df["ci_high"] = np.where(df["testable"], np.expm1(df["log_effect"] + half), np.nan)
+    half = sps.t.ppf(0.975, dof) * df["std_error"]
+    df["lift"] = np.expm1(df["log_effect"].clip(-10, 10))
+    # Bounds are clipped at e^20 (a "no upper bound in practice" interval from tiny support).
+    df["ci_low"] = np.where(df["testable"], np.expm1((df["log_effect"] - half).clip(-20, 20)), np.nan)
+    df["ci_high"] = np.where(df["testable"], np.expm1((df["log_effect"] + half).clip(-20, 20)), np.nan)
     df["confidence"] = np.where(df["testable"], 1.0 - df["q_value"].fillna(1.0), 0.0)
     df = _apply_states(df, as_of, previous, settings)
     return df[PATTERN_COLUMNS].sort_values(["metric", "account_id", "pattern_id"]).reset_index(drop=True)

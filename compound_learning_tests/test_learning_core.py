@@ -1,0 +1,171 @@
+"""The pure learning core on small worlds: recovery, the correlated-attribute trap, a null
+world, states, the knowledge graph, DNA scoring, insights and trajectories."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from compound_learning.core import stats
+from compound_learning.core.dna import dna_weights, score_creative
+from compound_learning.core.insights import cross_account_insights, dersimonian_laird
+from compound_learning.core.knowledge import build_graph
+from compound_learning.core.patterns import PatternSettings, build_patterns, fit_cycle
+from compound_learning.core.trajectory import trajectory
+from compound_learning_tests.conftest import small_world
+
+
+def cells_of(data: pd.DataFrame):
+    dims = [c for c in data.columns if c not in {"date", "account_id", "creative_id", "impressions", "clicks",
+                                                 "conversions", "spend", "revenue"}]
+    frame = data.copy()
+    frame["attributes"] = [json.dumps(dict(zip(dims, r)), sort_keys=True) for r in frame[dims].itertuples(index=False)]
+    frame["date"] = pd.to_datetime(frame["date"])
+    first = frame.groupby("creative_id")["date"].transform("min")
+    frame["age_days"] = (frame["date"] - first).dt.days
+    frame["dow"] = frame["date"].dt.day_of_week
+    cum = stats.roll_forward(pd.DataFrame(), frame[["account_id", "creative_id", "dow", "age_days", *stats.METRICS,
+                                                   "attributes"]], 1.0, frame["date"].max().date())
+    return stats.expand_attributes(cum)
+
+
+def learn(data, settings=None, days_persisted=3):
+    settings = settings or PatternSettings()
+    cells, dims = cells_of(data)
+    fits = fit_cycle(cells, dims, settings)
+    prev = None
+    for i in range(days_persisted):  # the same evidence re-tested on consecutive days
+        prev = build_patterns(fits, date(2024, 3, 1) + timedelta(days=i), prev, settings)
+    return prev, fits, cells, dims
+
+
+@pytest.fixture(scope="module")
+def learned():
+    data, truth = small_world(days=30, accounts=10, creatives=25, seed=11)
+    patterns, fits, cells, dims = learn(data)
+    return data, truth, patterns, fits, cells, dims
+
+
+def test_effects_recover_truth_and_intervals_cover(learned):
+    _, truth, patterns, *_ = learned
+    glob = patterns[(patterns["account_id"] == "*") & (patterns["pattern_type"] != "interaction")].copy()
+    glob["dim_value"] = glob["attributes"].map(lambda a: next(iter(json.loads(a).items())))
+    eff = pd.DataFrame(truth["effects"])
+    eff["dim_value"] = list(zip(eff["dimension"], eff["value"]))
+    merged = glob.merge(eff, on=["dim_value", "metric"], suffixes=("", "_true"))
+    assert len(merged) >= 40
+    covered = (merged["ci_low"] <= merged["lift_true"]) & (merged["lift_true"] <= merged["ci_high"])
+    assert covered.mean() >= 0.85
+    big = merged[merged["log_effect_true"].abs() > 0.2]
+    assert (np.sign(big["log_effect"]) == np.sign(big["log_effect_true"])).mean() >= 0.95
+    sig = merged[merged["state"] == "significant"]
+    assert len(sig) > 5
+    assert (np.sign(sig["log_effect"]) == np.sign(sig["log_effect_true"])).all()
+
+
+def test_null_attribute_correlated_with_a_strong_one_is_not_significant(learned):
+    _, truth, patterns, *_ = learned
+    cta = patterns[(patterns["account_id"] == "*") & (patterns["pattern_type"] == "cta")]
+    assert len(cta) > 0 and "cta" in truth["null_dimensions"]
+    assert not (cta["state"] == "significant").any()
+
+
+def test_null_world_claims_almost_nothing():
+    data, _ = small_world(days=30, accounts=10, creatives=25, seed=12, null=True)
+    patterns, *_ = learn(data)
+    testable = patterns[patterns["state"] != "insufficient_data"]
+    assert len(testable) > 50
+    assert (testable["state"] == "significant").mean() <= 0.05
+
+
+def test_states_need_persistence_and_flip_to_contradicted(learned):
+    *_, fits, cells, dims = learned
+    s = PatternSettings(persistence=3)
+    day1 = build_patterns(fits, date(2024, 3, 1), None, s)
+    assert not (day1["state"] == "significant").any()  # significant only once it has held
+    assert (day1["state"] == "learning").any()
+    day3 = build_patterns(fits, date(2024, 3, 3), build_patterns(fits, date(2024, 3, 2), day1, s), s)
+    sig = day3[day3["state"] == "significant"]
+    assert len(sig) > 0
+    assert (day3.set_index("pattern_id")["first_seen"] == date(2024, 3, 1)).all()
+    # New evidence flips every effect: established claims become contradicted.
+    from dataclasses import replace
+
+    flipped = {k: replace(f, effects=f.effects.assign(log_effect=-f.effects["log_effect"]),
+                          interactions=f.interactions.assign(log_effect=-f.interactions["log_effect"]))
+               for k, f in fits.global_fits.items()}
+    from compound_learning.core.patterns import CycleFits
+
+    day4 = build_patterns(CycleFits(flipped, {}), date(2024, 3, 4), day3, s)
+    was = set(sig[sig["account_id"] == "*"]["pattern_id"]) & set(day4["pattern_id"])
+    states = day4.set_index("pattern_id").loc[list(was), "state"]
+    assert (states == "contradicted").mean() > 0.9
+
+
+def test_knowledge_graph_types_and_posterior_confidence(learned):
+    _, _, patterns, _, cells, dims = learned
+    creatives = cells.drop_duplicates(["account_id", "creative_id"])
+    nodes, edges = build_graph(patterns, creatives, dims)
+    assert {"attribute_value", "metric", "pattern"} <= set(nodes["node_type"])
+    assert nodes["confidence"].between(0, 1).all() and nodes["importance"].between(0, 1).all()
+    kinds = set(edges["relationship_type"])
+    assert {"improves", "hurts", "co_occurs", "describes"} <= kinds
+    co = edges[edges["relationship_type"] == "co_occurs"]
+    assert ((co["source_id"] == "value:cta=shop_now") | (co["target_id"] == "value:cta=shop_now")).any()
+    # co-occurrence is never mistaken for an effect on a metric
+    assert not edges[(edges["relationship_type"].isin(["improves", "hurts"])) &
+                     edges["source_id"].str.startswith("value:cta=")].shape[0]
+
+
+def test_dna_scores_relative_to_the_account_baseline(learned):
+    _, _, patterns, fits, *_ = learned
+    baselines = pd.concat([f.baselines.assign(metric=m) for m, f in fits.global_fits.items()])
+    weights = dna_weights(patterns, baselines)
+    good = score_creative(weights, "acct_001", {"hook_type": "question", "audience": "retargeting", "template": "bold"})
+    bad = score_creative(weights, "acct_001", {"hook_type": "testimonial", "audience": "interest", "template": "carousel"})
+    assert good["dna_score"] > 100 > bad["dna_score"]
+    ctr = good["predictions"]["ctr"]
+    assert ctr["ci_low"] < ctr["predicted"] < ctr["ci_high"]
+    odd = score_creative(weights, "acct_001", {"hook_type": "meme", "mood": "calm"})
+    assert odd["unseen_values"] == [{"dimension": "hook_type", "value": "meme"}]
+    assert odd["unknown_dimensions"] == ["mood"]
+    assert odd["dna_score"] == pytest.approx(100.0)
+    with pytest.raises(LookupError, match="unknown account"):
+        score_creative(weights, "nobody", {"hook_type": "question"})
+
+
+def test_insights_need_five_accounts_and_no_dominance(learned):
+    _, _, patterns, *_ = learned
+    insights = cross_account_insights(patterns)
+    assert insights["published"].any()
+    assert (insights.loc[insights["published"], "n_accounts"] >= 5).all()
+    assert (insights.loc[insights["published"], "top2_share"] < 0.8).all()
+    few = patterns[patterns["account_id"].isin(["*", "acct_001", "acct_002", "acct_003"])]
+    assert not cross_account_insights(few)["published"].any()
+    assert "acct_" not in insights.to_json()
+    res = dersimonian_laird(np.array([0.1, 0.1, 0.1]), np.array([0.05, 0.05, 0.05]))
+    assert res["tau2"] == 0.0 and res["pooled"] == pytest.approx(0.1)
+
+
+def _series(days, growth, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    d = pd.date_range("2024-01-01", periods=days)
+    roas = 3.0 * np.exp(growth * np.arange(days) + rng.normal(0, noise, days))
+    return pd.DataFrame({"date": d, "spend": 100.0, "revenue": 100.0 * roas})
+
+
+def test_trajectory_is_honest():
+    assert trajectory(_series(1, 0, 0))["learning_status"] == "insufficient_data"
+    flat = [trajectory(_series(60, 0.0, 0.2, seed=s)) for s in range(20)]
+    assert sum(f["learning_status"] == "improving" for f in flat) <= 2
+    assert not any(f["on_track_for_10x"] for f in flat)
+    up = trajectory(_series(60, 0.01, 0.1))
+    assert up["learning_status"] == "improving" and up["daily_improvement_rate"] == pytest.approx(0.01, abs=0.004)
+    lo, hi = up["projected_90d_roas_ci"]
+    assert lo < up["projected_90d_roas"] < hi
+    fast = trajectory(_series(60, 0.03, 0.05))
+    assert fast["on_track_for_10x"] is True
