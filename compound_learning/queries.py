@@ -47,7 +47,7 @@ def patterns(store: Store, *, account_id: str | None = None, pattern_type: str |
         stmt = stmt.where(c.metric == metric)
     if state:
         stmt = stmt.where(c.state == state)
-    frame = store.read_frame(stmt.order_by(c.confidence.desc(), c.pattern_id).limit(limit))
+    frame = store.read_frame(stmt.order_by(c.confidence.desc(), sa.func.abs(c.log_effect).desc(), c.pattern_id).limit(limit))
     return patterns_to_records(frame)
 
 
