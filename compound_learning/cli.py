@@ -282,6 +282,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """The recovery benchmark over simulated worlds (null, small, large, correlated, drifting)."""
+    from compound_learning.core.evaluation import evaluate
+
+    result = evaluate(args.worlds, seed=args.seed, days=args.days, accounts=args.accounts)
+
+    def human(r):
+        for w in r["worlds"]:
+            print(f"{w['kind']:<11} seed={w['seed']} significant={w['significant']:>3} false={w['false_discoveries']} "
+                  f"coverage={w['coverage']:.3f} spearman={w['spearman'] if w['spearman'] is None else round(w['spearman'], 3)} "
+                  f"trend={w['world_trend']} accounts_improving={w['accounts_called_improving']}/{w['accounts']}")
+        s = r["summary"]
+        print(f"\nmean FDP {s['mean_fdp']:.3f} (pooled {s['pooled_fdp']:.3f}); coverage {s['coverage']:.3f}; "
+              f"sign accuracy {s['sign_accuracy']}; mean Spearman {s['mean_spearman']:.3f}")
+        print(f"null worlds called improving: {s['null_worlds_called_improving']}; null-world accounts called improving: "
+              f"{s['null_world_accounts_called_improving']}/{s['null_world_accounts']}; correlated null dimension "
+              f"significant: {s['correlated_null_dimension_significant']}")
+        for target, ok in s["targets"].items():
+            print(f"  [{'ok' if ok else 'MISSED'}] {target}")
+    _print(result, args.json, human)
+    return 0 if all(result["summary"]["targets"].values()) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compound-learning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reset", cmd_reset, "empty the learning tables (raw data only with --all)")
     p.add_argument("--all", action="store_true")
     p.add_argument("--yes", action="store_true")
+
+    p = add("evaluate", cmd_evaluate, "recovery benchmark: learn on simulated worlds and score against the truth")
+    p.add_argument("--worlds", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--days", type=int, default=45)
+    p.add_argument("--accounts", type=int, default=12)
 
     p = add("demo", cmd_demo, "simulate, ingest and learn over every day, then summarize")
     p.add_argument("--days", type=int, default=60)

@@ -38,10 +38,11 @@ PATTERN_COLUMNS = [
 class PatternSettings:
     min_creatives: int = 5
     min_interaction_creatives: int = 10  # creatives carrying both values of a pair
-    alpha: float = 0.05
+    alpha: float = 0.01  # BH level for `significant`; strict because the same claims are re-tested daily
     persistence: int = 3
     per_account: bool = True
     interactions: bool = True
+    global_inference: str = "creative"  # or "cluster": see effects.fit_effects
 
 
 @dataclass
@@ -98,7 +99,7 @@ def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -
     pairs = list(combinations(dims, 2)) if settings.interactions else []
     global_fits = {}
     for metric in METRIC_SPECS:
-        fit = fit_effects(cells, dims, metric, interaction_pairs=pairs,
+        fit = fit_effects(cells, dims, metric, interaction_pairs=pairs, inference=settings.global_inference,
                           min_cell_creatives=settings.min_interaction_creatives)
         if fit is not None:
             global_fits[metric] = fit

@@ -165,7 +165,10 @@ def simulate(cfg: WorldConfig) -> tuple[pd.DataFrame, dict]:
         weekend = dow >= 5
         impressions = rng.poisson(a_row["volume"] * np.exp(rng.normal(0, 0.4, len(ci))) * np.where(weekend, 0.8, 1.0))
         frame = pd.DataFrame({"c": ci, "d": di, "impressions": impressions})
-        cum_before = frame.groupby("c")["impressions"].cumsum() - frame["impressions"]
+        # Creatives live at the start of the window were already running: they carry a random
+        # history of impressions, so the world starts in its steady state (no start-up trend).
+        history = np.where(launch == 0, rng.uniform(0, 20, n) * a_row["volume"], 0.0)
+        cum_before = frame.groupby("c")["impressions"].cumsum() - frame["impressions"] + history[ci]
         log_ctr = a_row["log_ctr"] + quality_ctr[ci] + np.where(weekend, 0.10, 0.0) - 0.15 * cum_before.to_numpy() / 100_000
         log_cvr = a_row["log_cvr"] + quality_cvr[ci] + np.where(weekend, -0.05, 0.0)
         for d in dims:

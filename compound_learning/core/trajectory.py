@@ -6,7 +6,9 @@ of log ROAS over time are fitted, each with autocorrelation-robust (HAC, Newey-W
 - ``compound``: a constant daily growth rate, ``log roas = a + b t``;
 - ``saturating``: growth that levels off, ``log roas = a + c (1 - exp(-t / tau))``, tau on a grid;
 
-the one with the lower error on the held-out last fifth of the days is used. Projections at
+the one with the lower error on the held-out last fifth of the days is used. A third, flat
+model (no growth) competes too: ``improving`` / ``declining`` need both a growth interval that
+excludes zero and a growth model that beats the flat one on the held-out days. Projections at
 30 / 90 / 365 days carry 95% intervals; ``on_track_for_10x`` only when the *lower* bound of the
 365-day projection is 10x the initial ROAS; ``learning_status`` says ``improving`` or
 ``declining`` only when the growth interval excludes zero, else ``stable``. Fewer than two
@@ -19,41 +21,50 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from compound_learning.core.effects import Z95
+from scipy import stats as sps
 
 HORIZONS = (30, 90, 365)
 TAUS = (7.0, 14.0, 30.0, 60.0, 120.0)
 
 
-def _design(t: np.ndarray, model: str, tau: float | None) -> np.ndarray:
+def _design(t: np.ndarray, model: str, tau: float | None, dow: np.ndarray | None = None) -> np.ndarray:
+    """Intercept, the growth term, and day-of-week dummies (or their average, for projections)."""
+    if dow is None:
+        week = np.full((len(t), 6), 1.0 / 7.0)
+    else:
+        week = (dow[:, None] == np.arange(1, 7)[None, :]).astype(float)
+    if model == "flat":
+        return np.column_stack([np.ones_like(t), week])
     x = t if model == "compound" else 1.0 - np.exp(-t / tau)
-    return np.column_stack([np.ones_like(t), x])
+    return np.column_stack([np.ones_like(t), x, week])
 
 
-def _fit(t, y, model, tau=None):
-    lags = int(max(1, min(7, np.floor(4 * (len(t) / 100) ** (2 / 9)) + 1)))
-    res = sm.OLS(y, _design(t, model, tau)).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
-    return res
+def _fit(t, y, model, tau=None, dow=None):
+    # A week of lags at least: daily ROAS moves with weekly cycles and creative turnover, and a
+    # short HAC window underestimates the trend's uncertainty (false "improving" on flat data).
+    lags = int(min(max(7, len(t) // 4), max(len(t) - 9, 1)))
+    return sm.OLS(y, _design(t, model, tau, dow)).fit(
+        cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True}, use_t=True)
 
 
-def _best_saturating(t, y):
+def _best_saturating(t, y, dow):
     best = None
     for tau in TAUS:
-        res = _fit(t, y, "saturating", tau)
+        res = _fit(t, y, "saturating", tau, dow)
         if best is None or res.ssr < best[1].ssr:
             best = (tau, res)
     return best
 
 
-def _holdout_error(t, y, model) -> float:
+def _holdout_error(t, y, dow, model) -> float:
     cut = int(len(t) * 0.8)
-    if cut < 5 or len(t) - cut < 2:
+    if cut < 12 or len(t) - cut < 2:
         return np.inf
-    if model == "compound":
-        res, tau = _fit(t[:cut], y[:cut], "compound"), None
+    if model in ("compound", "flat"):
+        res, tau = _fit(t[:cut], y[:cut], model, None, dow[:cut]), None
     else:
-        tau, res = _best_saturating(t[:cut], y[:cut])
-    pred = _design(t[cut:], model, tau) @ res.params
+        tau, res = _best_saturating(t[:cut], y[:cut], dow[:cut])
+    pred = _design(t[cut:], model, tau, dow[cut:]) @ res.params
     return float(np.mean((y[cut:] - pred) ** 2))
 
 
@@ -88,22 +99,30 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         return out
     t = (positive["date"] - first).dt.days.to_numpy(float)
     y = np.log((positive["revenue"] / positive["spend"]).to_numpy(float))
-    errors = {"compound": _holdout_error(t, y, "compound"), "saturating": _holdout_error(t, y, "saturating")}
+    dow = positive["date"].dt.day_of_week.to_numpy()
+    if len(t) < 10:  # too few points for a trend next to 6 day-of-week terms
+        out["learning_status"] = "learning"
+        return out
+    errors = {m: _holdout_error(t, y, dow, m) for m in ("flat", "compound", "saturating")}
     out["holdout_mse"] = {k: (None if not np.isfinite(v) else v) for k, v in errors.items()}
     model = "saturating" if errors["saturating"] < errors["compound"] else "compound"
+    # Growth is claimed only if a growth model also predicts the held-out days better than no
+    # growth at all: in-sample trends from creative turnover do not survive that test.
+    growth_predicts = min(errors["compound"], errors["saturating"]) < errors["flat"] or not np.isfinite(errors["flat"])
     tau = None
     if model == "compound":
-        res = _fit(t, y, "compound")
+        res = _fit(t, y, "compound", None, dow)
     else:
-        tau, res = _best_saturating(t, y)
+        tau, res = _best_saturating(t, y, dow)
     params, cov = np.asarray(res.params), np.asarray(res.cov_params())
     out["model"] = model if model == "compound" else f"saturating(tau={tau:g}d)"
     # The daily rate is reported from the compound fit either way: it is the honest summary
     # of whether the account moves at all; the chosen model drives the projections.
-    comp = _fit(t, y, "compound")
+    comp = _fit(t, y, "compound", None, dow)
     b, se_b = float(comp.params[1]), float(np.sqrt(comp.cov_params()[1, 1]))
+    crit = float(sps.t.ppf(0.975, comp.df_resid))
     out["daily_improvement_rate"] = float(np.expm1(b))
-    out["daily_improvement_rate_ci"] = [float(np.expm1(b - Z95 * se_b)), float(np.expm1(b + Z95 * se_b))]
+    out["daily_improvement_rate_ci"] = [float(np.expm1(b - crit * se_b)), float(np.expm1(b + crit * se_b))]
     t_last = float(t[-1])
     initial = out["initial_roas"]
     for h in HORIZONS:
@@ -111,14 +130,14 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         est, se = float(x @ params), float(np.sqrt(max(x @ cov @ x, 0.0)))
         proj = float(np.exp(est))
         out[f"projected_{h}d_roas"] = proj
-        out[f"projected_{h}d_roas_ci"] = [float(np.exp(est - Z95 * se)), float(np.exp(est + Z95 * se))]
+        out[f"projected_{h}d_roas_ci"] = [float(np.exp(est - crit * se)), float(np.exp(est + crit * se))]
         out[f"improvement_{h}d"] = float(proj / initial - 1.0) if initial and initial > 0 else None
     low_365 = out["projected_365d_roas_ci"][0]
     if n < min_days_to_judge:
         out["learning_status"] = "learning"
-    elif b - Z95 * se_b > 0:
+    elif b - crit * se_b > 0 and growth_predicts:
         out["learning_status"] = "improving"
-    elif b + Z95 * se_b < 0:
+    elif b + crit * se_b < 0 and growth_predicts:
         out["learning_status"] = "declining"
     else:
         out["learning_status"] = "stable"

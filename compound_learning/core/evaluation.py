@@ -1,0 +1,163 @@
+"""The recovery benchmark: run the learning over simulated worlds and score it against the truth.
+
+For each world the daily cycle is replayed in memory (the same core code the assets run):
+per-day statistics, cumulative cells (optionally with forgetting), and patterns re-tested on
+each of the last days so the persistence rule applies. Scored on global main effects:
+
+- false discovery proportion among ``significant`` patterns (a discovery is false when the true
+  effect is null, |true lift| < 1%, or its sign is wrong),
+- 95% interval coverage of the true effects (the truth as the additive model defines it, see
+  ``simulate._add_library_effects``; drifting effects excluded),
+- sign accuracy of significant patterns, Spearman rank correlation of estimated vs true effects,
+- whether the truly null, correlated ``cta`` dimension is ever reported significant,
+- whether a null world is called improving: a panel regression of log ROAS on time with an
+  effect per account and errors clustered by account (any within-account autocorrelation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from compound_learning.core import stats
+from compound_learning.core.patterns import PatternSettings, build_patterns, fit_cycle
+from compound_learning.core.simulate import WorldConfig, simulate
+from compound_learning.core.trajectory import trajectory
+
+NULL_LIFT = 0.01
+KINDS = ["null", "small", "large", "correlated", "drift"]
+
+
+@dataclass
+class WorldSpec:
+    kind: str
+    seed: int
+    days: int = 45
+    accounts: int = 12
+    creatives: int = 25
+
+    def config(self) -> WorldConfig:
+        scale = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0}[self.kind]
+        return WorldConfig(days=self.days, accounts=self.accounts, creatives_per_account=self.creatives,
+                           seed=self.seed, effect_scale=scale, null=self.kind == "null",
+                           drift=self.kind == "drift")
+
+
+def _daily_frames(data: pd.DataFrame, dims: list[str]) -> dict:
+    frame = data.copy()
+    frame["attributes"] = [json.dumps(dict(zip(dims, r)), sort_keys=True) for r in frame[dims].itertuples(index=False)]
+    frame["date"] = pd.to_datetime(frame["date"])
+    first = frame.groupby(["account_id", "creative_id"])["date"].transform("min")
+    frame["age_days"] = (frame["date"] - first).dt.days
+    frame["dow"] = frame["date"].dt.day_of_week
+    cols = ["account_id", "creative_id", "dow", "age_days", *stats.METRICS, "attributes"]
+    return {d.date(): g[cols] for d, g in frame.groupby("date")}
+
+
+def replay(data: pd.DataFrame, dims: list[str], settings: PatternSettings, half_life_days: float = 0.0,
+           test_days: int = 3) -> pd.DataFrame:
+    """The daily cycle in memory; returns the patterns of the last day."""
+    days = _daily_frames(data, dims)
+    ordered = sorted(days)
+    cells = pd.DataFrame()
+    previous = None
+    for i, day in enumerate(ordered):
+        decay = stats.decay_factor(half_life_days, 1)
+        cells = stats.roll_forward(cells, days[day], decay, day)
+        if i >= len(ordered) - test_days:
+            wide, dim_list = stats.expand_attributes(cells)
+            fits = fit_cycle(wide, dim_list, settings)
+            previous = build_patterns(fits, day, previous, settings)
+    return previous
+
+
+def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dict:
+    settings = settings or PatternSettings(per_account=False)
+    cfg = spec.config()
+    data, truth = simulate(cfg)
+    dims = list(cfg.dimensions)
+    half_life = 14.0 if spec.kind == "drift" else 0.0
+    patterns = replay(data, dims, settings, half_life)
+    glob = patterns[(patterns["account_id"] == "*") & (patterns["pattern_type"] != "interaction")].copy()
+    glob["dimension"] = [next(iter(json.loads(a))) for a in glob["attributes"]]
+    glob["value"] = [next(iter(json.loads(a).values())) for a in glob["attributes"]]
+    eff = pd.DataFrame(truth["effects"])
+    m = glob.merge(eff, on=["dimension", "value", "metric"], suffixes=("", "_true"))
+    steady = m[~m["drifting"]]
+    testable = steady[steady["state"] != "insufficient_data"]
+    covered = (testable["ci_low"] <= testable["lift_true"]) & (testable["lift_true"] <= testable["ci_high"])
+    sig = steady[steady["state"] == "significant"]
+    is_null = sig["lift_true"].abs() < NULL_LIFT
+    wrong_sign = np.sign(sig["log_effect"]) != np.sign(sig["log_effect_true"])
+    false = is_null | wrong_sign
+    rho = (sps.spearmanr(testable["log_effect"], testable["log_effect_true"]).statistic
+           if spec.kind != "null" and len(testable) > 3 else np.nan)
+    inter_sig = int(((patterns["pattern_type"] == "interaction") & (patterns["state"] == "significant")).sum())
+    world_trend = panel_trend(data)
+    per_account = [trajectory(g[["date", "spend", "revenue"]])["learning_status"] for _, g in data.groupby("account_id")]
+    out = {
+        "kind": spec.kind, "seed": spec.seed, "testable": int(len(testable)), "significant": int(len(sig)),
+        "false_discoveries": int(false.sum()), "fdp": float(false.mean()) if len(sig) else 0.0,
+        "covered": int(covered.sum()), "coverage": float(covered.mean()) if len(testable) else np.nan,
+        "sign_correct": int((~wrong_sign).sum()), "spearman": float(rho) if rho == rho else None,
+        "null_dimension_significant": int((sig["dimension"].isin(truth["null_dimensions"])).sum()),
+        "significant_interactions": inter_sig,
+        "world_trend": world_trend["status"], "world_daily_rate": world_trend["daily_rate"],
+        "accounts_called_improving": sum(s == "improving" for s in per_account), "accounts": len(per_account),
+    }
+    if spec.kind == "drift":
+        late = m[m["drifting"] & (m["metric"] == "ctr")]
+        late_truth = -late["structural_log_effect"]  # the effect flipped halfway
+        big = late_truth.abs() > 0.05
+        out["drift_followed"] = float((np.sign(late.loc[big, "log_effect"]) == np.sign(late_truth[big])).mean())
+    return out
+
+
+def panel_trend(data: pd.DataFrame) -> dict:
+    """Common daily ROAS growth across accounts, with account-clustered 95% interval."""
+    import statsmodels.formula.api as smf
+
+    daily = data.groupby(["account_id", "date"], as_index=False)[["spend", "revenue"]].sum()
+    daily = daily[(daily["spend"] > 0) & (daily["revenue"] > 0)]
+    daily["t"] = (pd.to_datetime(daily["date"]) - pd.to_datetime(daily["date"]).min()).dt.days
+    daily["log_roas"] = np.log(daily["revenue"] / daily["spend"])
+    res = smf.ols("log_roas ~ t + C(account_id)", data=daily).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(daily["account_id"])[0]})
+    lo, hi = res.conf_int().loc["t"]
+    status = "improving" if lo > 0 else "declining" if hi < 0 else "stable"
+    return {"status": status, "daily_rate": float(np.expm1(res.params["t"])), "ci": [float(lo), float(hi)]}
+
+
+def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
+    """Score ``n_worlds`` worlds cycling through the kinds; returns per-world rows and the summary."""
+    rows = [score_world(WorldSpec(KINDS[i % len(KINDS)], seed + i, **world_kw)) for i in range(n_worlds)]
+    frame = pd.DataFrame(rows)
+    non_null = frame[frame["kind"] != "null"]
+    sig_total = int(frame["significant"].sum())
+    summary = {
+        "worlds": n_worlds,
+        "mean_fdp": float(frame["fdp"].mean()),
+        "pooled_fdp": float(frame["false_discoveries"].sum() / sig_total) if sig_total else 0.0,
+        "coverage": float(frame["covered"].sum() / frame["testable"].sum()),
+        "sign_accuracy": float(frame["sign_correct"].sum() / sig_total) if sig_total else None,
+        "mean_spearman": float(non_null["spearman"].dropna().mean()) if len(non_null) else None,
+        "null_worlds_called_improving": int(((frame["kind"] == "null") & (frame["world_trend"] == "improving")).sum()),
+        "null_world_accounts_called_improving": int(frame.loc[frame["kind"] == "null", "accounts_called_improving"].sum()),
+        "null_world_accounts": int(frame.loc[frame["kind"] == "null", "accounts"].sum()),
+        "correlated_null_dimension_significant": int(frame["null_dimension_significant"].sum()),
+    }
+    summary["targets"] = {
+        "mean_fdp <= 0.10": summary["mean_fdp"] <= 0.10,
+        "0.90 <= coverage <= 0.98": 0.90 <= summary["coverage"] <= 0.98,
+        "sign_accuracy >= 0.95": summary["sign_accuracy"] is None or summary["sign_accuracy"] >= 0.95,
+        "no null world called improving": summary["null_worlds_called_improving"] == 0,
+        "null correlated dimension never significant": summary["correlated_null_dimension_significant"] == 0,
+    }
+    return {"summary": summary, "worlds": rows}
+
+
