@@ -8,7 +8,7 @@
 | ``COMPOUND_LEARNING_PARTITION_START`` | ``2024-01-01`` | first daily partition |
 | ``COMPOUND_LEARNING_TIMEZONE`` | ``UTC`` | timezone of partitions and the 03:00 schedule |
 | ``COMPOUND_LEARNING_HALF_LIFE_DAYS`` | ``0`` (no forgetting) | exponential forgetting of evidence |
-| ``COMPOUND_LEARNING_MIN_NEW_CLICKS`` | ``500`` | new clicks needed before the CTR model retrains |
+| ``COMPOUND_LEARNING_MIN_NEW_CLICKS`` | ``5000`` | new clicks needed before the CTR model retrains |
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Settings:
     partition_start: date
     timezone: str
     half_life_days: float = 0.0
-    min_new_clicks: int = 500
+    min_new_clicks: int = 5000
     extra: dict = field(default_factory=dict)
 
 
@@ -54,7 +54,7 @@ def load_settings() -> Settings:
         ) from exc
     try:
         half_life = float(_env("COMPOUND_LEARNING_HALF_LIFE_DAYS", "0"))
-        min_new_clicks = int(_env("COMPOUND_LEARNING_MIN_NEW_CLICKS", "500"))
+        min_new_clicks = int(_env("COMPOUND_LEARNING_MIN_NEW_CLICKS", "5000"))
     except ValueError as exc:
         raise ValueError(f"bad numeric setting: {exc}") from exc
     if half_life < 0:

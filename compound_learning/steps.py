@@ -307,15 +307,26 @@ def load_champion(store: Store):
 def train_ctr_model(store: Store, settings: Settings, day: date, cfg: CycleSettings, force: bool = False) -> dict:
     """Retrain on evidence; the better family is the challenger; promote only through the gate."""
     champ = champion(store)
-    new_clicks_since = (pd.Timestamp(champ["holdout_end"]).date() if champ is not None else None)
+    registry = store.registry()
+    last = registry.iloc[-1] if len(registry) else None  # the last training, promoted or not
     window_start = day - timedelta(days=cfg.model_train_days + cfg.model_holdout_days - 1)
     holdout_start = day - timedelta(days=cfg.model_holdout_days - 1)
     rows, dims = _model_rows(store, window_start, day)
-    new_clicks = int(rows.loc[rows["date"] > new_clicks_since, "clicks"].sum()) if (champ is not None and len(rows)) else int(rows["clicks"].sum()) if len(rows) else 0
+    since = pd.Timestamp(last["holdout_end"]).date() if last is not None else None
+    if len(rows) == 0:
+        new_clicks = 0
+    elif since is None:
+        new_clicks = int(rows["clicks"].sum())
+    else:
+        new_clicks = int(rows.loc[rows["date"] > since, "clicks"].sum())
     age_days = (day - pd.Timestamp(champ["as_of"]).date()).days if champ is not None else None
     decision = {"new_clicks": new_clicks, "champion_version": None if champ is None else int(champ["version"]),
                 "champion_age_days": age_days}
-    if not force and champ is not None and new_clicks < cfg.min_new_clicks and age_days < cfg.max_model_age_days:
+    if not force and last is not None and since is not None and since >= day:
+        return {**decision, "action": "skipped: already trained on this day's evidence",
+                "reason": f"model v{int(last['version'])} was trained with data up to {since}"}
+    if (not force and champ is not None and new_clicks < cfg.min_new_clicks
+            and age_days is not None and age_days < cfg.max_model_age_days):
         return {**decision, "action": "skipped: not enough new evidence",
                 "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old"}
     train = rows[rows["date"] < holdout_start] if len(rows) else rows
