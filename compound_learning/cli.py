@@ -275,9 +275,12 @@ def cmd_demo(args) -> int:
         print("  " + _fmt_pattern(p))
     account = queries.accounts(store)[0]
     traj = queries.trajectory(store, account)
-    print(f"\nTrajectory of {account}: {traj['learning_status']}, ROAS {traj['initial_roas']:.2f} -> "
-          f"{traj['current_roas']:.2f}; projected 90d {traj['projected_90d_roas']:.2f} "
-          f"[{traj['projected_90d_roas_ci'][0]:.2f}, {traj['projected_90d_roas_ci'][1]:.2f}]")
+    line = (f"\nTrajectory of {account}: {traj['learning_status']} ({traj['model']}), ROAS "
+            f"{traj['initial_roas']:.2f} -> {traj['current_roas']:.2f}")
+    if traj["projected_90d_roas"] is not None:
+        lo, hi = traj["projected_90d_roas_ci"]
+        line += f"; projected in 90 days {traj['projected_90d_roas']:.2f} [95%: {lo:.2f}, {hi:.2f}]"
+    print(line)
     print("\nNext: `make dev` and open http://127.0.0.1:3000 to see the lineage graph, runs and metadata.")
     return 0
 

@@ -52,6 +52,6 @@ def test_dagster_yaml_enables_run_retries():
     config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     assert config["run_retries"]["enabled"] is True
     pg = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
-    assert pg["storage"]["postgres"]["postgres_db"]["params"]["scheme"] == "postgresql+psycopg2"
+    assert pg["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert pg["run_retries"]["enabled"] is True
     assert isinstance(dg.DagsterInstance, type)

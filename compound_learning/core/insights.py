@@ -56,9 +56,9 @@ def cross_account_insights(patterns: pd.DataFrame, min_accounts: int = 5, max_to
             rows.append({
                 "insight_id": f"{metric}|" + "&".join(f"{k}={v}" for k, v in sorted(attrs.items())),
                 "attributes": json.dumps(attrs, sort_keys=True), "metric": metric,
-                "pooled_lift": float(np.expm1(res["pooled"])),
-                "ci_low": float(np.expm1(res["pooled"] - Z95 * res["se"])),
-                "ci_high": float(np.expm1(res["pooled"] + Z95 * res["se"])),
+                "pooled_lift": float(np.expm1(np.clip(res["pooled"], -20, 20))),
+                "ci_low": float(np.expm1(np.clip(res["pooled"] - Z95 * res["se"], -20, 20))),
+                "ci_high": float(np.expm1(np.clip(res["pooled"] + Z95 * res["se"], -20, 20))),
                 "tau2": res["tau2"], "i2": res["i2"], "n_accounts": int(n), "top2_share": top2,
                 "published": not reasons, "reason": "; ".join(reasons) or "published",
             })

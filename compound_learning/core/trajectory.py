@@ -123,6 +123,20 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
     crit = float(sps.t.ppf(0.975, comp.df_resid))
     out["daily_improvement_rate"] = float(np.expm1(b))
     out["daily_improvement_rate_ci"] = [float(np.expm1(b - crit * se_b)), float(np.expm1(b + crit * se_b))]
+    if n < min_days_to_judge:
+        out["learning_status"] = "learning"
+        return out  # too short to project anything honestly
+    if b - crit * se_b > 0 and growth_predicts:
+        out["learning_status"] = "improving"
+    elif b + crit * se_b < 0 and growth_predicts:
+        out["learning_status"] = "declining"
+    else:
+        out["learning_status"] = "stable"
+        # No evidence of change: project no change (the flat model), with its interval.
+        model, tau = "flat", None
+        res = _fit(t, y, "flat", None, dow)
+        params, cov = np.asarray(res.params), np.asarray(res.cov_params())
+        out["model"] = "flat (no evidence of change)"
     t_last = float(t[-1])
     initial = out["initial_roas"]
     for h in HORIZONS:
@@ -133,14 +147,6 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         out[f"projected_{h}d_roas_ci"] = [float(np.exp(est - crit * se)), float(np.exp(est + crit * se))]
         out[f"improvement_{h}d"] = float(proj / initial - 1.0) if initial and initial > 0 else None
     low_365 = out["projected_365d_roas_ci"][0]
-    if n < min_days_to_judge:
-        out["learning_status"] = "learning"
-    elif b - crit * se_b > 0 and growth_predicts:
-        out["learning_status"] = "improving"
-    elif b + crit * se_b < 0 and growth_predicts:
-        out["learning_status"] = "declining"
-    else:
-        out["learning_status"] = "stable"
     out["on_track_for_10x"] = bool(
         out["learning_status"] == "improving" and initial and initial > 0 and low_365 / initial >= 10.0
     )
