@@ -208,6 +208,38 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from compound_learning import model_registry, queries
+    from compound_learning.storage.artifacts import ArtifactError
+
+    store = _store()
+    try:
+        if args.action == "list":
+            out = queries.models(store)
+        elif args.action == "promote":
+            if args.version is None:
+                print("error: models promote needs a VERSION", file=sys.stderr)
+                return 2
+            out = model_registry.promote(store, args.version)
+        else:
+            out = model_registry.rollback(store)
+    except (LookupError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def human(o):
+        if isinstance(o, list):
+            for m in o:
+                mm = m["metrics"]
+                print(f"v{m['version']:<4} {m['status']:<11} {m['family']:<22} as of {m['as_of']} "
+                      f"log_loss={mm['log_loss']:.5f} NE={mm['normalized_entropy']:.4f} calib={mm['calibration_ratio']:.3f}"
+                      f"  {m['reason'][:80]}")
+        else:
+            print(json.dumps(o))
+    _print(out, args.json, human)
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from compound_learning import queries
 
@@ -308,6 +340,20 @@ def cmd_evaluate(args) -> int:
     return 0 if all(result["summary"]["targets"].values()) else 1
 
 
+def cmd_benchmark_model(args) -> int:
+    """CTR model quality vs the oracle and training time on aggregated rows (prints JSON)."""
+    from compound_learning.benchmarks.ctr_model import quality, training_time
+
+    q = quality()
+    result = {"quality": q, "training_time": training_time(args.rows)}
+    print(json.dumps(result, indent=2))
+    best = min((f for f in ("logistic", "hist_gradient_boosting")), key=lambda f: q[f]["log_loss"])
+    ok = q[best]["ne_vs_oracle"] <= 1.03 and abs(q[best]["calibration_ratio"] - 1) <= 0.05
+    print(f"champion family {best}: NE {q[best]['ne_vs_oracle'] - 1:+.2%} vs oracle, calibration "
+          f"{q[best]['calibration_ratio']:.3f} -> {'within targets' if ok else 'MISSED targets'}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compound-learning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -355,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", required=True)
     p.add_argument("--creative", required=True, help='JSON object, e.g. {"hook_type": "question"}')
 
+    p = add("models", cmd_models, "the CTR model registry: list, promote VERSION, rollback")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", type=int)
+
     p = add("dashboard", cmd_dashboard, "a text dashboard")
     p.add_argument("--account")
 
@@ -367,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--days", type=int, default=45)
     p.add_argument("--accounts", type=int, default=12)
+
+    p = add("benchmark-model", cmd_benchmark_model, "CTR model quality vs the oracle and training time")
+    p.add_argument("--rows", type=int, default=1_000_000, help="aggregated rows for the timing run")
 
     p = add("demo", cmd_demo, "simulate, ingest and learn over every day, then summarize")
     p.add_argument("--days", type=int, default=60)

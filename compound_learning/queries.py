@@ -114,7 +114,31 @@ def score(store: Store, account_id: str, creative: dict) -> dict:
     if day is None:
         raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
     weights = store.read_day(t.creative_dna, day)
-    return {"as_of": str(day), **score_creative(weights, account_id, creative)}
+    result = {"as_of": str(day), **score_creative(weights, account_id, creative)}
+    from compound_learning.model_registry import predict_creative_ctr
+    from compound_learning.storage.artifacts import ArtifactError
+
+    try:
+        result["model"] = predict_creative_ctr(store, account_id, creative)
+    except ArtifactError as exc:
+        result["model"] = {"error": f"no trustworthy CTR model: {exc}"}
+    return result
+
+
+def models(store: Store) -> list[dict]:
+    """The model registry, newest first."""
+    reg = store.registry()
+    out = []
+    for r in reg.sort_values("version", ascending=False).itertuples():
+        metrics = json.loads(r.metrics)
+        out.append({"version": int(r.version), "status": r.status, "family": r.family,
+                    "trained_at": str(r.trained_at), "as_of": str(pd.Timestamp(r.as_of).date()),
+                    "training_window": [str(pd.Timestamp(r.train_start).date()), str(pd.Timestamp(r.train_end).date())],
+                    "holdout_window": [str(pd.Timestamp(r.holdout_start).date()), str(pd.Timestamp(r.holdout_end).date())],
+                    "counts": json.loads(r.counts),
+                    "metrics": {k: metrics.get(k) for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")},
+                    "reason": r.reason, "artifact_path": r.artifact_path, "sha256": r.sha256})
+    return out
 
 
 def cross_account(store: Store, limit: int = 50) -> list[dict]:

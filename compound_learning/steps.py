@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.config import Settings
-from compound_learning.core import ctr_model as cm
 from compound_learning.core import stats
 from compound_learning.core.dna import dna_weights
 from compound_learning.core.insights import cross_account_insights
@@ -24,8 +23,7 @@ from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import GLOBAL, PatternSettings, build_patterns, fit_cycle
 from compound_learning.core.trajectory import trajectory
 from compound_learning.storage import schema as t
-from compound_learning.storage.artifacts import ArtifactError, load_model, save_model
-from compound_learning.storage.store import Store, utcnow
+from compound_learning.storage.store import Store
 
 
 @dataclass
@@ -278,101 +276,3 @@ def snapshot_improvement(store: Store, day: date, cfg: CycleSettings) -> dict:
     return {"accounts": len(frame), "learning_status": {k: int(v) for k, v in statuses.items()},
             "median_roas_multiple": float(np.median(multiples)) if multiples else None,
             "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None}
-
-
-# -- CTR model ----------------------------------------------------------------------------------
-def _model_rows(store: Store, start: date, end: date) -> tuple[pd.DataFrame, list[str]]:
-    rows = store.read_range(t.creative_daily_stats, start, end)
-    if rows.empty:
-        return rows, []
-    wide, dims = stats.expand_attributes(rows)
-    wide["date"] = pd.to_datetime(wide["date"]).dt.date
-    return wide, dims
-
-
-def champion(store: Store) -> pd.Series | None:
-    reg = store.registry()
-    champ = reg[reg["status"] == "champion"]
-    return None if champ.empty else champ.iloc[-1]
-
-
-def load_champion(store: Store):
-    """The champion's pipeline and registry row; raises ArtifactError if it cannot be trusted."""
-    row = champion(store)
-    if row is None:
-        raise ArtifactError("no champion model in the registry")
-    return load_model(row["artifact_path"], row["sha256"]), row
-
-
-def train_ctr_model(store: Store, settings: Settings, day: date, cfg: CycleSettings, force: bool = False) -> dict:
-    """Retrain on evidence; the better family is the challenger; promote only through the gate."""
-    champ = champion(store)
-    registry = store.registry()
-    last = registry.iloc[-1] if len(registry) else None  # the last training, promoted or not
-    window_start = day - timedelta(days=cfg.model_train_days + cfg.model_holdout_days - 1)
-    holdout_start = day - timedelta(days=cfg.model_holdout_days - 1)
-    rows, dims = _model_rows(store, window_start, day)
-    since = pd.Timestamp(last["holdout_end"]).date() if last is not None else None
-    if len(rows) == 0:
-        new_clicks = 0
-    elif since is None:
-        new_clicks = int(rows["clicks"].sum())
-    else:
-        new_clicks = int(rows.loc[rows["date"] > since, "clicks"].sum())
-    age_days = (day - pd.Timestamp(champ["as_of"]).date()).days if champ is not None else None
-    decision = {"new_clicks": new_clicks, "champion_version": None if champ is None else int(champ["version"]),
-                "champion_age_days": age_days}
-    if not force and last is not None and since is not None and since >= day:
-        return {**decision, "action": "skipped: already trained on this day's evidence",
-                "reason": f"model v{int(last['version'])} was trained with data up to {since}"}
-    if (not force and champ is not None and new_clicks < cfg.min_new_clicks
-            and age_days is not None and age_days < cfg.max_model_age_days):
-        return {**decision, "action": "skipped: not enough new evidence",
-                "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old"}
-    train = rows[rows["date"] < holdout_start] if len(rows) else rows
-    hold = rows[rows["date"] >= holdout_start] if len(rows) else rows
-    if train.empty or hold.empty or train["clicks"].sum() == 0 or hold["clicks"].sum() == 0:
-        return {**decision, "action": "skipped: not enough data",
-                "reason": f"need clicks in both the training window (from {window_start}) and the holdout (from {holdout_start})"}
-    spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
-    candidates = {}
-    for family in cm.FAMILIES:
-        model = cm.fit_model(train, spec, family)
-        p = cm.predict_ctr(model, hold, spec)
-        candidates[family] = (model, p, cm.evaluate(p, hold))
-    family = min(candidates, key=lambda f: candidates[f][2]["log_loss"])
-    model, p_new, metrics = candidates[family]
-    metrics["per_account"] = cm.per_account_metrics(p_new, hold)
-    metrics["families"] = {f: {k: v for k, v in c[2].items() if k != "reliability"} for f, c in candidates.items()}
-    boot, champ_note = None, None
-    if champ is not None:
-        try:
-            old_model, _ = load_champion(store)
-            p_old = cm.predict_ctr(old_model, hold, spec)
-            boot = cm.paired_bootstrap(cm.row_log_loss(p_new, hold), cm.row_log_loss(p_old, hold),
-                                       hold["impressions"].to_numpy(float), hold["creative_id"].to_numpy())
-            metrics["champion_on_holdout"] = {k: v for k, v in cm.evaluate(p_old, hold).items() if k != "reliability"}
-        except (ArtifactError, ValueError, KeyError) as exc:
-            champ_note = f"champion unusable ({exc}); judged without it"
-    promote, reason = cm.promotion_decision(metrics, boot, cfg.calibration_tolerance)
-    if champ_note:
-        reason = f"{champ_note}; {reason}"
-    metrics["bootstrap"] = boot
-    with store.transaction(lock_key="model_registry") as conn:
-        version = store.next_model_version(conn)
-        path, digest = save_model(model, settings.artifacts_dir, f"ctr_model_v{version:04d}")
-        counts = {"train_rows": len(train), "holdout_rows": len(hold), "train_clicks": int(train["clicks"].sum()),
-                  "train_impressions": int(train["impressions"].sum()), "holdout_clicks": int(hold["clicks"].sum()),
-                  "features": spec.categorical}
-        if promote and champ is not None:
-            store.set_model_status(conn, int(champ["version"]), "retired", f"replaced by v{version}: {reason}")
-        store.bulk_insert(conn, t.model_registry, pd.DataFrame([{
-            "version": version, "trained_at": utcnow(), "as_of": day, "family": family,
-            "train_start": window_start, "train_end": holdout_start - timedelta(days=1),
-            "holdout_start": holdout_start, "holdout_end": day, "counts": json.dumps(counts),
-            "metrics": json.dumps(metrics, default=float), "status": "champion" if promote else "challenger",
-            "reason": reason, "artifact_path": str(path), "sha256": digest,
-        }]))
-    return {**decision, "action": "promoted" if promote else "kept champion", "version": version,
-            "family": family, "reason": reason,
-            **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")}}

@@ -119,8 +119,11 @@ def _draw_attributes(rng, cfg: WorldConfig, n: int, preference: np.ndarray | Non
     return attrs
 
 
-def simulate(cfg: WorldConfig) -> tuple[pd.DataFrame, dict]:
-    """Return (performance rows, truth). The same config and seed give the same output."""
+def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Return (performance rows, truth). The same config and seed give the same output.
+
+    With ``true_rates`` the rows keep ``true_ctr`` (the probability each impression was drawn
+    with), for oracle comparisons in benchmarks."""
     rng = np.random.default_rng(cfg.seed)
     ctr_eff, cvr_eff = _effects(cfg, BASE_CTR_EFFECTS), _effects(cfg, BASE_CVR_EFFECTS)
     inter = {"ctr": _interaction_matrix(cfg, "ctr"), "cvr": _interaction_matrix(cfg, "cvr")}
@@ -209,6 +212,7 @@ def simulate(cfg: WorldConfig) -> tuple[pd.DataFrame, dict]:
             "_expected_conversions": impressions * ctr * cvr * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
             "_expected_revenue": impressions * ctr * cvr * a_row["aov"] * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
             "_age_days": di - launch[ci],
+            "_true_ctr": ctr,
         })
         for d in dims:
             out[d] = attrs[d][ci]
@@ -217,7 +221,10 @@ def simulate(cfg: WorldConfig) -> tuple[pd.DataFrame, dict]:
     truth = _truth(cfg, ctr_eff, cvr_eff, inter, acct, learning)
     _add_library_effects(truth, data, cfg)
     hidden = [c for c in data.columns if c.startswith("_")]
-    return data.drop(columns=hidden), truth
+    out = data.drop(columns=hidden)
+    if true_rates:
+        out["true_ctr"] = data["_true_ctr"]
+    return out, truth
 
 
 def _add_library_effects(truth: dict, data: pd.DataFrame, cfg: WorldConfig) -> None:

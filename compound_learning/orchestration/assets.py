@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from compound_learning import steps
+from compound_learning import model_registry, steps
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
 
@@ -60,6 +60,7 @@ def _materialize(
     step: Callable[[date], dict],
     figures: list[str],
     preview: Callable[[dict], str] | None = None,
+    checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
 ) -> dg.MaterializeResult:
     results = []
     for day in partition_days(context):
@@ -80,13 +81,14 @@ def _materialize(
         metadata["per_day"] = dg.MetadataValue.md(_md_table(results[-31:], ["day", *figures]))
     if preview:
         metadata["preview"] = dg.MetadataValue.md(preview(last))
-    return dg.MaterializeResult(metadata=metadata)
+    check_results = checks(date.fromisoformat(last["day"])) if checks else None
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
 
-def _asset(name: str, deps: list, group: str, kinds: set[str]):
+def _asset(name: str, deps: list, group: str, kinds: set[str], check_specs: list | None = None):
     return dg.asset(
         name=name, deps=deps, partitions_def=daily_partitions, backfill_policy=SINGLE_RUN,
-        group_name=group, kinds=kinds, owners=OWNERS,
+        group_name=group, kinds=kinds, owners=OWNERS, check_specs=check_specs,
     )
 
 
@@ -147,15 +149,6 @@ def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> 
                         ["nodes", "relationships", "relationships_by_type", "mean_value_confidence"])
 
 
-@_asset("creative_dna", [learning_patterns], "learning", {"python", "sql"})
-def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    """Explainable scoring weights for new creatives: shrunk (empirical-Bayes) log multipliers of
-    every attribute value, globally and per account (partially pooled), plus account baselines."""
-    s = store.store()
-    return _materialize(context, lambda day: steps.build_creative_dna(s, day),
-                        ["weights", "global_weights", "accounts"])
-
-
 @_asset("cross_account_insights", [learning_patterns], "learning", {"python", "sql"})
 def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Effects that hold across accounts (random-effects pooling), published only when at least
@@ -165,17 +158,49 @@ def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResour
                         ["candidates", "published", "withheld"])
 
 
-@_asset("ctr_model", [daily_stats], "model", {"python", "scikitlearn"})
+def _model_preview(summary: dict) -> str:
+    if summary.get("version") is None:
+        return f"**{summary.get('action')}**: {summary.get('reason')}"
+    rows = summary.get("reliability", [])
+    return (f"**{summary['action']}** v{summary['version']} ({summary['family']}): {summary['reason']}\n\n"
+            "Reliability on the holdout (by predicted CTR decile)\n\n"
+            + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"]))
+
+
+CHAMPION_CHECK = dg.AssetCheckSpec("champion_usable", asset="ctr_model", blocking=True,
+                                   description="A champion exists, its artifact verifies (SHA-256) and it is calibrated.")
+
+
+@_asset("ctr_model", [daily_stats], "model", {"python", "scikitlearn"}, [CHAMPION_CHECK])
 def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """The CTR model, retrained when enough new clicks arrived (or the champion is too old):
     logistic regression and gradient boosting compared on a later window; the winner becomes
-    champion only if it beats the current one (paired bootstrap) and is calibrated."""
+    champion only if it beats the current one (paired bootstrap) and is calibrated. The blocking
+    check stops the cycle when the champion is missing, unreadable or uncalibrated."""
     s, cfg, settings = store.store(), store.cycle_settings(), store.settings()
+
+    def check(day: date) -> list[dg.AssetCheckResult]:
+        result = model_registry.check_champion(s, day, cfg)
+        return [dg.AssetCheckResult(
+            check_name="champion_usable", passed=result["passed"],
+            severity=dg.AssetCheckSeverity(result["severity"]),
+            metadata={k: v for k, v in result.items() if k not in ("passed", "severity")})]
+
     return _materialize(
-        context, lambda day: steps.train_ctr_model(s, settings, day, cfg),
+        context, lambda day: model_registry.train_ctr_model(s, settings, day, cfg),
         ["action", "reason", "new_clicks", "version", "family", "log_loss", "normalized_entropy", "auc",
          "calibration_ratio", "brier"],
+        _model_preview, check,
     )
+
+
+@_asset("creative_dna", [learning_patterns, ctr_model], "learning", {"python", "sql"})
+def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Explainable scoring weights for new creatives: shrunk (empirical-Bayes) log multipliers of
+    every attribute value, globally and per account (partially pooled), plus account baselines."""
+    s = store.store()
+    return _materialize(context, lambda day: steps.build_creative_dna(s, day),
+                        ["weights", "global_weights", "accounts"])
 
 
 @_asset("improvement_snapshots", [daily_stats], "trajectory", {"python", "statsmodels", "sql"})

@@ -10,6 +10,7 @@ import skops.io as sio
 
 # Types a CTR model pipeline of ours may contain beyond skops' defaults.
 ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.", "_loss.")
+ALLOWED_TYPES = {"functools.partial"}  # HistGradientBoosting keeps its loss's link as a partial
 
 
 class ArtifactError(RuntimeError):
@@ -46,7 +47,7 @@ def load_model(path: str | Path, expected_sha256: str):
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:  # noqa: BLE001 - any parse failure means an unreadable artifact
         raise ArtifactError(f"model artifact {path} is unreadable: {exc}") from exc
-    unexpected = [t for t in untrusted if not t.startswith(ALLOWED_TYPE_PREFIXES)]
+    unexpected = [t for t in untrusted if not (t.startswith(ALLOWED_TYPE_PREFIXES) or t in ALLOWED_TYPES)]
     if unexpected:
         raise ArtifactError(f"model artifact {path} contains types outside the allowlist: {unexpected}")
     return sio.load(path, trusted=untrusted)

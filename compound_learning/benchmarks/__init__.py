@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (performance is measured here, never in timed tests)."""

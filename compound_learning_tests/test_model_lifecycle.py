@@ -1,0 +1,158 @@
+"""The CTR model lifecycle: retrain or skip, the promotion gate, registry, rollback, tampered
+artifacts, unseen values at scoring, and the blocking check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from compound_learning import model_registry as mr
+from compound_learning import steps
+from compound_learning.cli import run_cycle
+from compound_learning.config import load_settings
+from compound_learning.core import ctr_model as cm
+from compound_learning.ingestion import ingest_frame
+from compound_learning.storage.artifacts import ArtifactError
+from compound_learning_tests.conftest import START, make_store, small_world
+
+CFG = replace(steps.CycleSettings(), calibration_tolerance=0.25, min_new_clicks=1000)
+
+
+@pytest.fixture(scope="module")
+def model_world():
+    return small_world(days=20, accounts=6, creatives=25, seed=21)
+
+
+@pytest.fixture
+def prepared(sqlite_url, env, model_world):
+    env(sqlite_url)
+    data, _ = model_world
+    store, settings = make_store(sqlite_url), load_settings()
+    ingest_frame(data, store=store, settings=settings, today=date(2025, 1, 1))
+    for i in range(20):
+        steps.compute_daily_stats(store, START + timedelta(days=i))
+    return store, settings
+
+
+def test_retrain_or_skip_on_evidence(prepared):
+    store, settings = prepared
+    day = START + timedelta(days=14)
+    first = mr.train_ctr_model(store, settings, day, CFG)
+    assert first["action"] == "promoted", first["reason"]
+    assert first["family"] in cm.FAMILIES and 0 < first["normalized_entropy"] < 1.2
+    again = mr.train_ctr_model(store, settings, day, CFG)
+    assert again["action"].startswith("skipped: already trained")
+    strict = replace(CFG, min_new_clicks=10**9)
+    later = mr.train_ctr_model(store, settings, day + timedelta(days=1), strict)
+    assert later["action"] == "skipped: not enough new evidence"
+    assert later["new_clicks"] > 0 and str(later["new_clicks"]) in later["reason"]
+    retrained = mr.train_ctr_model(store, settings, day + timedelta(days=2), CFG)
+    assert retrained["action"] in ("promoted", "kept champion") and retrained["version"] == 2
+    reg = store.registry()
+    assert list(reg["version"]) == [1, 2] and (reg["status"] == "champion").sum() == 1
+    row = reg.iloc[-1]
+    assert row["sha256"] and row["artifact_path"].endswith(".skops")
+    assert pd.Timestamp(row["holdout_start"]) > pd.Timestamp(row["train_end"])  # later window
+
+
+def test_gate_outcomes():
+    calibrated = {"calibration_ratio": 1.02}
+    better = {"mean_diff": -0.001, "ci_low": -0.002, "ci_high": -0.0005}
+    worse = {"mean_diff": 0.001, "ci_low": 0.0005, "ci_high": 0.002}
+    unclear = {"mean_diff": -0.0001, "ci_low": -0.001, "ci_high": 0.0008}
+    assert cm.promotion_decision(calibrated, better)[0] is True
+    assert cm.promotion_decision(calibrated, worse)[0] is False
+    ok, reason = cm.promotion_decision(calibrated, unclear)
+    assert ok is False and "not below zero" in reason
+    ok, reason = cm.promotion_decision({"calibration_ratio": 1.2}, better)
+    assert ok is False and "not calibrated" in reason
+    # the paired bootstrap tells a truly better predictor from a worse one
+    rng = np.random.default_rng(0)
+    n = rng.integers(500, 5000, 300).astype(float)
+    p_true = rng.uniform(0.005, 0.03, 300)
+    rows = pd.DataFrame({"impressions": n, "clicks": rng.binomial(n.astype(int), p_true)})
+    good = cm.row_log_loss(p_true, rows)
+    bad = cm.row_log_loss(np.full(300, p_true.mean()), rows)
+    groups = np.arange(300)
+    assert cm.paired_bootstrap(good, bad, n, groups)["ci_high"] < 0
+    assert cm.paired_bootstrap(bad, good, n, groups)["ci_low"] > 0
+
+
+def test_forced_worse_challenger_keeps_the_champion(prepared, monkeypatch):
+    store, settings = prepared
+    day = START + timedelta(days=14)
+    assert mr.train_ctr_model(store, settings, day, CFG)["action"] == "promoted"
+    def worse_fit(rows, spec, family):  # takes every feature, uses only the account
+        X, y, w = cm._expand(rows, spec)
+        pipe = cm.make_pipeline("logistic", cm.FeatureSpec(categorical=["account_id"]))
+        return pipe.fit(X, y, model__sample_weight=w)
+
+    monkeypatch.setattr(cm, "fit_model", worse_fit)
+    out = mr.train_ctr_model(store, settings, day + timedelta(days=3), CFG, force=True)
+    assert out["action"] == "kept champion", out["reason"]
+    assert mr.champion(store)["version"] == 1
+    assert store.registry().iloc[-1]["status"] == "challenger"
+
+
+def test_promote_rollback_and_tampered_artifact(prepared):
+    store, settings = prepared
+    day = START + timedelta(days=14)
+    mr.train_ctr_model(store, settings, day, CFG)
+    mr.train_ctr_model(store, settings, day + timedelta(days=2), CFG, force=True)
+    mr.promote(store, 2, "test")
+    assert mr.champion(store)["version"] == 2
+    out = mr.rollback(store)
+    assert out == {"champion": 1, "rolled_back": 2}
+    mr.promote(store, 2, "again")
+    # Tamper with the champion's file: refused with a clear error, the previous one serves.
+    path = mr.champion(store)["artifact_path"]
+    with open(path, "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ArtifactError, match="altered"):
+        mr.load_champion(store)
+    model, row, warnings = mr.serving_model(store)
+    assert int(row["version"]) == 1 and any("altered" in w for w in warnings)
+    check = mr.check_champion(store, day + timedelta(days=2), CFG)
+    assert check["passed"] is False and check["severity"] == "ERROR" and "unreadable" in check["description"]
+    with pytest.raises(ArtifactError):
+        mr.promote(store, 2, "tampered must not go live")
+    # a missing artifact too
+    import os
+
+    os.remove(path)
+    with pytest.raises(ArtifactError, match="missing"):
+        mr.load_champion(store)
+
+
+def test_unseen_values_at_scoring(prepared):
+    store, settings = prepared
+    mr.train_ctr_model(store, settings, START + timedelta(days=14), CFG)
+    known = mr.predict_creative_ctr(store, "acct_001", {"hook_type": "question", "audience": "retargeting"})
+    unseen = mr.predict_creative_ctr(store, "acct_001", {"hook_type": "never_seen_hook", "brand_new_dimension": "x"})
+    new_account = mr.predict_creative_ctr(store, "acct_999", {"hook_type": "question"})
+    for out in (known, unseen, new_account):
+        assert 0 < out["predicted_ctr"] < 0.2 and out["warnings"] == []
+
+
+def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_url, env, model_world):
+    env(sqlite_url)
+    data, _ = model_world
+    store = make_store(sqlite_url)
+    ingest_frame(data, store=store, settings=load_settings(), today=date(2025, 1, 1))
+    instance = dg.DagsterInstance.ephemeral()
+    end = START + timedelta(days=17)
+    assert run_cycle(START, end, instance=instance)["status"] == "SUCCESS"
+    champ = mr.champion(store)
+    assert champ is not None
+    with open(champ["artifact_path"], "ab") as fh:
+        fh.write(b"x")
+    out = run_cycle(end + timedelta(days=1), end + timedelta(days=1), instance=instance)
+    assert out["status"] == "FAILURE"
+    checks = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("ctr_model"), "champion_usable"), limit=1)
+    assert checks and checks[0].status.value in ("FAILED", "SUCCEEDED")
