@@ -85,7 +85,7 @@ def dagster_instance():
     return DagsterInstance.ephemeral()
 
 
-def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING") -> dict:
+def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING", run_id: str | None = None) -> dict:
     """Materialize the daily lineage graph for [start, end] as one run (single-run backfill)."""
     from compound_learning.definitions import defs
     from compound_learning.orchestration.partitions import daily_partitions
@@ -104,7 +104,8 @@ def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING")
             {"dagster/asset_partition_range_start": start.isoformat(),
              "dagster/asset_partition_range_end": end.isoformat()})
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False,
+                                    run_id=run_id)
     run = instance.get_run_by_id(result.run_id)
     status = "SUCCESS" if result.success else "FAILURE"
     message = ""
@@ -267,6 +268,27 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from compound_learning.api.access import load_keys
+    from compound_learning.api.app import create_app
+
+    keys = load_keys()
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if keys is None and not loopback:
+        print(f"error: refusing to serve on {args.host} without API keys; set COMPOUND_LEARNING_API_KEYS "
+              "(key=acct,acct;admin=*) or serve on 127.0.0.1", file=sys.stderr)
+        return 2
+    if keys is None:
+        print("no API keys configured: serving on loopback only, every local request sees every account",
+              file=sys.stderr)
+    else:
+        print(f"{len(keys)} API key(s) configured: requests need the X-API-Key header", file=sys.stderr)
+    uvicorn.run(create_app(keys=keys), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def cmd_reset(args) -> int:
     if not args.yes:
         what = "learning tables AND raw performance data" if args.all else "learning tables (raw data kept)"
@@ -407,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dashboard", cmd_dashboard, "a text dashboard")
     p.add_argument("--account")
+
+    p = add("serve", cmd_serve, "the HTTP API (and HTML dashboards) with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8003)
 
     p = add("reset", cmd_reset, "empty the learning tables (raw data only with --all)")
     p.add_argument("--all", action="store_true")

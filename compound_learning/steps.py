@@ -94,6 +94,7 @@ def compute_daily_stats(store: Store, day: date) -> dict:
         if changed:
             store.delete_from(conn, t.creative_cumulative_stats, day)
     return {
+        "source_rows": len(rows),
         "creatives": len(creative), "attribute_rows": int((attrs["dimension2"] == stats.NO_DIMENSION).sum()) if len(attrs) else 0,
         "pair_rows": int((attrs["dimension2"] != stats.NO_DIMENSION).sum()) if len(attrs) else 0,
         "impressions": int(creative["impressions"].sum()) if len(creative) else 0,
@@ -273,6 +274,12 @@ def snapshot_improvement(store: Store, day: date, cfg: CycleSettings) -> dict:
     statuses = pd.Series([json.loads(x)["learning_status"] for x in frame["trajectory"]]).value_counts().to_dict() if len(frame) else {}
     multiples = [json.loads(x)["current_roas"] / json.loads(x)["initial_roas"] for x in frame["trajectory"]
                  if json.loads(x)["initial_roas"]]
+    trajs = [json.loads(x) for x in frame["trajectory"]]
+    per_account = [{"account_id": a, **{k: tr.get(k) for k in ("learning_status", "initial_roas", "current_roas",
+                                                               "daily_improvement_rate")}}
+                   for a, tr in zip(frame["account_id"], trajs)]
     return {"accounts": len(frame), "learning_status": {k: int(v) for k, v in statuses.items()},
+            "largest_account": str(frame.loc[frame["spend"].idxmax(), "account_id"]) if len(frame) else None,
+            "statuses": per_account[:50],
             "median_roas_multiple": float(np.median(multiples)) if multiples else None,
             "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None}

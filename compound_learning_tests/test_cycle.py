@@ -124,3 +124,22 @@ def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, mon
     assert logs.iloc[0]["status"] == "FAILURE" and "simulated failure" in logs.iloc[0]["message"]
     assert store.count_rows(t.performance) == len(data)
     assert json.loads(logs.iloc[0]["counts"])["steps_failed"] >= 1
+
+
+def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world):
+    data, _ = world
+    day = data["date"].min()
+    bad = data[data["date"] == day].head(40).assign(clicks=-1, creative_id=lambda f: f["creative_id"] + "_bad")
+    _load(sqlite_url, env, pd.concat([data, bad]))
+    instance = dg.DagsterInstance.ephemeral()
+    start = date.fromisoformat(day)
+    assert run_cycle(start, start, instance=instance)["status"] == "SUCCESS"  # WARN does not block
+
+    def last(asset, check):
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)
+        return history[0].status.value
+
+    assert last("daily_stats", "rows_match_source") == "SUCCEEDED"
+    assert last("performance_data", "stored_rows_valid") == "SUCCEEDED"
+    assert last("performance_data", "quarantine_rate") == "FAILED"

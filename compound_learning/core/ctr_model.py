@@ -64,8 +64,10 @@ def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
         return Pipeline([("features", pre), ("model", LogisticRegression(C=1.0, max_iter=2000))])
     if family == "hist_gradient_boosting":
         pre = ColumnTransformer([
+            # Native categorical splits allow at most 255 values: rarer ones (e.g. the 600th
+            # account) share one "infrequent" code.
             ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                   encoded_missing_value=np.nan), cats),
+                                   encoded_missing_value=np.nan, max_categories=250), cats),
             ("num", FunctionTransformer(), NUMERIC),
         ])
         model = HistGradientBoostingClassifier(

@@ -61,6 +61,7 @@ def _materialize(
     figures: list[str],
     preview: Callable[[dict], str] | None = None,
     checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
+    all_checks: Callable[[list[dict]], list[dg.AssetCheckResult]] | None = None,
 ) -> dg.MaterializeResult:
     results = []
     for day in partition_days(context):
@@ -82,6 +83,8 @@ def _materialize(
     if preview:
         metadata["preview"] = dg.MetadataValue.md(preview(last))
     check_results = checks(date.fromisoformat(last["day"])) if checks else None
+    if all_checks:
+        check_results = (check_results or []) + all_checks(results)
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
 
@@ -92,19 +95,45 @@ def _asset(name: str, deps: list, group: str, kinds: set[str], check_specs: list
     )
 
 
-@_asset("performance_data", [compound_performance_data], "ingestion", {"python", "sql"})
+MAX_QUARANTINE_RATE = 0.2
+PERFORMANCE_CHECKS = [
+    dg.AssetCheckSpec("quarantine_rate", asset="performance_data",
+                      description=f"At most {MAX_QUARANTINE_RATE:.0%} of the day's rows were refused by the contract."),
+    dg.AssetCheckSpec("stored_rows_valid", asset="performance_data", blocking=True,
+                      description="Every stored row of the day satisfies the contract (clicks <= impressions, no negatives)."),
+]
+
+
+def _day_checks(results: list[dict], specs: list[tuple[str, Callable[[dict], bool], str, dict]]) -> list[dg.AssetCheckResult]:
+    """One check result per spec over every day of the run: it fails if any day fails."""
+    out = []
+    for name, ok, severity, _ in specs:
+        failing = [r["day"] for r in results if not ok(r)]
+        out.append(dg.AssetCheckResult(check_name=name, passed=not failing, severity=dg.AssetCheckSeverity(severity),
+                                       metadata={"days_checked": len(results), "failing_days": ", ".join(failing[:31]) or "none"}))
+    return out
+
+
+@_asset("performance_data", [compound_performance_data], "ingestion", {"python", "sql"}, PERFORMANCE_CHECKS)
 def performance_data(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """The validated slice of one day: row, account and creative counts, totals, the rows
-    quarantined for that day with the data version (newest ingestion batch) it was built from."""
+    quarantined for that day with the data version (newest ingestion batch) it was built from.
+    Checks: the quarantine rate, and that every stored row satisfies the contract."""
     s = store.store()
     return _materialize(
         context, lambda day: steps.check_performance_day(s, day),
         ["rows", "quarantined_rows", "quarantine_rate", "accounts", "creatives", "impressions", "clicks",
          "spend", "data_version", "invariant_violations"],
+        all_checks=lambda results: _day_checks(results, [
+            ("quarantine_rate", lambda r: r["quarantine_rate"] <= MAX_QUARANTINE_RATE, "WARN", {}),
+            ("stored_rows_valid", lambda r: r["invariant_violations"] == 0, "ERROR", {}),
+        ]),
     )
 
 
-@_asset("daily_stats", [performance_data], "statistics", {"python", "pandas", "sql"})
+@_asset("daily_stats", [performance_data], "statistics", {"python", "pandas", "sql"},
+        [dg.AssetCheckSpec("rows_match_source", asset="daily_stats", blocking=True,
+                           description="One per-creative row for every source row of the day.")])
 def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Additive sufficient statistics of one day: per creative (with its attributes, day of week
     and age) and per account x attribute value and pairs of values. A restated day drops the
@@ -112,7 +141,9 @@ def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
     s = store.store()
     return _materialize(
         context, lambda day: steps.compute_daily_stats(s, day),
-        ["creatives", "attribute_rows", "pair_rows", "impressions", "clicks", "changed_since_last_run"],
+        ["source_rows", "creatives", "attribute_rows", "pair_rows", "impressions", "clicks", "changed_since_last_run"],
+        all_checks=lambda results: _day_checks(results, [
+            ("rows_match_source", lambda r: r["creatives"] == r["source_rows"], "ERROR", {})]),
     )
 
 
@@ -209,7 +240,23 @@ def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResourc
     intervals, projections at 30/90/365 days, learning status)."""
     s, cfg = store.store(), store.cycle_settings()
     return _materialize(context, lambda day: steps.snapshot_improvement(s, day, cfg),
-                        ["accounts", "learning_status", "median_roas", "median_roas_multiple"])
+                        ["accounts", "learning_status", "median_roas", "median_roas_multiple"],
+                        lambda summary: _trajectory_preview(s, summary))
+
+
+def _trajectory_preview(s, summary: dict) -> str:
+    """The largest account's ROAS trajectory as an inline image, plus every account's status."""
+    from compound_learning import queries
+    from compound_learning.api import charts
+
+    account = summary.get("largest_account")
+    if not account:
+        return "_no account had spend on this day_"
+    traj = queries.trajectory(s, account)
+    png = charts.trajectory_chart(queries.roas_series(s, account), traj)
+    rows = summary.get("statuses", [])
+    return (f"**{account}** (largest spend): {traj['learning_status']}\n\n![trajectory]({charts.data_uri(png)})\n\n"
+            + _md_table(rows, ["account_id", "learning_status", "initial_roas", "current_roas", "daily_improvement_rate"]))
 
 
 CYCLE_ASSETS = [performance_data, daily_stats, learning_patterns, knowledge_graph, creative_dna,

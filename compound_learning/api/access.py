@@ -1,0 +1,58 @@
+"""API keys mapped to accounts, configured outside the code.
+
+``COMPOUND_LEARNING_API_KEYS`` holds ``key=acct_1,acct_2;other=*`` (``*``: every account), or
+``COMPOUND_LEARNING_API_KEYS_FILE`` a JSON object ``{"key": ["acct_1"], "admin": "*"}``.
+Without keys the API serves on loopback only (the CLI refuses another host) and every request
+is treated as local and trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ALL = "*"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the accounts a key may see (``None`` = all, the local or admin case)."""
+
+    accounts: frozenset[str] | None
+
+    def may_see(self, account_id: str) -> bool:
+        return self.accounts is None or account_id in self.accounts
+
+    @property
+    def restricted(self) -> bool:
+        return self.accounts is not None
+
+
+def load_keys() -> dict[str, Principal] | None:
+    """The configured keys, or None when access control is off (loopback only)."""
+    text = os.environ.get("COMPOUND_LEARNING_API_KEYS", "").strip()
+    path = os.environ.get("COMPOUND_LEARNING_API_KEYS_FILE", "").strip()
+    raw: dict = {}
+    if path:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"COMPOUND_LEARNING_API_KEYS_FILE {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError("COMPOUND_LEARNING_API_KEYS_FILE must hold a JSON object key -> accounts")
+    elif text:
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            if "=" not in part:
+                raise ValueError(f"COMPOUND_LEARNING_API_KEYS: expected key=acct,acct; got {part!r}")
+            key, accounts = part.split("=", 1)
+            raw[key.strip()] = ALL if accounts.strip() == ALL else [a.strip() for a in accounts.split(",") if a.strip()]
+    if not raw:
+        return None
+    keys = {}
+    for key, accounts in raw.items():
+        if len(key) < 8:
+            raise ValueError("API keys must be at least 8 characters long")
+        keys[key] = Principal(None if accounts == ALL else frozenset(accounts))
+    return keys

@@ -1,0 +1,101 @@
+"""Charts rendered server-side with matplotlib (no JavaScript, no CDN): PNG bytes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def trajectory_chart(series: list[dict], traj: dict) -> bytes:
+    """Daily ROAS, its 7-day average, the baseline, and the projection band."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    days = [s["date"] for s in series if s["roas"] is not None]
+    roas = [s["roas"] for s in series if s["roas"] is not None]
+    if days:
+        import pandas as pd
+
+        d = pd.to_datetime(days)
+        ax.plot(d, roas, ".", color="#9aa5b1", label="daily ROAS")
+        ax.plot(d, pd.Series(roas).rolling(7, min_periods=1).mean(), color="#1f4e79", label="7-day average")
+        if traj.get("initial_roas"):
+            ax.axhline(traj["initial_roas"], color="#888", ls="--", lw=1, label="baseline (first week)")
+        if traj.get("projected_30d_roas") is not None:
+            last = d.max()
+            xs = [last] + [last + pd.Timedelta(days=h) for h in (30, 90)]
+            current = traj.get("current_roas") or roas[-1]
+            mid = [current, traj["projected_30d_roas"], traj["projected_90d_roas"]]
+            lo = [current, traj["projected_30d_roas_ci"][0], traj["projected_90d_roas_ci"][0]]
+            hi = [current, traj["projected_30d_roas_ci"][1], traj["projected_90d_roas_ci"][1]]
+            ax.plot(xs, mid, color="#c0504d", label=f"projection ({traj.get('model')})")
+            ax.fill_between(xs, lo, hi, color="#c0504d", alpha=0.15, label="95% interval")
+    ax.set_ylabel("ROAS")
+    ax.set_title(f"ROAS trajectory: {traj.get('learning_status', 'no data')}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def patterns_chart(patterns: list[dict]) -> bytes:
+    """Forest plot: lift and 95% interval of each pattern."""
+    items = [p for p in patterns if p["lift"] is not None and p["ci_low"] is not None][:15]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(items), 3) + 1))
+    for i, p in enumerate(reversed(items)):
+        color = "#2e7d32" if p["lift"] > 0 else "#c62828"
+        ax.plot([p["ci_low"] * 100, p["ci_high"] * 100], [i, i], color=color, lw=2)
+        ax.plot(p["lift"] * 100, i, "o", color=color)
+    labels = [f"{p['metric']}: " + ", ".join(f"{k}={v}" for k, v in p["attributes"].items()) for p in reversed(items)]
+    ax.set_yticks(range(len(items)), labels, fontsize=8)
+    ax.axvline(0, color="#555", lw=1)
+    ax.set_xlabel("lift vs the dimension's average value (%), 95% interval")
+    ax.set_title("Significant patterns" if items else "No significant pattern yet")
+    return _png(fig)
+
+
+def graph_chart(graph: dict) -> bytes:
+    """The knowledge graph's attribute values around their metrics, edges by type."""
+    nodes = [n for n in graph["nodes"] if n["node_type"] in ("attribute_value", "metric")][:30]
+    ids = {n["node_id"] for n in nodes}
+    fig, ax = plt.subplots(figsize=(8, 6))
+    pos = {}
+    metrics = [n for n in nodes if n["node_type"] == "metric"]
+    values = [n for n in nodes if n["node_type"] != "metric"]
+    for i, n in enumerate(metrics):
+        pos[n["node_id"]] = (0.4 * math.cos(2 * math.pi * i / max(len(metrics), 1)),
+                             0.4 * math.sin(2 * math.pi * i / max(len(metrics), 1)))
+    for i, n in enumerate(values):
+        angle = 2 * math.pi * i / max(len(values), 1)
+        pos[n["node_id"]] = (1.2 * math.cos(angle), 1.2 * math.sin(angle))
+    colors = {"improves": "#2e7d32", "hurts": "#c62828", "synergy": "#1565c0", "antagonism": "#ef6c00",
+              "co_occurs": "#bdbdbd", "contradicts": "#6a1b9a"}
+    for r in graph["relationships"]:
+        if r["source"] in ids and r["target"] in ids and r["type"] in colors:
+            (x1, y1), (x2, y2) = pos[r["source"]], pos[r["target"]]
+            ax.plot([x1, x2], [y1, y2], color=colors[r["type"]], lw=0.6 + 2 * r["confidence"] ** 4, alpha=0.7)
+    for n in nodes:
+        x, y = pos[n["node_id"]]
+        ax.scatter([x], [y], s=80 + 400 * n["importance"], color="#1f4e79" if n["node_type"] == "metric" else "#90caf9",
+                   zorder=3, edgecolors="white")
+        ax.annotate(n["label"], (x, y), fontsize=7, ha="center", va="bottom", xytext=(0, 8), textcoords="offset points")
+    for kind, color in colors.items():
+        ax.plot([], [], color=color, label=kind)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_axis_off()
+    ax.set_title(f"Knowledge graph as of {graph.get('as_of')}")
+    return _png(fig)
