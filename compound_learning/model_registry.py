@@ -223,4 +223,5 @@ def train_ctr_model(store: Store, settings: Settings, day: date, cfg: CycleSetti
     action = "promoted" if promote else "kept champion" if champ is not None else "rejected: no champion yet"
     return {**decision, "action": action, "version": version,
             "family": family, "reason": reason, "reliability": metrics["reliability"],
+            "per_account": metrics["per_account"],
             **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")}}

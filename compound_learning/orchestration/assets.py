@@ -193,9 +193,12 @@ def _model_preview(summary: dict) -> str:
     if summary.get("version") is None:
         return f"**{summary.get('action')}**: {summary.get('reason')}"
     rows = summary.get("reliability", [])
+    accounts = [{"account_id": a, **m} for a, m in sorted(summary.get("per_account", {}).items())][:30]
     return (f"**{summary['action']}** v{summary['version']} ({summary['family']}): {summary['reason']}\n\n"
             "Reliability on the holdout (by predicted CTR decile)\n\n"
-            + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"]))
+            + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"])
+            + "\n\nPer account on the holdout\n\n"
+            + _md_table(accounts, ["account_id", "log_loss", "calibration_ratio", "clicks", "impressions"]))
 
 
 CHAMPION_CHECK = dg.AssetCheckSpec("champion_usable", asset="ctr_model", blocking=True,
