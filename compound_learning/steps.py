@@ -40,6 +40,9 @@ class CycleSettings:
     max_model_age_days: int = 7
     calibration_tolerance: float = 0.05
     baseline_days: int = 7
+    # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
+    # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
+    snapshot_daily_retention_days: int = 35
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CycleSettings":
@@ -175,11 +178,12 @@ def learn_patterns(store: Store, day: date, cfg: CycleSettings) -> dict:
         store.write_day(conn, t.creative_cumulative_stats, day, cells)
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
+        pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
     glob = patterns[patterns["account_id"] == GLOBAL] if len(patterns) else patterns
     states = glob["state"].value_counts().to_dict() if len(glob) else {}
     notes = [n for f in (fits.global_fits.values() if fits else []) for n in f.notes]
     return {
-        "days_rolled_forward": rolled, "cumulative_cells": len(cells),
+        "days_rolled_forward": rolled, "cumulative_cells": len(cells), "snapshot_rows_pruned": pruned,
         "creatives": int(cells["creative_id"].nunique()) if len(cells) else 0,
         "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
         "dimensions": dims, "patterns": len(patterns), "global_patterns": len(glob),

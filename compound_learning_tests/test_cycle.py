@@ -143,3 +143,24 @@ def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world):
     assert last("daily_stats", "rows_match_source") == "SUCCEEDED"
     assert last("performance_data", "stored_rows_valid") == "SUCCEEDED"
     assert last("performance_data", "quarantine_rate") == "FAILED"
+
+
+def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env, world):
+    from dataclasses import replace
+
+    data, _ = world
+    _load(sqlite_url, env, data)
+    store = make_store(sqlite_url)
+    cfg = replace(steps.CycleSettings(), snapshot_daily_retention_days=3)
+    days = [START + timedelta(days=i) for i in range(12)]
+    for d in days:
+        steps.compute_daily_stats(store, d)
+        steps.learn_patterns(store, d, cfg)
+    kept = set(pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date)
+    assert kept == {d for d in days if d >= days[-1] - timedelta(days=3) or d.weekday() == 6}
+    assert date(2024, 1, 7) in kept  # a Sunday
+    # a restated old day rebuilds from the Sunday before it, not from scratch
+    restated = data[data["date"] == "2024-01-09"].head(3).assign(clicks=0)
+    _load(sqlite_url, env, restated)
+    steps.compute_daily_stats(store, date(2024, 1, 9))
+    assert steps.learn_patterns(store, date(2024, 1, 9), cfg)["days_rolled_forward"] == 2

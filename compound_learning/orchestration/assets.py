@@ -155,7 +155,7 @@ def _patterns_preview(summary: dict) -> str:
         rows, ["metric", "attributes", "lift", "95% CI", "q", "state"])
 
 
-@_asset("learning_patterns", [daily_stats], "learning", {"python", "statsmodels", "sql"})
+@_asset("learning_patterns", [daily_stats], "learning", {"python", "numpy", "sql"})
 def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Cumulative evidence up to the day (yesterday's knowledge + today's statistics, optional
     forgetting) -> adjusted effects of every attribute value and supported pair on CTR, CVR and

@@ -199,6 +199,16 @@ class Store(Database):
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
         conn.execute(table.delete().where(table.c[day_column] >= day))
 
+    def prune_snapshots(self, conn, before: date) -> int:
+        """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)."""
+        c = t.creative_cumulative_stats.c
+        days = [pd.Timestamp(d).date() for (d,) in conn.execute(
+            sa.select(c.as_of).where(c.as_of < before).distinct()).all()]
+        drop = [d for d in days if d.weekday() != 6]
+        if not drop:
+            return 0
+        return int(conn.execute(t.creative_cumulative_stats.delete().where(c.as_of.in_(drop))).rowcount or 0)
+
     def count_rows(self, table: sa.Table, **equals) -> int:
         stmt = sa.select(sa.func.count()).select_from(table)
         for col, value in equals.items():
