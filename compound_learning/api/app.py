@@ -126,7 +126,7 @@ def create_app(store: Store | None = None, keys: dict[str, Principal] | None | s
     def health(db: Store = Depends(get_db)) -> dict:
         """Liveness and database reachability."""
         try:
-            db.count_rows(__import__("compound_learning.storage.schema", fromlist=["x"]).ingest_batches)
+            db.ingestion_watermark()
             return {"status": "ok", "database": "ok"}
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             return JSONResponse(status_code=503, content={"status": "degraded", "database": str(exc)[:200]})
@@ -199,7 +199,7 @@ def create_app(store: Store | None = None, keys: dict[str, Principal] | None | s
     def dashboard_page(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> str:
         """An HTML dashboard for one account, charts rendered on the server."""
         require(who, account_id)
-        return render_dashboard(db, account_id)
+        return render_dashboard(db, account_id, shared_only=who.restricted)
 
     return app
 
@@ -274,13 +274,16 @@ def scheduler_state(db: Store) -> dict:
 
 
 # -- HTML dashboard ----------------------------------------------------------------------------------
-def render_dashboard(db: Store, account_id: str) -> str:
+def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> str:
+    """The account's page; with ``shared_only`` pooled patterns need >= 5 accounts behind them."""
     import html
 
     traj = queries.trajectory(db, account_id)
     series = queries.roas_series(db, account_id)
-    top = queries.patterns(db, account_id=account_id, state="significant", limit=15) or \
-        queries.patterns(db, state="significant", limit=15)
+    top = queries.patterns(db, account_id=account_id, state="significant", limit=15)
+    if not top:  # nothing significant for the account yet: show what holds across accounts
+        top = [p for p in queries.patterns(db, state="significant", limit=50)
+               if not shared_only or (p["support"].get("accounts") or 0) >= MIN_ACCOUNTS_FOR_SHARED][:15]
     graph = queries.knowledge_graph(db, limit=40)
     dash = queries.dashboard(db, account_id)
     e = html.escape
