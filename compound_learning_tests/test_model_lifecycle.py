@@ -139,7 +139,7 @@ def test_unseen_values_at_scoring(prepared):
         assert 0 < out["predicted_ctr"] < 0.2 and out["warnings"] == []
 
 
-def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_url, env, model_world):
+def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_url, env, model_world, monkeypatch):
     env(sqlite_url)
     data, _ = model_world
     store = make_store(sqlite_url)
@@ -151,6 +151,8 @@ def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_u
     assert champ is not None
     with open(champ["artifact_path"], "ab") as fh:
         fh.write(b"x")
+    # No retraining on the next day (a new calibrated model would otherwise heal the registry).
+    monkeypatch.setenv("COMPOUND_LEARNING_MIN_NEW_CLICKS", str(10**9))
     out = run_cycle(end + timedelta(days=1), end + timedelta(days=1), instance=instance)
     assert out["status"] == "FAILURE"
     checks = instance.event_log_storage.get_asset_check_execution_history(
