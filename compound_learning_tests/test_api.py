@@ -155,6 +155,10 @@ def test_tenant_isolation_every_endpoint_every_pair(keyed_client):
     assert all(p["support"]["accounts"] >= 5 for p in shared)
     text = c.get(f"{P}/dashboard", headers={"X-API-Key": "key-for-acct_001"}).text
     assert "acct_002" not in text
+    graph = c.get(f"{P}/knowledge-graph", params={"limit": 1000}, headers={"X-API-Key": "key-for-acct_001"}).json()
+    assert graph["nodes"] and all(n["properties"].get("accounts", 99) >= 5 for n in graph["nodes"]
+                                  if n["node_type"] == "pattern")
+    assert all(r["evidence"].get("support", {}).get("accounts", 99) >= 5 for r in graph["relationships"])
 
 
 def test_openapi_no_server_error(learned):

@@ -155,8 +155,21 @@ def create_app(store: Store | None = None, keys: dict[str, Principal] | None | s
     @app.get(f"{PREFIX}/knowledge-graph", tags=["knowledge"])
     def knowledge_graph(limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal),
                         db: Store = Depends(get_db)) -> dict:
-        """Most important nodes, their relationships and confidence history."""
-        return queries.knowledge_graph(db, limit=limit)
+        """Most important nodes, their relationships and confidence history. A scoped key sees
+        pattern nodes and evidence only where at least 5 accounts stand behind them."""
+        graph = queries.knowledge_graph(db, limit=limit)
+        if who.restricted:
+            def shared(accounts) -> bool:
+                return (accounts or 0) >= MIN_ACCOUNTS_FOR_SHARED
+
+            graph["nodes"] = [n for n in graph["nodes"]
+                              if n["node_type"] != "pattern" or shared(n["properties"].get("accounts"))]
+            kept = {n["node_id"] for n in graph["nodes"]}
+            graph["relationships"] = [
+                r for r in graph["relationships"]
+                if r["source"] in kept and r["target"] in kept
+                and ("support" not in r["evidence"] or shared(r["evidence"]["support"].get("accounts")))]
+        return graph
 
     @app.get(f"{PREFIX}/improvement-trajectory/{{account_id}}", tags=["accounts"])
     def improvement_trajectory(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> dict:

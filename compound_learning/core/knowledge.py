@@ -99,7 +99,8 @@ def build_graph(patterns: pd.DataFrame, creatives: pd.DataFrame, dims: list[str]
                                                     "ci_low": None if pd.isna(r.ci_low) else float(r.ci_low),
                                                     "ci_high": None if pd.isna(r.ci_high) else float(r.ci_high),
                                                     "q_value": None if pd.isna(r.q_value) else float(r.q_value),
-                                                    "state": r.state}, sort_keys=True),
+                                                    "state": r.state,
+                                                    "accounts": json.loads(r.support).get("accounts")}, sort_keys=True),
                           "confidence": float(r.post_prob),
                           "importance": abs(float(r.post_mean)) * np.sqrt(share) if pd.notna(r.post_mean) else 0.0}
             edges.append(_edge(pid, nid, "describes", r.metric, 1.0, 1.0, {}))
