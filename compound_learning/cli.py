@@ -146,12 +146,8 @@ def _fmt_pattern(p: dict) -> str:
 def cmd_patterns(args) -> int:
     from compound_learning import queries
 
-    try:
-        items = queries.patterns(_store(), account_id=args.account, pattern_type=args.type, metric=args.metric,
-                                 state=args.state, min_confidence=args.min_confidence, limit=args.limit)
-    except queries.QueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    items = queries.patterns(_store(), account_id=args.account, pattern_type=args.type, metric=args.metric,
+                             state=args.state, min_confidence=args.min_confidence, limit=args.limit)
     _print(items, args.json, lambda xs: print("\n".join(map(_fmt_pattern, xs)) or "no patterns (run a cycle first?)"))
     return 0
 
@@ -174,11 +170,7 @@ def cmd_knowledge_graph(args) -> int:
 def cmd_trajectory(args) -> int:
     from compound_learning import queries
 
-    try:
-        traj = queries.trajectory(_store(), args.account)
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    traj = queries.trajectory(_store(), args.account)
 
     def human(x):
         print(f"{x['account_id']} as of {x['as_of']}: {x['learning_status']} (model {x['model']})")
@@ -198,35 +190,25 @@ def cmd_score(args) -> int:
 
     try:
         creative = json.loads(args.creative)
-        result = queries.score(_store(), args.account, creative)
     except json.JSONDecodeError as exc:
-        print(f"error: --creative is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    except (LookupError, queries.QueryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--creative is not valid JSON: {exc}") from exc
+    result = queries.score(_store(), args.account, creative)
     _print(result, True)
     return 0
 
 
 def cmd_models(args) -> int:
     from compound_learning import model_registry, queries
-    from compound_learning.storage.artifacts import ArtifactError
 
     store = _store()
-    try:
-        if args.action == "list":
-            out = queries.models(store)
-        elif args.action == "promote":
-            if args.version is None:
-                print("error: models promote needs a VERSION", file=sys.stderr)
-                return 2
-            out = model_registry.promote(store, args.version)
-        else:
-            out = model_registry.rollback(store)
-    except (LookupError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.action == "list":
+        out = queries.models(store)
+    elif args.action == "promote":
+        if args.version is None:
+            raise ValueError("models promote needs a VERSION")
+        out = model_registry.promote(store, args.version)
+    else:
+        out = model_registry.rollback(store)
 
     def human(o):
         if isinstance(o, list):
@@ -244,11 +226,7 @@ def cmd_models(args) -> int:
 def cmd_dashboard(args) -> int:
     from compound_learning import queries
 
-    try:
-        dash = queries.dashboard(_store(), args.account)
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dash = queries.dashboard(_store(), args.account)
 
     def human(d):
         if d.get("trajectory"):
@@ -455,11 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compound_learning.storage.artifacts import ArtifactError
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ValueError as exc:  # settings or arguments the parser could not check
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, LookupError, ArtifactError) as exc:  # bad input, unknown ids, untrusted models
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 
