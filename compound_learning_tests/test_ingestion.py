@@ -131,3 +131,25 @@ def test_cli_ingest_reports_json_and_refuses_unreadable_files(tmp_path, sqlite_u
     run = subprocess.run([sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "nope.csv")],
                          capture_output=True, text=True, env=env_vars, check=False)
     assert run.returncode == 2 and "not found" in run.stderr
+
+
+def test_cli_reset_needs_yes_and_keeps_raw_data_unless_all(sqlite_url, env, world):
+    data, _ = world
+    _ingest(data.head(30), sqlite_url, env)
+    store = make_store(sqlite_url)
+    from compound_learning import steps
+
+    steps.compute_daily_stats(store, date(2024, 1, 1))
+    env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "compound_learning.cli", *args], capture_output=True, text=True,
+                              env=env_vars, check=False)
+
+    refused = cli("reset")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert store.count_rows(t.creative_daily_stats) > 0
+    assert cli("reset", "--yes").returncode == 0
+    assert store.count_rows(t.creative_daily_stats) == 0 and store.count_rows(t.performance) == 30
+    assert cli("reset", "--yes", "--all").returncode == 0
+    assert store.count_rows(t.performance) == 0 and store.count_rows(t.quarantine) == 0
