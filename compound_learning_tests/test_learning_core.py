@@ -169,3 +169,22 @@ def test_trajectory_is_honest():
     assert lo < up["projected_90d_roas"] < hi
     fast = trajectory(_series(60, 0.03, 0.05))
     assert fast["on_track_for_10x"] is True
+
+
+def test_forgetting_halves_old_evidence_per_half_life():
+    assert stats.decay_factor(0, 30) == 1.0
+    assert stats.decay_factor(14, 14) == pytest.approx(0.5)
+    day = pd.DataFrame([{"account_id": "a", "creative_id": "c", "dow": 0, "age_days": 0, "impressions": 1000,
+                         "clicks": 10, "conversions": 1, "spend": 5.0, "revenue": 20.0, "attributes": "{}"}])
+    cells = stats.roll_forward(pd.DataFrame(), day, 1.0, date(2024, 1, 1))
+    later = stats.roll_forward(cells, day.assign(dow=1, age_days=1), stats.decay_factor(7, 7), date(2024, 1, 8))
+    old = later[later["dow"] == 0].iloc[0]
+    assert old["impressions"] == pytest.approx(500) and old["clicks"] == pytest.approx(5)
+    assert later["impressions"].sum() == pytest.approx(1500)
+
+
+def test_drifting_effect_is_followed_with_forgetting():
+    from compound_learning.core.evaluation import WorldSpec, score_world
+
+    result = score_world(WorldSpec("drift", seed=7, days=40, accounts=10, creatives=25))
+    assert result["drift_followed"] >= 0.75
