@@ -215,7 +215,7 @@ def fit_effects(
     common = np.zeros(len(params))
     for d in dows[1:]:
         common[index[("dow", int(d))]] += 1.0 / len(dows)
-    for dim, (ref, others) in dim_levels.items():
+    for dim, (_ref, others) in dim_levels.items():
         for lv in others:
             common[index[(f"attr:{dim}", lv)]] += 1.0 / (len(others) + 1)
     brows = []

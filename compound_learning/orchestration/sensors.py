@@ -8,11 +8,11 @@ new run while a duplicate file (which changes nothing) gets none.
 
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import dagster as dg
 
-from compound_learning.orchestration.jobs import JOB_NAME, daily_learning_cycle
+from compound_learning.orchestration.jobs import daily_learning_cycle
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
 from compound_learning.storage import schema as t
@@ -20,11 +20,6 @@ from compound_learning.storage.store import Store
 
 GAP_LOOKBACK_DAYS = 14
 GAP_MARKER_ASSET = dg.AssetKey("improvement_snapshots")  # the last asset of a complete cycle
-
-
-def _valid_partition_keys(context) -> set[str]:
-    now = getattr(context, "_cursor_now", None)
-    return set(daily_partitions.get_partition_keys(current_time=now))
 
 
 @dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
