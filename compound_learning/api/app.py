@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from compound_learning import queries
-from compound_learning.api import charts
+from compound_learning import charts
 from compound_learning.api.access import Principal, load_keys
 from compound_learning.config import load_settings
 from compound_learning.storage.artifacts import ArtifactError
