@@ -39,10 +39,23 @@ def _design(t: np.ndarray, model: str, tau: float | None, dow: np.ndarray | None
     return np.column_stack([np.ones_like(t), x, week])
 
 
+def _hac_lags(n: int) -> int:
+    return int(min(max(7, n // 4), max(n - 9, 1)))
+
+
+def fixed_b_critical_value(lags: int, n: int, normal_cv: float) -> float:
+    """Two-sided 5% critical value for a Bartlett-kernel HAC t-test with bandwidth b = M / n
+    (Kiefer & Vogelsang 2005, fixed-b asymptotics). A wide HAC window estimates the long-run
+    variance with few effective blocks; the usual 1.96 then over-rejects, most of all with the
+    slowly wandering ROAS that creative turnover produces."""
+    b = min((lags + 1) / n, 1.0)
+    return max(normal_cv, 1.96 + 2.9694 * b + 0.4160 * b**2 - 0.5324 * b**3)
+
+
 def _fit(t, y, model, tau=None, dow=None):
     # A week of lags at least: daily ROAS moves with weekly cycles and creative turnover, and a
     # short HAC window underestimates the trend's uncertainty (false "improving" on flat data).
-    lags = int(min(max(7, len(t) // 4), max(len(t) - 9, 1)))
+    lags = _hac_lags(len(t))
     return sm.OLS(y, _design(t, model, tau, dow)).fit(
         cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True}, use_t=True)
 
@@ -120,7 +133,7 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
     # of whether the account moves at all; the chosen model drives the projections.
     comp = _fit(t, y, "compound", None, dow)
     b, se_b = float(comp.params[1]), float(np.sqrt(comp.cov_params()[1, 1]))
-    crit = float(sps.t.ppf(0.975, comp.df_resid))
+    crit = fixed_b_critical_value(_hac_lags(len(t)), len(t), float(sps.t.ppf(0.975, comp.df_resid)))
     out["daily_improvement_rate"] = float(np.expm1(b))
     out["daily_improvement_rate_ci"] = [float(np.expm1(b - crit * se_b)), float(np.expm1(b + crit * se_b))]
     if n < min_days_to_judge:
