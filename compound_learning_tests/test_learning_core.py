@@ -181,6 +181,9 @@ def test_forgetting_halves_old_evidence_per_half_life():
     old = later[later["dow"] == 0].iloc[0]
     assert old["impressions"] == pytest.approx(500) and old["clicks"] == pytest.approx(5)
     assert later["impressions"].sum() == pytest.approx(1500)
+    # after 10 half-lives (1000 -> ~1 impression) and 11, the old cell is gone
+    gone = stats.roll_forward(later, pd.DataFrame(), stats.decay_factor(7, 77), date(2024, 3, 25))
+    assert gone.empty
 
 
 def test_drifting_effect_is_followed_with_forgetting():

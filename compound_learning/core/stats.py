@@ -96,6 +96,9 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
     prev = previous[cols].copy() if not previous.empty else pd.DataFrame(columns=cols)
     if not prev.empty and decay != 1.0:
         prev[METRICS] = prev[METRICS].astype(float) * decay
+        # Evidence forgotten below one impression is dropped, so with forgetting on the
+        # knowledge (and a cycle's cost) stays bounded however long the history.
+        prev = prev[prev["impressions"] >= 1.0]
     if today.empty:
         return prev.reset_index(drop=True)
     if prev.empty:
