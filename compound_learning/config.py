@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -35,7 +35,6 @@ class Settings:
     timezone: str
     half_life_days: float = 0.0
     min_new_clicks: int = 5000
-    extra: dict = field(default_factory=dict)
 
 
 def load_settings() -> Settings:

@@ -19,7 +19,7 @@ With ``null=True`` there are no attribute effects, no interactions and no learni
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -293,7 +293,3 @@ def _truth(cfg, ctr_eff, cvr_eff, inter, acct, learning) -> dict:
             for r in acct.itertuples()
         ],
     }
-
-
-def end_date(cfg: WorldConfig) -> date:
-    return cfg.start + timedelta(days=cfg.days - 1)
