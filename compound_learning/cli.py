@@ -167,6 +167,22 @@ def cmd_knowledge_graph(args) -> int:
     return 0
 
 
+def cmd_insights(args) -> int:
+    from compound_learning import queries
+
+    items = queries.cross_account(_store(), limit=args.limit)
+
+    def human(xs):
+        for i in xs:
+            attrs = ", ".join(f"{k}={v}" for k, v in i["attributes"].items())
+            print(f"{i['metric']:>4}  {attrs:<40} {i['pooled_lift']:+.1%} [{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
+                  f"accounts={i['n_accounts']} I2={i['i2']:.2f}")
+        if not xs:
+            print("no insight is backed by enough accounts yet")
+    _print(items, args.json, human)
+    return 0
+
+
 def cmd_trajectory(args) -> int:
     from compound_learning import queries
 
@@ -392,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
 
     p = add("knowledge-graph", cmd_knowledge_graph, "the latest knowledge graph")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add("insights", cmd_insights, "cross-account insights (anonymized, >= 5 accounts)")
     p.add_argument("--limit", type=int, default=50)
 
     p = add("trajectory", cmd_trajectory, "an account's improvement trajectory")

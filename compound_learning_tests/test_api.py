@@ -96,6 +96,8 @@ def test_every_endpoint_answers(open_client):
     assert score["dna_score"] is not None and "model" in score
     run = c.post(f"{P}/run-cycle", json={"account_id": None, "date": "2024-01-05"})
     assert run.status_code == 202 and run.json()["run_ids"] == ["fake"]
+    insights = c.get(f"{P}/cross-account-insights").json()
+    assert insights and all(i["n_accounts"] >= 5 and "acct_" not in str(i) for i in insights)
     status = c.get(f"{P}/scheduler/status").json()
     assert status["schedule"]["cron"] == "0 3 * * *" and {s["name"] for s in status["sensors"]} >= {"new_data_sensor"}
     page = c.get("/dashboard/acct_001")

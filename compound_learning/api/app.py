@@ -171,6 +171,12 @@ def create_app(store: Store | None = None, keys: dict[str, Principal] | None | s
                 and ("support" not in r["evidence"] or shared(r["evidence"]["support"].get("accounts")))]
         return graph
 
+    @app.get(f"{PREFIX}/cross-account-insights", tags=["knowledge"])
+    def cross_account_insights(limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal),
+                               db: Store = Depends(get_db)) -> list[dict]:
+        """Effects that hold across at least 5 accounts (relative figures, no account ids)."""
+        return queries.cross_account(db, limit=limit)
+
     @app.get(f"{PREFIX}/improvement-trajectory/{{account_id}}", tags=["accounts"])
     def improvement_trajectory(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> dict:
         """The account's ROAS trajectory with projections and intervals."""
