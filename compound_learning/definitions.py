@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from compound_learning.orchestration.assets import CYCLE_ASSETS, compound_performance_data
+from compound_learning.orchestration.assets import (
+    CYCLE_ASSETS,
+    compound_performance_data,
+)
 from compound_learning.orchestration.jobs import daily_learning_cycle
 from compound_learning.orchestration.resources import StoreResource
 from compound_learning.orchestration.schedules import daily_learning_schedule

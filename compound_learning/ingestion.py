@@ -12,7 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from compound_learning.config import Settings, load_settings
-from compound_learning.core.contract import ContractError, read_csv_strict, validate_frame
+from compound_learning.core.contract import (
+    ContractError,
+    read_csv_strict,
+    validate_frame,
+)
 from compound_learning.storage.store import Store, get_store
 
 __all__ = ["ContractError", "ingest_file", "ingest_frame"]

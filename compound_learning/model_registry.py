@@ -13,6 +13,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from compound_learning.config import Settings
 from compound_learning.core import ctr_model as cm
@@ -126,8 +127,6 @@ def check_champion(store: Store, day: date, cfg: CycleSettings) -> dict:
 
 
 def _history_days(store: Store, day: date) -> int:
-    import sqlalchemy as sa
-
     with store.engine.connect() as conn:
         n = conn.execute(sa.select(sa.func.count(sa.distinct(t.creative_daily_stats.c.date)))
                          .where(t.creative_daily_stats.c.date <= day)).scalar()

@@ -9,9 +9,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from compound_learning.core.dna import score_creative
-from compound_learning.core.patterns import GLOBAL, STATES, patterns_to_records
 from compound_learning.core.effects import METRIC_SPECS
+from compound_learning.core.patterns import GLOBAL, STATES, patterns_to_records
+from compound_learning.model_registry import predict_creative_ctr
 from compound_learning.storage import schema as t
+from compound_learning.storage.artifacts import ArtifactError
 from compound_learning.storage.store import Store
 
 
@@ -115,9 +117,6 @@ def score(store: Store, account_id: str, creative: dict) -> dict:
         raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
     weights = store.read_day(t.creative_dna, day)
     result = {"as_of": str(day), **score_creative(weights, account_id, creative)}
-    from compound_learning.model_registry import predict_creative_ctr
-    from compound_learning.storage.artifacts import ArtifactError
-
     try:
         result["model"] = predict_creative_ctr(store, account_id, creative)
     except ArtifactError as exc:

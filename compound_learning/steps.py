@@ -14,13 +14,19 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from compound_learning.config import Settings
 from compound_learning.core import stats
 from compound_learning.core.dna import dna_weights
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
-from compound_learning.core.patterns import GLOBAL, PatternSettings, build_patterns, fit_cycle
+from compound_learning.core.patterns import (
+    GLOBAL,
+    PatternSettings,
+    build_patterns,
+    fit_cycle,
+)
 from compound_learning.core.trajectory import trajectory
 from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store
@@ -156,8 +162,6 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
 
 
 def _first_stats_day(store: Store) -> date | None:
-    import sqlalchemy as sa
-
     with store.engine.connect() as conn:
         value = conn.execute(sa.select(sa.func.min(t.creative_daily_stats.c.date))).scalar()
     return None if value is None else pd.Timestamp(value).date()

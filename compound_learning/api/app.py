@@ -7,9 +7,9 @@ leaks); unknown resources 404.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
-import datetime as dt
 from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -19,8 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
-from compound_learning import queries
-from compound_learning import charts
+from compound_learning import charts, queries
 from compound_learning.api.access import Principal, load_keys
 from compound_learning.config import load_settings
 from compound_learning.storage.artifacts import ArtifactError

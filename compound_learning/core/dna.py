@@ -9,7 +9,6 @@ global weights shrink towards zero, an account's weights shrink towards the glob
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

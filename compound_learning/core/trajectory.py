@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-
 from scipy import stats as sps
 
 HORIZONS = (30, 90, 365)

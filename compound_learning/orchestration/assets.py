@@ -249,8 +249,7 @@ def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResourc
 
 def _trajectory_preview(s, summary: dict) -> str:
     """The largest account's ROAS trajectory as an inline image, plus every account's status."""
-    from compound_learning import queries
-    from compound_learning import charts
+    from compound_learning import charts, queries
 
     account = summary.get("largest_account")
     if not account:

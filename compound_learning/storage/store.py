@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from compound_learning.core.contract import KEY_COLUMNS, METRIC_COLUMNS, ValidationResult
+from compound_learning.core.contract import (
+    KEY_COLUMNS,
+    METRIC_COLUMNS,
+    ValidationResult,
+)
 from compound_learning.storage import schema as t
 from compound_learning.storage.database import Database, in_list
 
