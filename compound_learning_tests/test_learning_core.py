@@ -191,3 +191,15 @@ def test_drifting_effect_is_followed_with_forgetting():
 
     result = score_world(WorldSpec("drift", seed=7, days=40, accounts=10, creatives=25))
     assert result["drift_followed"] >= 0.75
+
+
+def test_stable_projection_keeps_the_recent_level():
+    series = _series(60, 0.0, 0.4, seed=0)
+    series.loc[series.index[-14:], "revenue"] *= 1.3  # a recent, modest step: not a trend
+    out = trajectory(series)
+    assert out["learning_status"] == "stable"
+    roas = series["revenue"] / series["spend"]
+    recent, overall = roas.iloc[-14:].mean(), roas.mean()
+    # projected at the recent level, not at the mean of the whole history
+    assert abs(out["projected_30d_roas"] - recent) < abs(out["projected_30d_roas"] - overall)
+    assert out["projected_30d_roas"] == out["projected_365d_roas"]

@@ -23,11 +23,14 @@ import statsmodels.api as sm
 from scipy import stats as sps
 
 HORIZONS = (30, 90, 365)
+RECENT_DAYS = 14  # the level a "stable" account is projected to keep
 TAUS = (7.0, 14.0, 30.0, 60.0, 120.0)
 
 
 def _design(t: np.ndarray, model: str, tau: float | None, dow: np.ndarray | None = None) -> np.ndarray:
     """Intercept, the growth term, and day-of-week dummies (or their average, for projections)."""
+    if model == "level":  # a constant: two full recent weeks balance the days of the week
+        return np.ones((len(t), 1))
     if dow is None:
         week = np.full((len(t), 6), 1.0 / 7.0)
     else:
@@ -144,11 +147,13 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         out["learning_status"] = "declining"
     else:
         out["learning_status"] = "stable"
-        # No evidence of change: project no change (the flat model), with its interval.
-        model, tau = "flat", None
-        res = _fit(t, y, "flat", None, dow)
+        # No evidence of a trend: project the recent level (the last two weeks), not the mean of
+        # the whole history, which would sit below an account that has already moved up.
+        model, tau = "level", None
+        recent = slice(max(len(t) - RECENT_DAYS, 0), None)
+        res = _fit(t[recent], y[recent], "level", None, dow[recent])
         params, cov = np.asarray(res.params), np.asarray(res.cov_params())
-        out["model"] = "flat (no evidence of change)"
+        out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level (no evidence of a trend)"
     t_last = float(t[-1])
     initial = out["initial_roas"]
     for h in HORIZONS:
