@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from compound_learning.config import load_settings
+from compound_learning.config import API_PORT, DEFAULT_MIN_CONFIDENCE, METRICS, STATES, load_settings
 from compound_learning.core.contract import ContractError
 
 
@@ -73,61 +72,10 @@ def cmd_ingest(args) -> int:
     return 0
 
 
-def dagster_instance():
-    """The persistent instance (``DAGSTER_HOME``, else ./dagster.yaml's folder), else ephemeral."""
-    from dagster import DagsterInstance
-
-    if not os.environ.get("DAGSTER_HOME") and Path("dagster.yaml").exists():
-        os.environ["DAGSTER_HOME"] = str(Path.cwd())
-    if os.environ.get("DAGSTER_HOME"):
-        return DagsterInstance.get()
-    print("note: DAGSTER_HOME is not set; runs go to an ephemeral instance the UI will not show", file=sys.stderr)
-    return DagsterInstance.ephemeral()
-
-
-def run_cycle(start: date, end: date, instance=None, log_level: str = "WARNING", run_id: str | None = None) -> dict:
-    """Materialize the daily lineage graph for [start, end] as one run (single-run backfill)."""
-    from compound_learning.definitions import defs
-    from compound_learning.orchestration.partitions import daily_partitions
-    from compound_learning.orchestration.sensors import record_cycle_run
-
-    if end < start:
-        raise ValueError(f"--end {end} is before --start {start}")
-    keys = daily_partitions.get_partition_keys()
-    for d in (start, end):
-        if d.isoformat() not in keys:
-            first, last = (keys[0], keys[-1]) if keys else ("-", "-")
-            raise ValueError(f"{d} is not a complete daily partition (partitions run {first} .. {last})")
-    instance = instance or dagster_instance()
-    job = defs.resolve_job_def("daily_learning_cycle")
-    tags = ({"dagster/partition": start.isoformat()} if start == end else
-            {"dagster/asset_partition_range_start": start.isoformat(),
-             "dagster/asset_partition_range_end": end.isoformat()})
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False,
-                                    run_id=run_id)
-    run = instance.get_run_by_id(result.run_id)
-    status = "SUCCESS" if result.success else "FAILURE"
-    message = ""
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_failure]
-        message = "run failed"
-        if failures:
-            error = getattr(failures[0].event_specific_data, "error", None)
-            while error is not None and error.cause is not None:  # the user's error, not Dagster's wrapper
-                error = error.cause
-            message = failures[0].message + (f" {error.message.strip()}" if error is not None else "")
-    record_cycle_run(instance, _store(), run, status, message or "")
-    return {"run_id": result.run_id, "status": status, "start": str(start), "end": str(end),
-            "days": (end - start).days + 1, "message": message}
-
-
 def cmd_cycle(args) -> int:
-    try:
-        out = run_cycle(args.start, args.end or args.start)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from compound_learning.orchestration.launch import run_in_process
+
+    out = run_in_process(args.start, args.end or args.start)
     _print(out, args.json, lambda o: print(f"run {o['run_id']}: {o['status']} for {o['start']}..{o['end']} "
                                            f"({o['days']} days) {o['message']}"))
     return 0 if out["status"] == "SUCCESS" else 1
@@ -313,7 +261,9 @@ def cmd_demo(args) -> int:
     start = settings.partition_start
     end = start + timedelta(days=args.days - 1)
     print(f"running daily_learning_cycle over {start}..{end} as one run (this takes a few minutes)...")
-    out = run_cycle(start, end)
+    from compound_learning.orchestration.launch import run_in_process
+
+    out = run_in_process(start, end, settings=settings)
     print(f"run {out['run_id']}: {out['status']} {out['message']}")
     if out["status"] != "SUCCESS":
         return 1
@@ -335,7 +285,7 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """The recovery benchmark over simulated worlds (null, small, large, correlated, drifting)."""
-    from compound_learning.core.evaluation import evaluate
+    from compound_learning.evaluation import evaluate
 
     result = evaluate(args.worlds, seed=args.seed, days=args.days, accounts=args.accounts)
 
@@ -402,9 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("patterns", cmd_patterns, "list the latest patterns")
     p.add_argument("--account")
     p.add_argument("--type", help="an attribute dimension, or 'interaction'")
-    p.add_argument("--metric", choices=["ctr", "cvr", "roas"])
-    p.add_argument("--state", choices=["insufficient_data", "learning", "significant", "contradicted"])
-    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument("--metric", choices=METRICS)
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
     p.add_argument("--limit", type=int, default=50)
 
     p = add("knowledge-graph", cmd_knowledge_graph, "the latest knowledge graph")
@@ -429,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "the HTTP API (and HTML dashboards) with uvicorn")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8003)
+    p.add_argument("--port", type=int, default=API_PORT)
 
     p = add("reset", cmd_reset, "empty the learning tables (raw data only with --all)")
     p.add_argument("--all", action="store_true")

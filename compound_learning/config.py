@@ -1,4 +1,7 @@
-"""Configuration read from environment variables, each with a documented default.
+"""The one home of configuration: every setting's default, the shared vocabulary, and the
+learning knobs. Pure Python (no Dagster, no database, no numpy), so every layer imports it.
+
+Environment variables (documented in the README's table, in the same order):
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -9,19 +12,83 @@
 | ``COMPOUND_LEARNING_TIMEZONE`` | ``UTC`` | timezone of partitions and the 03:00 schedule |
 | ``COMPOUND_LEARNING_HALF_LIFE_DAYS`` | ``0`` (no forgetting) | exponential forgetting of evidence |
 | ``COMPOUND_LEARNING_MIN_NEW_CLICKS`` | ``5000`` | new clicks needed before the CTR model retrains |
+| ``COMPOUND_LEARNING_EXPLORE_SHARE`` | ``0.2`` | share of recommended launches drawn by Thompson sampling |
+| ``COMPOUND_LEARNING_DAGSTER_URL`` | empty (in-process) | a running Dagster webserver to launch cycles through |
+| ``COMPOUND_LEARNING_API_KEYS`` | empty (loopback only) | ``key=acct,acct;admin=*`` |
+| ``COMPOUND_LEARNING_API_KEYS_FILE`` | empty | a JSON file ``{"key": ["acct"], "admin": "*"}`` |
+| ``DAGSTER_HOME`` | empty (ephemeral instance) | the Dagster instance folder (``dagster.yaml``) |
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+# -- the shared vocabulary ---------------------------------------------------------------------
+GLOBAL = "*"
+"""The scope of a pattern, weight or baseline learned over every account (not one account)."""
+METRICS = ("ctr", "cvr", "roas")
+"""Clicks per impression, conversions per click, revenue per spend."""
+STATES = ("insufficient_data", "learning", "significant", "contradicted")
+"""A pattern's states, in the order a claim moves through them."""
+MIN_ACCOUNTS_FOR_SHARED = 5
+"""The k of k-anonymity: pooled figures are published, and shown to an account-scoped API key,
+only when at least this many distinct accounts stand behind them."""
+MAX_TOP2_SHARE = 0.8
+"""A cross-account insight is withheld when two accounts carry this share of its evidence."""
+API_PORT = 8003
+DEFAULT_MIN_CONFIDENCE = 0.0
+"""The CLI's and the API's default ``min_confidence`` for pattern lists (0: every pattern)."""
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+# -- environment-backed defaults (each appears only here) ----------------------------------------
+DEFAULT_STATE_DIR = ".state"
+DEFAULT_PARTITION_START = "2024-01-01"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_HALF_LIFE_DAYS = 0.0
+DEFAULT_MIN_NEW_CLICKS = 5000
+DEFAULT_EXPLORE_SHARE = 0.2
+
+
+@dataclass
+class PatternSettings:
+    """How effects become claims (see ``core.patterns``)."""
+
+    min_creatives: int = 5  # the original design's minimum support
+    min_interaction_creatives: int = 10  # creatives carrying both values of a pair
+    alpha: float = 0.01  # BH level for `significant`; strict because the same claims are re-tested daily
+    persistence: int = 3
+    per_account: bool = True
+    interactions: bool = True
+    global_inference: str = "creative"  # or "cluster": see effects.fit_effects
+
+
+@dataclass
+class CycleSettings:
+    """Tunable knobs of the learning cycle. Build from the environment with
+    :meth:`from_settings`; the defaults of the environment-backed fields are the same constants."""
+
+    patterns: PatternSettings = field(default_factory=PatternSettings)
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    min_accounts_for_insight: int = MIN_ACCOUNTS_FOR_SHARED
+    max_top2_share: float = MAX_TOP2_SHARE
+    model_train_days: int = 28
+    model_holdout_days: int = 7
+    min_new_clicks: int = DEFAULT_MIN_NEW_CLICKS
+    max_model_age_days: int = 7
+    calibration_tolerance: float = 0.05
+    baseline_days: int = 7
+    explore_share: float = DEFAULT_EXPLORE_SHARE
+    recommendations_per_account: int = 10
+    # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
+    # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
+    snapshot_daily_retention_days: int = 35
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "CycleSettings":
+        return cls(half_life_days=settings.half_life_days, min_new_clicks=settings.min_new_clicks,
+                   explore_share=settings.explore_share)
 
 
 @dataclass(frozen=True)
@@ -32,38 +99,60 @@ class Settings:
     database_url: str
     artifacts_dir: Path
     partition_start: date
-    timezone: str
-    half_life_days: float = 0.0
-    min_new_clicks: int = 5000
+    timezone: str = DEFAULT_TIMEZONE
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    min_new_clicks: int = DEFAULT_MIN_NEW_CLICKS
+    explore_share: float = DEFAULT_EXPLORE_SHARE
+    dagster_url: str = ""
+    dagster_home: Path | None = None
+    api_keys: str = ""
+    api_keys_file: str = ""
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _number(name: str, default, kind):
+    text = _env(name, str(default))
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {text!r}") from None
 
 
 def load_settings() -> Settings:
     """Read the settings from the environment; raises ``ValueError`` naming a bad variable."""
-    state_dir = Path(_env("COMPOUND_LEARNING_STATE_DIR", ".state")).resolve()
-    database_url = _env(
-        "COMPOUND_LEARNING_DATABASE_URL", f"sqlite:///{state_dir / 'compound_learning.db'}"
-    )
+    state_dir = Path(_env("COMPOUND_LEARNING_STATE_DIR", DEFAULT_STATE_DIR)).resolve()
+    database_url = _env("COMPOUND_LEARNING_DATABASE_URL", f"sqlite:///{state_dir / 'compound_learning.db'}")
     artifacts_dir = Path(_env("COMPOUND_LEARNING_ARTIFACTS_DIR", str(state_dir / "artifacts")))
-    start_text = _env("COMPOUND_LEARNING_PARTITION_START", "2024-01-01")
+    start_text = _env("COMPOUND_LEARNING_PARTITION_START", DEFAULT_PARTITION_START)
     try:
         partition_start = date.fromisoformat(start_text)
     except ValueError as exc:
-        raise ValueError(
-            f"COMPOUND_LEARNING_PARTITION_START must be YYYY-MM-DD, got {start_text!r}"
-        ) from exc
-    try:
-        half_life = float(_env("COMPOUND_LEARNING_HALF_LIFE_DAYS", "0"))
-        min_new_clicks = int(_env("COMPOUND_LEARNING_MIN_NEW_CLICKS", "5000"))
-    except ValueError as exc:
-        raise ValueError(f"bad numeric setting: {exc}") from exc
+        raise ValueError(f"COMPOUND_LEARNING_PARTITION_START must be YYYY-MM-DD, got {start_text!r}") from exc
+    half_life = _number("COMPOUND_LEARNING_HALF_LIFE_DAYS", DEFAULT_HALF_LIFE_DAYS, float)
     if half_life < 0:
         raise ValueError("COMPOUND_LEARNING_HALF_LIFE_DAYS must be >= 0 (0 = no forgetting)")
+    min_new_clicks = _number("COMPOUND_LEARNING_MIN_NEW_CLICKS", DEFAULT_MIN_NEW_CLICKS, int)
+    if min_new_clicks < 0:
+        raise ValueError("COMPOUND_LEARNING_MIN_NEW_CLICKS must be >= 0")
+    explore = _number("COMPOUND_LEARNING_EXPLORE_SHARE", DEFAULT_EXPLORE_SHARE, float)
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"COMPOUND_LEARNING_EXPLORE_SHARE must be within 0..1, got {explore}")
+    home = os.environ.get("DAGSTER_HOME", "").strip()
     return Settings(
         state_dir=state_dir,
         database_url=database_url,
         artifacts_dir=artifacts_dir,
         partition_start=partition_start,
-        timezone=_env("COMPOUND_LEARNING_TIMEZONE", "UTC"),
+        timezone=_env("COMPOUND_LEARNING_TIMEZONE", DEFAULT_TIMEZONE),
         half_life_days=half_life,
         min_new_clicks=min_new_clicks,
+        explore_share=explore,
+        dagster_url=_env("COMPOUND_LEARNING_DAGSTER_URL", ""),
+        dagster_home=Path(home).resolve() if home else None,
+        api_keys=_env("COMPOUND_LEARNING_API_KEYS", ""),
+        api_keys_file=_env("COMPOUND_LEARNING_API_KEYS_FILE", ""),
     )

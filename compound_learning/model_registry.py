@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
-import numpy as np
-import pandas as pd
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
-from compound_learning.config import Settings
+import pandas as pd
+
+from compound_learning.config import CycleSettings
 from compound_learning.core import ctr_model as cm
 from compound_learning.core import stats
-from compound_learning.steps import CycleSettings
 from compound_learning.storage import schema as t
 from compound_learning.storage.artifacts import ArtifactError, load_model, save_model
 from compound_learning.storage.store import Store, utcnow
+
+if TYPE_CHECKING:
+    from compound_learning.steps import CycleContext
 
 
 def _model_rows(store: Store, start: date, end: date) -> tuple[pd.DataFrame, list[str]]:
@@ -37,6 +39,11 @@ def champion(store: Store) -> pd.Series | None:
     reg = store.registry()
     champ = reg[reg["status"] == "champion"]
     return None if champ.empty else champ.iloc[-1]
+
+
+def model_features(row: pd.Series) -> list[str]:
+    """The categorical features a registered model was trained on (its registry row's counts)."""
+    return json.loads(row["counts"])["features"]
 
 
 def load_champion(store: Store):
@@ -110,7 +117,7 @@ def check_champion(store: Store, day: date, cfg: CycleSettings) -> dict:
     champ = champion(store)
     first = store.latest_day(t.creative_daily_stats, day_column="date")
     window = cfg.model_train_days // 4 + cfg.model_holdout_days
-    enough_history = _history_days(store, day) >= window
+    enough_history = store.count_days(t.creative_daily_stats, day, "date") >= window
     if champ is None:
         return {"passed": False, "severity": "ERROR" if enough_history and first else "WARN",
                 "description": "no champion model" + ("" if enough_history else " yet: not enough history to train one")}
@@ -126,27 +133,9 @@ def check_champion(store: Store, day: date, cfg: CycleSettings) -> dict:
             "calibration_ratio": ratio, "version": int(champ["version"])}
 
 
-def _history_days(store: Store, day: date) -> int:
-    with store.engine.connect() as conn:
-        n = conn.execute(sa.select(sa.func.count(sa.distinct(t.creative_daily_stats.c.date)))
-                         .where(t.creative_daily_stats.c.date <= day)).scalar()
-    return int(n or 0)
-
-
-def predict_creative_ctr(store: Store, account_id: str, creative: dict) -> dict:
-    """The serving model's CTR for a fresh creative (averaged over the days of the week)."""
-    model, row, warnings = serving_model(store)
-    features = json.loads(row["counts"])["features"]
-    spec = cm.FeatureSpec(categorical=features)
-    rows = pd.DataFrame([{**{f: creative.get(f, stats.MISSING) for f in features if f not in ("account_id", "dow")},
-                          "account_id": account_id, "dow": d, "age_days": 0} for d in range(7)])
-    p = cm.predict_ctr(model, rows, spec)
-    return {"model_version": int(row["version"]), "family": row["family"], "predicted_ctr": float(np.mean(p)),
-            "warnings": warnings}
-
-
-def train_ctr_model(store: Store, settings: Settings, day: date, cfg: CycleSettings, force: bool = False) -> dict:
+def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     """Retrain on evidence; the better family is the challenger; promote only through the gate."""
+    store, settings, cfg = ctx.store, ctx.settings, ctx.cfg
     champ = champion(store)
     registry = store.registry()
     last = registry.iloc[-1] if len(registry) else None  # the last training, promoted or not

@@ -6,12 +6,10 @@ import json
 from datetime import date
 
 import pandas as pd
-import sqlalchemy as sa
 
+from compound_learning.config import DEFAULT_MIN_CONFIDENCE, GLOBAL, METRICS, STATES
 from compound_learning.core.dna import score_creative
-from compound_learning.core.effects import METRIC_SPECS
-from compound_learning.core.patterns import GLOBAL, STATES, patterns_to_records
-from compound_learning.model_registry import predict_creative_ctr
+from compound_learning.core.patterns import patterns_to_records
 from compound_learning.storage import schema as t
 from compound_learning.storage.artifacts import ArtifactError
 from compound_learning.storage.store import Store
@@ -21,36 +19,21 @@ class QueryError(ValueError):
     """A bad query parameter (named in the message)."""
 
 
-def _latest(store: Store, table: sa.Table, column: str = "as_of") -> date | None:
-    return store.latest_day(table, day_column=column)
-
-
 def patterns(store: Store, *, account_id: str | None = None, pattern_type: str | None = None,
-             metric: str | None = None, state: str | None = None, min_confidence: float = 0.0,
-             limit: int = 50, include_global: bool = True) -> list[dict]:
+             metric: str | None = None, state: str | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+             limit: int = 50) -> list[dict]:
     """Latest patterns, most confident first. ``account_id`` None: global patterns only."""
-    if metric is not None and metric not in METRIC_SPECS:
-        raise QueryError(f"metric must be one of {sorted(METRIC_SPECS)}, got {metric!r}")
+    if metric is not None and metric not in METRICS:
+        raise QueryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     if state is not None and state not in STATES:
         raise QueryError(f"state must be one of {list(STATES)}, got {state!r}")
     if not 0.0 <= min_confidence <= 1.0:
         raise QueryError(f"min_confidence must be within 0..1, got {min_confidence}")
     if limit < 1:
         raise QueryError(f"limit must be at least 1, got {limit}")
-    day = _latest(store, t.learning_patterns)
-    if day is None:
-        return []
-    c = t.learning_patterns.c
-    stmt = sa.select(t.learning_patterns).where(c.as_of == day, c.confidence >= min_confidence)
-    stmt = stmt.where(c.account_id == (account_id if account_id else GLOBAL))
-    if pattern_type:
-        stmt = stmt.where(c.pattern_type == pattern_type)
-    if metric:
-        stmt = stmt.where(c.metric == metric)
-    if state:
-        stmt = stmt.where(c.state == state)
-    frame = store.read_frame(stmt.order_by(c.confidence.desc(), sa.func.abs(c.log_effect).desc(), c.pattern_id).limit(limit))
-    return patterns_to_records(frame)
+    frame = store.latest_patterns(account_id=account_id or GLOBAL, min_confidence=min_confidence,
+                                  pattern_type=pattern_type, metric=metric, state=state, limit=limit)
+    return patterns_to_records(frame) if len(frame) else []
 
 
 def knowledge_graph(store: Store, limit: int = 50) -> dict:
@@ -58,17 +41,13 @@ def knowledge_graph(store: Store, limit: int = 50) -> dict:
     confidence history (one point per day)."""
     if limit < 1:
         raise QueryError(f"limit must be at least 1, got {limit}")
-    day = _latest(store, t.knowledge_nodes)
+    day = store.latest_day(t.knowledge_nodes)
     if day is None:
         return {"as_of": None, "nodes": [], "relationships": []}
-    n = t.knowledge_nodes.c
-    nodes = store.read_frame(sa.select(t.knowledge_nodes).where(n.as_of == day)
-                             .order_by(n.importance.desc(), n.node_id).limit(limit))
+    nodes = store.graph_nodes(day, limit)
     ids = list(nodes["node_id"])
-    r = t.knowledge_relationships.c
-    rels = store.read_frame(sa.select(t.knowledge_relationships).where(
-        r.as_of == day, r.source_id.in_(ids), r.target_id.in_(ids)))
-    history = store.read_frame(sa.select(n.node_id, n.as_of, n.confidence).where(n.node_id.in_(ids)).order_by(n.as_of))
+    rels = store.graph_relationships(day, ids)
+    history = store.node_history(ids)
     hist = {k: [{"as_of": str(pd.Timestamp(d).date()), "confidence": float(cf)} for d, cf in zip(g["as_of"], g["confidence"])]
             for k, g in history.groupby("node_id")} if len(history) else {}
     return {
@@ -86,9 +65,7 @@ def knowledge_graph(store: Store, limit: int = 50) -> dict:
 
 def trajectory(store: Store, account_id: str) -> dict:
     """The latest improvement trajectory of an account."""
-    s = t.improvement_snapshots.c
-    frame = store.read_frame(sa.select(t.improvement_snapshots).where(s.account_id == account_id)
-                             .order_by(s.date.desc()).limit(1))
+    frame = store.latest_snapshot(account_id)
     if frame.empty:
         raise LookupError(f"no improvement snapshot for account {account_id!r}")
     row = frame.iloc[0]
@@ -96,27 +73,28 @@ def trajectory(store: Store, account_id: str) -> dict:
 
 
 def roas_series(store: Store, account_id: str) -> list[dict]:
-    s = t.improvement_snapshots.c
-    frame = store.read_frame(sa.select(s.date, s.spend, s.revenue, s.roas).where(s.account_id == account_id).order_by(s.date))
+    """The account's daily spend, revenue and ROAS (the trajectory's data points)."""
+    frame = store.snapshot_series(account_id)
     return [{"date": str(pd.Timestamp(r.date).date()), "spend": float(r.spend),
              "revenue": None if pd.isna(r.revenue) else float(r.revenue),
              "roas": None if pd.isna(r.roas) else float(r.roas)} for r in frame.itertuples()]
 
 
 def accounts(store: Store) -> list[str]:
-    s = t.improvement_snapshots.c
-    frame = store.read_frame(sa.select(s.account_id).distinct().order_by(s.account_id))
-    return list(frame["account_id"])
+    """Every account with a trajectory."""
+    return store.snapshot_accounts()
 
 
 def score(store: Store, account_id: str, creative: dict) -> dict:
     if not isinstance(creative, dict) or not creative or not all(isinstance(v, str) for v in creative.values()):
         raise QueryError('creative must be a JSON object of attribute name -> value strings, e.g. {"hook_type": "question"}')
-    day = _latest(store, t.creative_dna)
+    day = store.latest_day(t.creative_dna)
     if day is None:
         raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
     weights = store.read_day(t.creative_dna, day)
     result = {"as_of": str(day), **score_creative(weights, account_id, creative)}
+    from compound_learning.serving import predict_creative_ctr  # scikit-learn loads only to score
+
     try:
         result["model"] = predict_creative_ctr(store, account_id, creative)
     except ArtifactError as exc:
@@ -141,12 +119,11 @@ def models(store: Store) -> list[dict]:
 
 
 def cross_account(store: Store, limit: int = 50) -> list[dict]:
-    day = _latest(store, t.cross_account_insights)
+    """The latest published cross-account insights (relative figures, no account ids)."""
+    day = store.latest_day(t.cross_account_insights)
     if day is None:
         return []
-    c = t.cross_account_insights.c
-    frame = store.read_frame(sa.select(t.cross_account_insights).where(c.as_of == day, c.published.is_(True))
-                             .order_by(c.ci_low.desc()).limit(limit))
+    frame = store.published_insights(day, limit)
     return [{"insight_id": r.insight_id, "attributes": json.loads(r.attributes), "metric": r.metric,
              "pooled_lift": r.pooled_lift, "ci_low": r.ci_low, "ci_high": r.ci_high, "heterogeneity_tau2": r.tau2,
              "i2": r.i2, "n_accounts": int(r.n_accounts)} for r in frame.itertuples()]

@@ -9,50 +9,38 @@ the benchmarks call them directly too.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from compound_learning.config import Settings
+from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
 from compound_learning.core import stats
 from compound_learning.core.dna import dna_weights
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
-from compound_learning.core.patterns import (
-    GLOBAL,
-    PatternSettings,
-    build_patterns,
-    fit_cycle,
-)
+from compound_learning.core.patterns import build_patterns, fit_cycle
 from compound_learning.core.trajectory import trajectory
 from compound_learning.storage import schema as t
-from compound_learning.storage.store import Store
+from compound_learning.storage.store import Store, get_store
 
 
-@dataclass
-class CycleSettings:
-    """Tunable knobs of the learning cycle (defaults are what the demo and tests use)."""
+@dataclass(frozen=True)
+class CycleContext:
+    """What every step needs: the store, the settings (paths, URLs) and the learning knobs."""
 
-    patterns: PatternSettings = field(default_factory=PatternSettings)
-    half_life_days: float = 0.0
-    min_accounts_for_insight: int = 5
-    max_top2_share: float = 0.8
-    model_train_days: int = 28
-    model_holdout_days: int = 7
-    min_new_clicks: int = 20_000
-    max_model_age_days: int = 7
-    calibration_tolerance: float = 0.05
-    baseline_days: int = 7
-    # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
-    # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
-    snapshot_daily_retention_days: int = 35
+    store: Store
+    settings: Settings
+    cfg: CycleSettings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "CycleSettings":
-        return cls(half_life_days=settings.half_life_days, min_new_clicks=settings.min_new_clicks)
+    def from_settings(cls, settings: Settings | None = None, store: Store | None = None,
+                      cfg: CycleSettings | None = None) -> "CycleContext":
+        settings = settings or load_settings()
+        return cls(store or get_store(settings.database_url), settings, cfg or CycleSettings.from_settings(settings))
 
 
 def _lock(name: str, day: date) -> str:
@@ -60,8 +48,9 @@ def _lock(name: str, day: date) -> str:
 
 
 # -- performance_data -----------------------------------------------------------------------
-def check_performance_day(store: Store, day: date) -> dict:
+def check_performance_day(ctx: CycleContext, day: date) -> dict:
     """Summarize the validated slice of ``day`` (the contract was enforced at ingestion)."""
+    store = ctx.store
     rows = store.performance_for_day(day)
     quarantined = store.quarantined_count(day)
     total = len(rows) + quarantined
@@ -85,12 +74,13 @@ def check_performance_day(store: Store, day: date) -> dict:
 
 
 # -- daily stats -----------------------------------------------------------------------------
-def compute_daily_stats(store: Store, day: date) -> dict:
+def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
     """Per-creative and per account x attribute (value, pair) sums for ``day``.
 
     If the day's statistics changed (a restatement), cumulative snapshots from ``day`` on are
     dropped: they are caches, rebuilt from the last valid snapshot by the next learning step.
     """
+    store = ctx.store
     with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
         rows = store.performance_for_day(day, conn)
         first_seen = store.first_seen(rows[["account_id", "creative_id"]], conn) if len(rows) else pd.DataFrame()
@@ -143,7 +133,7 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
         start = previous_day + timedelta(days=1)
     else:
         cells = pd.DataFrame()
-        start = min(_first_stats_day(store) or day, day)
+        start = min(store.first_day(t.creative_daily_stats, "date") or day, day)
         previous_day = start - timedelta(days=1)
     days_rolled = 0
     last = previous_day
@@ -161,14 +151,9 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
     return cells, days_rolled
 
 
-def _first_stats_day(store: Store) -> date | None:
-    with store.engine.connect() as conn:
-        value = conn.execute(sa.select(sa.func.min(t.creative_daily_stats.c.date))).scalar()
-    return None if value is None else pd.Timestamp(value).date()
-
-
-def learn_patterns(store: Store, day: date, cfg: CycleSettings) -> dict:
+def learn_patterns(ctx: CycleContext, day: date) -> dict:
     """Roll the cumulative evidence forward to ``day``, fit, and write patterns and baselines."""
+    store, cfg = ctx.store, ctx.cfg
     cells, rolled = cumulative_cells(store, day, cfg.half_life_days)
     wide, dims = stats.expand_attributes(_consistent_attributes(cells)) if len(cells) else (cells, [])
     fits = fit_cycle(wide, dims, cfg.patterns) if len(cells) else None
@@ -218,7 +203,9 @@ def _top(patterns: pd.DataFrame, n: int = 10) -> list[dict]:
 
 
 # -- knowledge graph, DNA, insights -------------------------------------------------------------
-def build_knowledge_graph(store: Store, day: date) -> dict:
+def build_knowledge_graph(ctx: CycleContext, day: date) -> dict:
+    """Nodes and typed relationships of the day's patterns, with posterior confidence."""
+    store = ctx.store
     patterns = store.read_day(t.learning_patterns, day)
     cells = store.read_day(t.creative_cumulative_stats, day)
     creatives, dims = (stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
@@ -234,7 +221,9 @@ def build_knowledge_graph(store: Store, day: date) -> dict:
             if len(nodes) else 0.0}
 
 
-def build_creative_dna(store: Store, day: date) -> dict:
+def build_creative_dna(ctx: CycleContext, day: date) -> dict:
+    """Shrunk scoring weights per attribute value (global and per account) and account baselines."""
+    store = ctx.store
     patterns = store.read_day(t.learning_patterns, day)
     baselines = store.read_day(t.account_baselines, day)
     weights = dna_weights(patterns, baselines) if len(patterns) else pd.DataFrame()
@@ -245,7 +234,9 @@ def build_creative_dna(store: Store, day: date) -> dict:
             "accounts": int(weights.loc[weights["dimension"] == "__baseline__", "account_id"].nunique()) if len(weights) else 0}
 
 
-def build_cross_account_insights(store: Store, day: date, cfg: CycleSettings) -> dict:
+def build_cross_account_insights(ctx: CycleContext, day: date) -> dict:
+    """Per-account effects pooled across accounts; published only under the k-account rule."""
+    store, cfg = ctx.store, ctx.cfg
     patterns = store.read_day(t.learning_patterns, day)
     insights = (cross_account_insights(patterns, cfg.min_accounts_for_insight, cfg.max_top2_share,
                                        cfg.patterns.min_creatives) if len(patterns) else pd.DataFrame())
@@ -257,12 +248,11 @@ def build_cross_account_insights(store: Store, day: date, cfg: CycleSettings) ->
 
 
 # -- improvement snapshots ----------------------------------------------------------------------
-def snapshot_improvement(store: Store, day: date, cfg: CycleSettings) -> dict:
+def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
     """Per account: the day's ROAS and the trajectory fitted on every snapshot up to ``day``."""
+    store, cfg = ctx.store, ctx.cfg
     today = store.read_day(t.creative_daily_stats, day, "date")
-    history = store.read_frame(
-        t.improvement_snapshots.select().where(t.improvement_snapshots.c.date < day)
-    )
+    history = store.read_before(t.improvement_snapshots, day, "date")
     rows = []
     if len(today):
         g = today.groupby("account_id").agg(spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1)))
@@ -291,3 +281,71 @@ def snapshot_improvement(store: Store, day: date, cfg: CycleSettings) -> dict:
             "statuses": per_account[:50],
             "median_roas_multiple": float(np.median(multiples)) if multiples else None,
             "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None}
+
+
+# -- the CTR model ------------------------------------------------------------------------------
+def train_ctr_model(ctx: CycleContext, day: date) -> dict:
+    """Retrain the CTR model on new evidence; promote only through the champion gate."""
+    # scikit-learn and skops load only in the processes that train or serve a model.
+    from compound_learning import model_registry
+
+    return model_registry.train_ctr_model(ctx, day)
+
+
+# -- the one cycle path -------------------------------------------------------------------------
+Step = Callable[[CycleContext, date], dict]
+CYCLE_STEPS: dict[str, Step] = {
+    "performance_data": check_performance_day,
+    "daily_stats": compute_daily_stats,
+    "learning_patterns": learn_patterns,
+    "knowledge_graph": build_knowledge_graph,
+    "ctr_model": train_ctr_model,
+    "creative_dna": build_creative_dna,
+    "cross_account_insights": build_cross_account_insights,
+    "improvement_snapshots": snapshot_improvement,
+}
+"""Each asset of ``daily_learning_cycle`` and the step it runs, in an order that respects the
+lineage graph (a test checks it against the Dagster definitions). The assets, ``run_day``, the
+benchmarks, ``evaluate`` and the tests all go through this table."""
+
+
+def run_step(ctx: CycleContext, name: str, day: date) -> dict:
+    """One named step for one day (raises ``KeyError`` naming the unknown step)."""
+    try:
+        step = CYCLE_STEPS[name]
+    except KeyError:
+        raise KeyError(f"no cycle step {name!r}; steps: {list(CYCLE_STEPS)}") from None
+    return step(ctx, day)
+
+
+def run_day(ctx: CycleContext, day: date, only: Iterable[str] | None = None) -> dict[str, dict]:
+    """Every step of the cycle for ``day``, in order (or the named subset, still in order);
+    returns each step's summary and its seconds under ``"<step>_seconds"``."""
+    wanted = set(CYCLE_STEPS) if only is None else set(only)
+    unknown = wanted - set(CYCLE_STEPS)
+    if unknown:
+        raise KeyError(f"no cycle step(s) {sorted(unknown)}; steps: {list(CYCLE_STEPS)}")
+    out: dict[str, dict] = {}
+    for name, step in CYCLE_STEPS.items():
+        if name in wanted:
+            started = time.perf_counter()
+            out[name] = step(ctx, day)
+            out[name]["seconds"] = round(time.perf_counter() - started, 3)
+    return out
+
+
+def days_between(start: date, end: date) -> list[date]:
+    """The days of [start, end], both included."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def run_days(ctx: CycleContext, start: date, end: date, only: Iterable[str] | None = None,
+             on_day: Callable[[date, dict[str, dict]], None] | None = None) -> list[dict[str, dict]]:
+    """:func:`run_day` for every day of [start, end]; ``on_day`` sees each day's summaries."""
+    results = []
+    for day in days_between(start, end):
+        result = run_day(ctx, day, only)
+        if on_day:
+            on_day(day, result)
+        results.append(result)
+    return results

@@ -14,7 +14,9 @@ from datetime import date
 import pytest
 import sqlalchemy as sa
 
+from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core.simulate import WorldConfig, simulate
+from compound_learning.steps import CycleContext
 from compound_learning.storage.store import Store, get_store
 
 PG_ADMIN_URL = os.environ.get(
@@ -101,3 +103,12 @@ def env(monkeypatch, tmp_path):
 
 def make_store(url: str) -> Store:
     return get_store(url)
+
+
+def make_context(url: str, **cfg_changes) -> CycleContext:
+    """The cycle's context on ``url`` with the environment's settings (see the ``env`` fixture)
+    and the given learning knobs changed."""
+    from dataclasses import replace
+
+    settings = replace(load_settings(), database_url=url)
+    return CycleContext(get_store(url), settings, replace(CycleSettings.from_settings(settings), **cfg_changes))

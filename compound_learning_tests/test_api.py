@@ -19,10 +19,10 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from compound_learning import model_registry, steps
+from compound_learning import steps
 from compound_learning.api.access import Principal
 from compound_learning.api.app import create_app
-from compound_learning.config import load_settings
+from compound_learning.config import CycleSettings, load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage.store import Store
 from compound_learning_tests.conftest import START, small_world
@@ -46,16 +46,8 @@ def learned(tmp_path_factory):
         store = Store(s.database_url)
         data, _ = small_world(days=DAYS, accounts=6, creatives=25, seed=4)
         ingest_frame(data, store=store, settings=s, today=date(2025, 1, 1))
-        cfg = replace(steps.CycleSettings(), calibration_tolerance=0.3)
-        for i in range(DAYS):
-            d = START + timedelta(days=i)
-            steps.compute_daily_stats(store, d)
-            steps.learn_patterns(store, d, cfg)
-            steps.build_knowledge_graph(store, d)
-            model_registry.train_ctr_model(store, s, d, cfg)
-            steps.build_creative_dna(store, d)
-            steps.build_cross_account_insights(store, d, cfg)
-            steps.snapshot_improvement(store, d, cfg)
+        ctx = steps.CycleContext(store, s, replace(CycleSettings.from_settings(s), calibration_tolerance=0.3))
+        steps.run_days(ctx, START, START + timedelta(days=DAYS - 1))
         yield store, root, mp
         store.dispose()
 

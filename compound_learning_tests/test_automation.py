@@ -98,7 +98,7 @@ def test_schedule_tick_processes_the_previous_day():
 
 
 def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world):
-    from compound_learning.cli import run_cycle
+    from compound_learning.orchestration.launch import run_in_process as run_cycle
     from compound_learning.orchestration.sensors import cycle_success_logger
 
     env(sqlite_url)

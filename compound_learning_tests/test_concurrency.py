@@ -13,7 +13,7 @@ from compound_learning import steps
 from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import START, make_store
+from compound_learning_tests.conftest import START, make_context, make_store
 
 
 def _concurrently(fn, n=2):
@@ -50,17 +50,17 @@ def test_concurrent_materializations_of_one_day_do_not_double_count(pg_url, env,
     data, _ = world
     store, settings = make_store(pg_url), load_settings()
     ingest_frame(data, store=store, settings=settings, today=date(2025, 1, 1))
-    cfg = steps.CycleSettings()
+    ctx = make_context(pg_url)
     day = START + timedelta(days=4)
     for d in [START + timedelta(days=i) for i in range(4)]:
-        steps.compute_daily_stats(store, d)
-        steps.learn_patterns(store, d, cfg)
+        steps.compute_daily_stats(ctx, d)
+        steps.learn_patterns(ctx, d)
 
     def one_day():
-        steps.compute_daily_stats(store, day)
-        steps.learn_patterns(store, day, cfg)
-        steps.build_knowledge_graph(store, day)
-        steps.snapshot_improvement(store, day, cfg)
+        steps.compute_daily_stats(ctx, day)
+        steps.learn_patterns(ctx, day)
+        steps.build_knowledge_graph(ctx, day)
+        steps.snapshot_improvement(ctx, day)
 
     _, errors = _concurrently(one_day)
     assert not errors, errors

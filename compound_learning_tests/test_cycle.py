@@ -11,11 +11,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from compound_learning import steps
-from compound_learning.cli import run_cycle
+from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import START, make_store
+from compound_learning_tests.conftest import START, make_context, make_store
 
 DERIVED_BY_DAY = [
     (t.creative_daily_stats, "date"), (t.attribute_daily_stats, "date"), (t.creative_cumulative_stats, "as_of"),
@@ -61,7 +61,7 @@ def test_range_then_day_materialize_everything(db_url, env, world):
 
     nxt = end + timedelta(days=1)
     assert run_cycle(nxt, nxt, instance=instance)["status"] == "SUCCESS"
-    summary = steps.learn_patterns(store, nxt, steps.CycleSettings())
+    summary = steps.learn_patterns(make_context(db_url), nxt)
     assert summary["days_rolled_forward"] == 1  # yesterday's knowledge + today's evidence
 
 
@@ -83,23 +83,22 @@ def test_same_day_twice_gives_identical_tables(sqlite_url, env, world):
 def test_restated_old_day_rebuilds_later_knowledge(sqlite_url, env, world):
     data, _ = world
     _load(sqlite_url, env, data)
-    store = make_store(sqlite_url)
-    cfg = steps.CycleSettings()
+    store, ctx = make_store(sqlite_url), make_context(sqlite_url)
     days = [START + timedelta(days=i) for i in range(8)]
     for d in days:
-        steps.compute_daily_stats(store, d)
-        steps.learn_patterns(store, d, cfg)
+        steps.compute_daily_stats(ctx, d)
+        steps.learn_patterns(ctx, d)
     before = store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id")
     # Restate day 3: every creative's clicks halved.
     restated = data[data["date"] == days[2].isoformat()].copy()
     restated["clicks"] //= 2
     summary = _load(sqlite_url, env, restated)
     assert summary["days_touched"] == [days[2].isoformat()]
-    stats = steps.compute_daily_stats(store, days[2])
+    stats = steps.compute_daily_stats(ctx, days[2])
     assert stats["changed_since_last_run"] is True
     assert store.latest_day(t.creative_cumulative_stats) == days[1]  # later caches dropped
-    steps.learn_patterns(store, days[2], cfg)
-    out = steps.learn_patterns(store, days[-1], cfg)
+    steps.learn_patterns(ctx, days[2])
+    out = steps.learn_patterns(ctx, days[-1])
     assert out["days_rolled_forward"] == 5
     after = store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id")
     cum = store.read_day(t.creative_cumulative_stats, days[-1])
@@ -117,7 +116,7 @@ def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, mon
     def boom(*_a, **_k):
         raise RuntimeError("simulated failure in the learning step")
 
-    monkeypatch.setattr(steps, "learn_patterns", boom)
+    monkeypatch.setitem(steps.CYCLE_STEPS, "learning_patterns", boom)
     out = run_cycle(START, START, instance=dg.DagsterInstance.ephemeral())
     assert out["status"] == "FAILURE"
     logs = store.cycle_logs()
@@ -146,21 +145,18 @@ def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world):
 
 
 def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env, world):
-    from dataclasses import replace
-
     data, _ = world
     _load(sqlite_url, env, data)
-    store = make_store(sqlite_url)
-    cfg = replace(steps.CycleSettings(), snapshot_daily_retention_days=3)
+    store, ctx = make_store(sqlite_url), make_context(sqlite_url, snapshot_daily_retention_days=3)
     days = [START + timedelta(days=i) for i in range(12)]
     for d in days:
-        steps.compute_daily_stats(store, d)
-        steps.learn_patterns(store, d, cfg)
+        steps.compute_daily_stats(ctx, d)
+        steps.learn_patterns(ctx, d)
     kept = set(pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date)
     assert kept == {d for d in days if d >= days[-1] - timedelta(days=3) or d.weekday() == 6}
     assert date(2024, 1, 7) in kept  # a Sunday
     # a restated old day rebuilds from the Sunday before it, not from scratch
     restated = data[data["date"] == "2024-01-09"].head(3).assign(clicks=0)
     _load(sqlite_url, env, restated)
-    steps.compute_daily_stats(store, date(2024, 1, 9))
-    assert steps.learn_patterns(store, date(2024, 1, 9), cfg)["days_rolled_forward"] == 2
+    steps.compute_daily_stats(ctx, date(2024, 1, 9))
+    assert steps.learn_patterns(ctx, date(2024, 1, 9))["days_rolled_forward"] == 2

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from compound_learning import steps
 from compound_learning.config import load_settings
 from compound_learning.core.contract import ContractError
 from compound_learning.ingestion import ingest_file, ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import make_store
+from compound_learning_tests.conftest import make_context, make_store
 
 TODAY = date(2024, 3, 1)
 
@@ -137,9 +138,7 @@ def test_cli_reset_needs_yes_and_keeps_raw_data_unless_all(sqlite_url, env, worl
     data, _ = world
     _ingest(data.head(30), sqlite_url, env)
     store = make_store(sqlite_url)
-    from compound_learning import steps
-
-    steps.compute_daily_stats(store, date(2024, 1, 1))
+    steps.compute_daily_stats(make_context(sqlite_url), date(2024, 1, 1))
     env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*args):

@@ -187,7 +187,7 @@ def test_forgetting_halves_old_evidence_per_half_life():
 
 
 def test_drifting_effect_is_followed_with_forgetting():
-    from compound_learning.core.evaluation import WorldSpec, score_world
+    from compound_learning.evaluation import WorldSpec, score_world
 
     result = score_world(WorldSpec("drift", seed=7, days=40, accounts=10, creatives=25))
     assert result["drift_followed"] >= 0.75

@@ -13,14 +13,15 @@ import pytest
 
 from compound_learning import model_registry as mr
 from compound_learning import steps
-from compound_learning.cli import run_cycle
+from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.config import load_settings
 from compound_learning.core import ctr_model as cm
 from compound_learning.ingestion import ingest_frame
+from compound_learning.serving import predict_creative_ctr
 from compound_learning.storage.artifacts import ArtifactError
-from compound_learning_tests.conftest import START, make_store, small_world
+from compound_learning_tests.conftest import START, make_context, make_store, small_world
 
-CFG = replace(steps.CycleSettings(), calibration_tolerance=0.25, min_new_clicks=1000)
+CFG = dict(calibration_tolerance=0.25, min_new_clicks=1000)
 
 
 @pytest.fixture(scope="module")
@@ -32,26 +33,25 @@ def model_world():
 def prepared(sqlite_url, env, model_world):
     env(sqlite_url)
     data, _ = model_world
-    store, settings = make_store(sqlite_url), load_settings()
-    ingest_frame(data, store=store, settings=settings, today=date(2025, 1, 1))
-    for i in range(20):
-        steps.compute_daily_stats(store, START + timedelta(days=i))
-    return store, settings
+    store, ctx = make_store(sqlite_url), make_context(sqlite_url, **CFG)
+    ingest_frame(data, store=store, settings=ctx.settings, today=date(2025, 1, 1))
+    steps.run_days(ctx, START, START + timedelta(days=19), only=["daily_stats"])
+    return store, ctx
 
 
 def test_retrain_or_skip_on_evidence(prepared):
-    store, settings = prepared
+    store, ctx = prepared
     day = START + timedelta(days=14)
-    first = mr.train_ctr_model(store, settings, day, CFG)
+    first = mr.train_ctr_model(ctx, day)
     assert first["action"] == "promoted", first["reason"]
     assert first["family"] in cm.FAMILIES and 0 < first["normalized_entropy"] < 1.2
-    again = mr.train_ctr_model(store, settings, day, CFG)
+    again = mr.train_ctr_model(ctx, day)
     assert again["action"].startswith("skipped: already trained")
-    strict = replace(CFG, min_new_clicks=10**9)
-    later = mr.train_ctr_model(store, settings, day + timedelta(days=1), strict)
+    strict = replace(ctx, cfg=replace(ctx.cfg, min_new_clicks=10**9))
+    later = mr.train_ctr_model(strict, day + timedelta(days=1))
     assert later["action"] == "skipped: not enough new evidence"
     assert later["new_clicks"] > 0 and str(later["new_clicks"]) in later["reason"]
-    retrained = mr.train_ctr_model(store, settings, day + timedelta(days=2), CFG)
+    retrained = mr.train_ctr_model(ctx, day + timedelta(days=2))
     assert retrained["action"] in ("promoted", "kept champion") and retrained["version"] == 2
     reg = store.registry()
     assert list(reg["version"]) == [1, 2] and (reg["status"] == "champion").sum() == 1
@@ -84,26 +84,26 @@ def test_gate_outcomes():
 
 
 def test_forced_worse_challenger_keeps_the_champion(prepared, monkeypatch):
-    store, settings = prepared
+    store, ctx = prepared
     day = START + timedelta(days=14)
-    assert mr.train_ctr_model(store, settings, day, CFG)["action"] == "promoted"
+    assert mr.train_ctr_model(ctx, day)["action"] == "promoted"
     def worse_fit(rows, spec, family):  # takes every feature, uses only the account
         X, y, w = cm._expand(rows, spec)
         pipe = cm.make_pipeline("logistic", cm.FeatureSpec(categorical=["account_id"]))
         return pipe.fit(X, y, model__sample_weight=w)
 
     monkeypatch.setattr(cm, "fit_model", worse_fit)
-    out = mr.train_ctr_model(store, settings, day + timedelta(days=3), CFG, force=True)
+    out = mr.train_ctr_model(ctx, day + timedelta(days=3), force=True)
     assert out["action"] == "kept champion", out["reason"]
     assert mr.champion(store)["version"] == 1
     assert store.registry().iloc[-1]["status"] == "challenger"
 
 
 def test_promote_rollback_and_tampered_artifact(prepared):
-    store, settings = prepared
+    store, ctx = prepared
     day = START + timedelta(days=14)
-    mr.train_ctr_model(store, settings, day, CFG)
-    mr.train_ctr_model(store, settings, day + timedelta(days=2), CFG, force=True)
+    mr.train_ctr_model(ctx, day)
+    mr.train_ctr_model(ctx, day + timedelta(days=2), force=True)
     mr.promote(store, 2, "test")
     assert mr.champion(store)["version"] == 2
     out = mr.rollback(store)
@@ -117,7 +117,7 @@ def test_promote_rollback_and_tampered_artifact(prepared):
         mr.load_champion(store)
     model, row, warnings = mr.serving_model(store)
     assert int(row["version"]) == 1 and any("altered" in w for w in warnings)
-    check = mr.check_champion(store, day + timedelta(days=2), CFG)
+    check = mr.check_champion(store, day + timedelta(days=2), ctx.cfg)
     assert check["passed"] is False and check["severity"] == "ERROR" and "unreadable" in check["description"]
     with pytest.raises(ArtifactError):
         mr.promote(store, 2, "tampered must not go live")
@@ -130,11 +130,11 @@ def test_promote_rollback_and_tampered_artifact(prepared):
 
 
 def test_unseen_values_at_scoring(prepared):
-    store, settings = prepared
-    mr.train_ctr_model(store, settings, START + timedelta(days=14), CFG)
-    known = mr.predict_creative_ctr(store, "acct_001", {"hook_type": "question", "audience": "retargeting"})
-    unseen = mr.predict_creative_ctr(store, "acct_001", {"hook_type": "never_seen_hook", "brand_new_dimension": "x"})
-    new_account = mr.predict_creative_ctr(store, "acct_999", {"hook_type": "question"})
+    store, ctx = prepared
+    mr.train_ctr_model(ctx, START + timedelta(days=14))
+    known = predict_creative_ctr(store, "acct_001", {"hook_type": "question", "audience": "retargeting"})
+    unseen = predict_creative_ctr(store, "acct_001", {"hook_type": "never_seen_hook", "brand_new_dimension": "x"})
+    new_account = predict_creative_ctr(store, "acct_999", {"hook_type": "question"})
     for out in (known, unseen, new_account):
         assert 0 < out["predicted_ctr"] < 0.2 and out["warnings"] == []
 

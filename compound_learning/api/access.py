@@ -9,9 +9,10 @@ is treated as local and trusted.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from compound_learning.config import MIN_ACCOUNTS_FOR_SHARED, Settings, load_settings
 
 ALL = "*"
 
@@ -30,10 +31,10 @@ class Principal:
         return self.accounts is not None
 
 
-def load_keys() -> dict[str, Principal] | None:
+def load_keys(settings: Settings | None = None) -> dict[str, Principal] | None:
     """The configured keys, or None when access control is off (loopback only)."""
-    text = os.environ.get("COMPOUND_LEARNING_API_KEYS", "").strip()
-    path = os.environ.get("COMPOUND_LEARNING_API_KEYS_FILE", "").strip()
+    settings = settings or load_settings()
+    text, path = settings.api_keys, settings.api_keys_file
     raw: dict = {}
     if path:
         try:
@@ -56,3 +57,24 @@ def load_keys() -> dict[str, Principal] | None:
             raise ValueError("API keys must be at least 8 characters long")
         keys[key] = Principal(None if accounts == ALL else frozenset(accounts))
     return keys
+
+
+# -- what a scoped key may see of pooled knowledge ------------------------------------------------
+def is_shared(accounts: int | None) -> bool:
+    """Pooled evidence is shown to a scoped key only when enough accounts stand behind it."""
+    return (accounts or 0) >= MIN_ACCOUNTS_FOR_SHARED
+
+
+def shared_patterns(items: list[dict]) -> list[dict]:
+    """The patterns (in the output contract) that enough accounts back."""
+    return [p for p in items if is_shared(p["support"].get("accounts"))]
+
+
+def shared_graph(graph: dict) -> dict:
+    """The knowledge graph without pattern nodes and evidence that too few accounts back."""
+    nodes = [n for n in graph["nodes"] if n["node_type"] != "pattern" or is_shared(n["properties"].get("accounts"))]
+    kept = {n["node_id"] for n in nodes}
+    relationships = [r for r in graph["relationships"]
+                     if r["source"] in kept and r["target"] in kept
+                     and ("support" not in r["evidence"] or is_shared(r["evidence"]["support"].get("accounts")))]
+    return {**graph, "nodes": nodes, "relationships": relationships}

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.core import ctr_model as cm
+from compound_learning.core import stats
 from compound_learning.core.simulate import DIMENSIONS, WorldConfig, simulate
 
 
@@ -22,7 +23,7 @@ def _prepare(data: pd.DataFrame) -> pd.DataFrame:
     frame = data.copy()
     frame["date"] = pd.to_datetime(frame["date"])
     first = frame.groupby(["account_id", "creative_id"])["date"].transform("min")
-    frame["age_days"] = (frame["date"] - first).dt.days
+    frame["age_days"] = stats.creative_age_days(frame["date"], first).to_numpy()
     frame["dow"] = frame["date"].dt.day_of_week.astype(str)
     return frame
 

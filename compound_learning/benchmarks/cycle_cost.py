@@ -11,12 +11,12 @@ import argparse
 import json
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import replace
 from datetime import date, timedelta
+from pathlib import Path
 
-from compound_learning import model_registry, steps
-from compound_learning.config import load_settings
+from compound_learning import steps
+from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core.simulate import WorldConfig, simulate
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage.store import Store
@@ -26,29 +26,18 @@ REPORT_DAYS = (30, 90, 180, 365)
 
 def run(days: int = 365, accounts: int = 20, creatives: int = 150, url: str | None = None) -> dict:
     tmp = tempfile.mkdtemp(prefix="cycle_cost_")
-    settings = replace(load_settings(), database_url=url or f"sqlite:///{tmp}/bench.db", artifacts_dir=__import__("pathlib").Path(tmp) / "art")
+    settings = replace(load_settings(), database_url=url or f"sqlite:///{tmp}/bench.db", artifacts_dir=Path(tmp) / "art")
     store = Store(settings.database_url)
     data, _ = simulate(WorldConfig(days=days, accounts=accounts, creatives_per_account=creatives, seed=1))
     start = time.perf_counter()
     ingest_frame(data, store=store, settings=settings, today=date(2100, 1, 1))
     out = {"rows": len(data), "ingest_seconds": round(time.perf_counter() - start, 2), "days": {}}
-    cfg = steps.CycleSettings()
+    ctx = steps.CycleContext(store, settings, CycleSettings.from_settings(settings))
     first = date(2024, 1, 1)
     for i in range(days):
         day = first + timedelta(days=i)
-        timing = defaultdict(float)
-        for name, fn in [
-            ("daily_stats", lambda: steps.compute_daily_stats(store, day)),
-            ("learning_patterns", lambda: steps.learn_patterns(store, day, cfg)),
-            ("knowledge_graph", lambda: steps.build_knowledge_graph(store, day)),
-            ("ctr_model", lambda: model_registry.train_ctr_model(store, settings, day, cfg)),
-            ("creative_dna", lambda: steps.build_creative_dna(store, day)),
-            ("cross_account_insights", lambda: steps.build_cross_account_insights(store, day, cfg)),
-            ("improvement_snapshots", lambda: steps.snapshot_improvement(store, day, cfg)),
-        ]:
-            t0 = time.perf_counter()
-            fn()
-            timing[name] = round(time.perf_counter() - t0, 3)
+        result = steps.run_day(ctx, day)
+        timing = {name: summary["seconds"] for name, summary in result.items()}
         if i + 1 in REPORT_DAYS:
             rows_today = int((data["date"] == day.isoformat()).sum())
             out["days"][i + 1] = {"rows_that_day": rows_today, "total_seconds": round(sum(timing.values()), 2), **timing}

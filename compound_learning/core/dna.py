@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.core.effects import Z95
-from compound_learning.core.patterns import GLOBAL, main_effects
+from compound_learning.config import GLOBAL
+from compound_learning.core.patterns import main_effects
 from compound_learning.core.shrinkage import posterior, prior_variance
 
 WEIGHT_COLUMNS = ["account_id", "metric", "dimension", "value", "weight", "weight_se", "creatives"]

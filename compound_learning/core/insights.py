@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.core.effects import Z95
-from compound_learning.core.patterns import GLOBAL, main_effects
+from compound_learning.config import GLOBAL
+from compound_learning.core.patterns import main_effects
 
 INSIGHT_COLUMNS = ["insight_id", "attributes", "metric", "pooled_lift", "ci_low", "ci_high", "tau2", "i2",
                    "n_accounts", "top2_share", "published", "reason"]

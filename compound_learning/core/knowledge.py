@@ -17,7 +17,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from compound_learning.core.patterns import GLOBAL
+from compound_learning.config import GLOBAL
 from compound_learning.core.shrinkage import posterior, prior_variance, sign_probability
 from compound_learning.core.stats import MISSING
 

@@ -23,26 +23,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from compound_learning.config import GLOBAL, PatternSettings
 from compound_learning.core.effects import METRIC_SPECS, EffectFit, fit_effects
 
-GLOBAL = "*"
-STATES = ("insufficient_data", "learning", "significant", "contradicted")
 PATTERN_COLUMNS = [
     "pattern_id", "pattern_type", "account_id", "attributes", "metric", "lift", "ci_low", "ci_high",
     "log_effect", "std_error", "p_value", "q_value", "confidence", "state", "streak", "support",
     "first_seen", "last_updated",
 ]
-
-
-@dataclass
-class PatternSettings:
-    min_creatives: int = 5
-    min_interaction_creatives: int = 10  # creatives carrying both values of a pair
-    alpha: float = 0.01  # BH level for `significant`; strict because the same claims are re-tested daily
-    persistence: int = 3
-    per_account: bool = True
-    interactions: bool = True
-    global_inference: str = "creative"  # or "cluster": see effects.fit_effects
 
 
 @dataclass

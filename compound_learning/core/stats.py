@@ -47,6 +47,14 @@ def expand_attributes(frame: pd.DataFrame, column: str = "attributes") -> tuple[
     return pd.concat([frame, wide], axis=1), dims
 
 
+def creative_age_days(dates, first_seen) -> pd.Series:
+    """A creative's age on each date: whole days since it was first seen (0 on its first day,
+    never negative; an unknown first day counts as the date itself)."""
+    dates = pd.to_datetime(pd.Series(dates)).reset_index(drop=True)
+    first = pd.to_datetime(pd.Series(first_seen)).reset_index(drop=True).fillna(dates)
+    return (dates - first).dt.days.clip(lower=0).astype(int)
+
+
 def creative_day_stats(day_rows: pd.DataFrame, first_seen: pd.DataFrame, day: date) -> pd.DataFrame:
     """The day's rows with day of week and the creative's age in days (since first seen)."""
     if day_rows.empty:
@@ -54,8 +62,7 @@ def creative_day_stats(day_rows: pd.DataFrame, first_seen: pd.DataFrame, day: da
     frame = day_rows[["account_id", "creative_id", *METRICS, "attributes"]].merge(
         first_seen, on=["account_id", "creative_id"], how="left"
     )
-    first = pd.to_datetime(frame["first_seen"]).fillna(pd.Timestamp(day))
-    frame["age_days"] = (pd.Timestamp(day) - first).dt.days.clip(lower=0).astype(int)
+    frame["age_days"] = creative_age_days(pd.Series(pd.Timestamp(day), index=frame.index), frame["first_seen"]).to_numpy()
     frame["dow"] = pd.Timestamp(day).dayofweek
     return frame[["account_id", "creative_id", "dow", "age_days", *METRICS, "attributes"]]
 

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from compound_learning import model_registry, steps
+from compound_learning import steps
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
 
@@ -57,15 +57,16 @@ def _fmt(value) -> str:
 
 def _materialize(
     context: dg.AssetExecutionContext,
-    step: Callable[[date], dict],
+    store: StoreResource,
     figures: list[str],
     preview: Callable[[dict], str] | None = None,
     checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
     all_checks: Callable[[list[dict]], list[dg.AssetCheckResult]] | None = None,
 ) -> dg.MaterializeResult:
+    ctx = store.cycle_context()
     results = []
     for day in partition_days(context):
-        summary = step(day)
+        summary = steps.run_step(ctx, context.asset_key.to_user_string(), day)
         context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
         results.append({"day": str(day), **summary})
     last = results[-1]
@@ -119,9 +120,8 @@ def performance_data(context: dg.AssetExecutionContext, store: StoreResource) ->
     """The validated slice of one day: row, account and creative counts, totals, the rows
     quarantined for that day with the data version (newest ingestion batch) it was built from.
     Checks: the quarantine rate, and that every stored row satisfies the contract."""
-    s = store.store()
     return _materialize(
-        context, lambda day: steps.check_performance_day(s, day),
+        context, store,
         ["rows", "quarantined_rows", "quarantine_rate", "accounts", "creatives", "impressions", "clicks",
          "spend", "data_version", "invariant_violations"],
         all_checks=lambda results: _day_checks(results, [
@@ -138,9 +138,8 @@ def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
     """Additive sufficient statistics of one day: per creative (with its attributes, day of week
     and age) and per account x attribute value and pairs of values. A restated day drops the
     cumulative snapshots after it so the knowledge is rebuilt from correct evidence."""
-    s = store.store()
     return _materialize(
-        context, lambda day: steps.compute_daily_stats(s, day),
+        context, store,
         ["source_rows", "creatives", "attribute_rows", "pair_rows", "impressions", "clicks", "changed_since_last_run"],
         all_checks=lambda results: _day_checks(results, [
             ("rows_match_source", lambda r: r["creatives"] == r["source_rows"], "ERROR", {})]),
@@ -161,9 +160,8 @@ def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -
     forgetting) -> adjusted effects of every attribute value and supported pair on CTR, CVR and
     ROAS, with creative-clustered 95% intervals, BH q-values, confidence and state; global and
     per account."""
-    s, cfg = store.store(), store.cycle_settings()
     return _materialize(
-        context, lambda day: steps.learn_patterns(s, day, cfg),
+        context, store,
         ["patterns", "global_patterns", "significant_global_patterns", "states_global", "creatives", "accounts",
          "cumulative_cells", "days_rolled_forward"],
         _patterns_preview,
@@ -175,8 +173,7 @@ def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> 
     """Nodes (attribute values, metrics, patterns) and typed relationships (improves, hurts,
     synergy, antagonism, co_occurs, contradicts, describes) with posterior confidence; one
     snapshot per day, so each node's history shows knowledge accumulating."""
-    s = store.store()
-    return _materialize(context, lambda day: steps.build_knowledge_graph(s, day),
+    return _materialize(context, store,
                         ["nodes", "relationships", "relationships_by_type", "mean_value_confidence"])
 
 
@@ -184,8 +181,7 @@ def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> 
 def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Effects that hold across accounts (random-effects pooling), published only when at least
     5 accounts contribute and no two dominate; relative lifts only, never an account id."""
-    s, cfg = store.store(), store.cycle_settings()
-    return _materialize(context, lambda day: steps.build_cross_account_insights(s, day, cfg),
+    return _materialize(context, store,
                         ["candidates", "published", "withheld"])
 
 
@@ -211,17 +207,19 @@ def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Mat
     logistic regression and gradient boosting compared on a later window; the winner becomes
     champion only if it beats the current one (paired bootstrap) and is calibrated. The blocking
     check stops the cycle when the champion is missing, unreadable or uncalibrated."""
-    s, cfg, settings = store.store(), store.cycle_settings(), store.settings()
+    from compound_learning import model_registry  # scikit-learn loads only in the model's step
+
+    ctx = store.cycle_context()
 
     def check(day: date) -> list[dg.AssetCheckResult]:
-        result = model_registry.check_champion(s, day, cfg)
+        result = model_registry.check_champion(ctx.store, day, ctx.cfg)
         return [dg.AssetCheckResult(
             check_name="champion_usable", passed=result["passed"],
             severity=dg.AssetCheckSeverity(result["severity"]),
             metadata={k: v for k, v in result.items() if k not in ("passed", "severity")})]
 
     return _materialize(
-        context, lambda day: model_registry.train_ctr_model(s, settings, day, cfg),
+        context, store,
         ["action", "reason", "new_clicks", "version", "family", "log_loss", "normalized_entropy", "auc",
          "calibration_ratio", "brier"],
         _model_preview, check,
@@ -232,8 +230,7 @@ def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Mat
 def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Explainable scoring weights for new creatives: shrunk (empirical-Bayes) log multipliers of
     every attribute value, globally and per account (partially pooled), plus account baselines."""
-    s = store.store()
-    return _materialize(context, lambda day: steps.build_creative_dna(s, day),
+    return _materialize(context, store,
                         ["weights", "global_weights", "accounts"])
 
 
@@ -241,8 +238,8 @@ def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
 def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
     intervals, projections at 30/90/365 days, learning status)."""
-    s, cfg = store.store(), store.cycle_settings()
-    return _materialize(context, lambda day: steps.snapshot_improvement(s, day, cfg),
+    s = store.store()
+    return _materialize(context, store,
                         ["accounts", "learning_status", "median_roas", "median_roas_multiple"],
                         lambda summary: _trajectory_preview(s, summary))
 

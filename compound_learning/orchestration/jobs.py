@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from compound_learning.orchestration.assets import CYCLE_ASSETS
-from compound_learning.orchestration.partitions import daily_partitions
 
 JOB_NAME = "daily_learning_cycle"
 
@@ -14,7 +13,6 @@ JOB_NAME = "daily_learning_cycle"
 daily_learning_cycle = dg.define_asset_job(
     JOB_NAME,
     selection=dg.AssetSelection.assets(*CYCLE_ASSETS),
-    partitions_def=daily_partitions,
     executor_def=dg.in_process_executor,
     description="One day (or a range, as one run) of the compound learning cycle.",
 )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from compound_learning.config import Settings, load_settings
-from compound_learning.steps import CycleSettings
+from compound_learning.config import CycleSettings, Settings, load_settings
+from compound_learning.steps import CycleContext
 from compound_learning.storage.store import Store, get_store
 
 
@@ -33,5 +33,7 @@ class StoreResource(dg.ConfigurableResource):
     def store(self) -> Store:
         return get_store(self.settings().database_url)
 
-    def cycle_settings(self) -> CycleSettings:
-        return CycleSettings.from_settings(self.settings())
+    def cycle_context(self) -> CycleContext:
+        """Store, settings and learning knobs for the cycle's steps."""
+        settings = self.settings()
+        return CycleContext(get_store(settings.database_url), settings, CycleSettings.from_settings(settings))

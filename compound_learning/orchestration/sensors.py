@@ -8,15 +8,14 @@ new run while a duplicate file (which changes nothing) gets none.
 
 
 import json
-from datetime import date, datetime, timezone
+from datetime import date
 
 import dagster as dg
 
 from compound_learning.orchestration.jobs import daily_learning_cycle
+from compound_learning.orchestration.launch import record_cycle_run
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
-from compound_learning.storage import schema as t
-from compound_learning.storage.store import Store
 
 GAP_LOOKBACK_DAYS = 14
 GAP_MARKER_ASSET = dg.AssetKey("improvement_snapshots")  # the last asset of a complete cycle
@@ -67,36 +66,6 @@ def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResourc
         return dg.SkipReason(f"every day with data in {recent[0]}..{recent[-1]} has a complete cycle")
     return [dg.RunRequest(run_key=f"fill:{k}:v{versions[k]}", partition_key=k,
                           tags={"compound_learning/trigger": "gap_fill"}) for k in missing]
-
-
-def run_partition_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
-    tags = run.tags
-    if "dagster/partition" in tags:
-        return tags["dagster/partition"], tags["dagster/partition"]
-    return tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
-
-
-def record_cycle_run(instance: dg.DagsterInstance, s: Store, run: dg.DagsterRun, status: str, message: str = "") -> dict:
-    """Write one learning_cycle_logs row for a finished run (shared by the sensors and the CLI)."""
-    start, end = run_partition_range(run)
-    stats = instance.get_run_stats(run.run_id)
-    started = datetime.fromtimestamp(stats.start_time, timezone.utc) if stats.start_time else None
-    ended = datetime.fromtimestamp(stats.end_time, timezone.utc) if stats.end_time else datetime.now(timezone.utc)
-    counts = {"materializations": int(stats.materializations), "steps_succeeded": int(stats.steps_succeeded),
-              "steps_failed": int(stats.steps_failed)}
-    if end:
-        end_day = date.fromisoformat(end)
-        counts["significant_global_patterns"] = s.count_rows(t.learning_patterns, as_of=end_day, account_id="*",
-                                                             state="significant")
-        counts["performance_rows"] = s.count_rows(t.performance, date=end_day)
-    row = {"run_id": run.run_id, "job_name": run.job_name,
-           "partition_start": date.fromisoformat(start) if start else None,
-           "partition_end": date.fromisoformat(end) if end else None,
-           "status": status, "started_at": started, "ended_at": ended,
-           "duration_seconds": (ended - started).total_seconds() if started else None,
-           "counts": json.dumps(counts), "message": message[:2000]}
-    s.log_cycle(row)
-    return row
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_learning_cycle],

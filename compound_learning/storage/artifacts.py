@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import skops.io as sio
-
 # Types a CTR model pipeline of ours may contain beyond skops' defaults.
 ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.", "_loss.")
 ALLOWED_TYPES = {"functools.partial"}  # HistGradientBoosting keeps its loss's link as a partial
@@ -28,6 +26,8 @@ def sha256_of(path: Path) -> str:
 def save_model(model, directory: Path, name: str) -> tuple[Path, str]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    import skops.io as sio  # loaded only by the processes that write or read a model
+
     path = directory / f"{name}.skops"
     tmp = path.with_suffix(".skops.tmp")
     sio.dump(model, tmp)
@@ -36,6 +36,8 @@ def save_model(model, directory: Path, name: str) -> tuple[Path, str]:
 
 
 def load_model(path: str | Path, expected_sha256: str):
+    import skops.io as sio
+
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"model artifact {path} is missing")

@@ -14,8 +14,6 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-GLOBAL_SCOPE = "*"  # account_id of global (all-account) rows; keys cannot hold NULL
-NO_DIMENSION = "-"  # dimension2/value2 of single-attribute rows
 
 
 def _metrics(nullable_optional: bool = True, as_float: bool = False) -> list[sa.Column]:

@@ -196,6 +196,23 @@ class Store(Database):
             value = conn.execute(stmt).scalar()
         return None if value is None else pd.Timestamp(value).date()
 
+    def read_before(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
+        """Every row of ``table`` for days strictly before ``day``."""
+        return self.read_frame(sa.select(table).where(table.c[day_column] < day), conn)
+
+    def first_day(self, table: sa.Table, day_column: str = "as_of") -> date | None:
+        """The earliest day ``table`` holds, or None when it is empty."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.min(table.c[day_column]))).scalar()
+        return None if value is None else pd.Timestamp(value).date()
+
+    def count_days(self, table: sa.Table, on_or_before: date, day_column: str = "as_of") -> int:
+        """How many distinct days ``table`` holds up to ``on_or_before``."""
+        col = table.c[day_column]
+        with self.engine.connect() as conn:
+            n = conn.execute(sa.select(sa.func.count(sa.distinct(col))).where(col <= on_or_before)).scalar()
+        return int(n or 0)
+
     def read_range(self, table: sa.Table, start: date, end: date, day_column: str = "date", conn=None) -> pd.DataFrame:
         return self.read_frame(sa.select(table).where(table.c[day_column].between(start, end)), conn)
 
@@ -219,6 +236,63 @@ class Store(Database):
             stmt = stmt.where(table.c[col] == value)
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
+
+    # -- read models (the CLI's and the API's queries) ------------------------------------------
+    def latest_patterns(self, *, account_id: str, min_confidence: float = 0.0, pattern_type: str | None = None,
+                        metric: str | None = None, state: str | None = None, limit: int = 50) -> pd.DataFrame:
+        """The newest day's patterns of one scope (an account, or ``GLOBAL``), most confident first."""
+        day = self.latest_day(t.learning_patterns)
+        if day is None:
+            return pd.DataFrame()
+        c = t.learning_patterns.c
+        stmt = sa.select(t.learning_patterns).where(c.as_of == day, c.confidence >= min_confidence,
+                                                    c.account_id == account_id)
+        for column, value in (("pattern_type", pattern_type), ("metric", metric), ("state", state)):
+            if value:
+                stmt = stmt.where(c[column] == value)
+        stmt = stmt.order_by(c.confidence.desc(), sa.func.abs(c.log_effect).desc(), c.pattern_id).limit(limit)
+        return self.read_frame(stmt)
+
+    def graph_nodes(self, day: date, limit: int) -> pd.DataFrame:
+        """The ``limit`` most important knowledge nodes of ``day``."""
+        n = t.knowledge_nodes.c
+        return self.read_frame(sa.select(t.knowledge_nodes).where(n.as_of == day)
+                               .order_by(n.importance.desc(), n.node_id).limit(limit))
+
+    def graph_relationships(self, day: date, node_ids: list[str]) -> pd.DataFrame:
+        """Relationships of ``day`` whose both ends are among ``node_ids``."""
+        r = t.knowledge_relationships.c
+        return self.read_frame(sa.select(t.knowledge_relationships).where(
+            r.as_of == day, r.source_id.in_(node_ids), r.target_id.in_(node_ids)))
+
+    def node_history(self, node_ids: list[str]) -> pd.DataFrame:
+        """Each node's confidence on every day it existed."""
+        n = t.knowledge_nodes.c
+        return self.read_frame(sa.select(n.node_id, n.as_of, n.confidence).where(n.node_id.in_(node_ids))
+                               .order_by(n.as_of))
+
+    def latest_snapshot(self, account_id: str) -> pd.DataFrame:
+        """The account's newest improvement snapshot (zero or one row)."""
+        s = t.improvement_snapshots.c
+        return self.read_frame(sa.select(t.improvement_snapshots).where(s.account_id == account_id)
+                               .order_by(s.date.desc()).limit(1))
+
+    def snapshot_series(self, account_id: str) -> pd.DataFrame:
+        """The account's daily spend, revenue and ROAS, oldest first."""
+        s = t.improvement_snapshots.c
+        return self.read_frame(sa.select(s.date, s.spend, s.revenue, s.roas).where(s.account_id == account_id)
+                               .order_by(s.date))
+
+    def snapshot_accounts(self) -> list[str]:
+        """Every account with an improvement snapshot, sorted."""
+        s = t.improvement_snapshots.c
+        return list(self.read_frame(sa.select(s.account_id).distinct().order_by(s.account_id))["account_id"])
+
+    def published_insights(self, day: date, limit: int) -> pd.DataFrame:
+        """The day's published cross-account insights, surest (highest lower bound) first."""
+        c = t.cross_account_insights.c
+        return self.read_frame(sa.select(t.cross_account_insights).where(c.as_of == day, c.published.is_(True))
+                               .order_by(c.ci_low.desc()).limit(limit))
 
     # -- registry ----------------------------------------------------------------------------
     def registry(self) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """The recovery benchmark: run the learning over simulated worlds and score it against the truth.
 
-For each world the daily cycle is replayed in memory (the same core code the assets run):
-per-day statistics, cumulative cells (optionally with forgetting), and patterns re-tested on
-each of the last days so the persistence rule applies. Scored on global main effects:
+For each world the daily cycle runs on a throw-away store through ``steps.run_day``, the code
+the assets run: per-day statistics, cumulative cells (optionally with forgetting), trajectories,
+and patterns re-tested on each of the last days so the persistence rule applies. Scored on
+global main effects:
 
 - false discovery proportion among ``significant`` patterns (a discovery is false when the true
   effect is null, |true lift| < 1%, or its sign is wrong),
@@ -17,16 +18,21 @@ each of the last days so the persistence rule applies. Scored on global main eff
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from compound_learning.core import stats
-from compound_learning.core.patterns import PatternSettings, build_patterns, fit_cycle
+from compound_learning import queries, steps
+from compound_learning.config import GLOBAL, CycleSettings, PatternSettings, load_settings
 from compound_learning.core.simulate import WorldConfig, simulate
-from compound_learning.core.trajectory import trajectory
+from compound_learning.ingestion import ingest_frame
+from compound_learning.storage import schema as t
+from compound_learning.storage.store import Store
 
 NULL_LIFT = 0.01
 KINDS = ["null", "small", "large", "correlated", "drift"]
@@ -47,42 +53,38 @@ class WorldSpec:
                            drift=self.kind == "drift")
 
 
-def _daily_frames(data: pd.DataFrame, dims: list[str]) -> dict:
-    frame = data.copy()
-    frame["attributes"] = [json.dumps(dict(zip(dims, r)), sort_keys=True) for r in frame[dims].itertuples(index=False)]
-    frame["date"] = pd.to_datetime(frame["date"])
-    first = frame.groupby(["account_id", "creative_id"])["date"].transform("min")
-    frame["age_days"] = (frame["date"] - first).dt.days
-    frame["dow"] = frame["date"].dt.day_of_week
-    cols = ["account_id", "creative_id", "dow", "age_days", *stats.METRICS, "attributes"]
-    return {d.date(): g[cols] for d, g in frame.groupby("date")}
-
-
-def replay(data: pd.DataFrame, dims: list[str], settings: PatternSettings, half_life_days: float = 0.0,
-           test_days: int = 3) -> pd.DataFrame:
-    """The daily cycle in memory; returns the patterns of the last day."""
-    days = _daily_frames(data, dims)
-    ordered = sorted(days)
-    cells = pd.DataFrame()
-    previous = None
-    for i, day in enumerate(ordered):
-        decay = stats.decay_factor(half_life_days, 1)
-        cells = stats.roll_forward(cells, days[day], decay, day)
-        if i >= len(ordered) - test_days:
-            wide, dim_list = stats.expand_attributes(cells)
-            fits = fit_cycle(wide, dim_list, settings)
-            previous = build_patterns(fits, day, previous, settings)
-    return previous
+def replay(data: pd.DataFrame, settings: PatternSettings, half_life_days: float = 0.0,
+           test_days: int = 3) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The daily cycle itself, on a throw-away SQLite store: the world is ingested, every day's
+    statistics and trajectories are built, and the patterns are learned on each of the last
+    ``test_days`` days (so the persistence rule applies). Returns the last day's patterns and
+    each account's last learning status."""
+    with tempfile.TemporaryDirectory(prefix="cl_eval_") as tmp:
+        base = load_settings()
+        settings_ = replace(base, database_url=f"sqlite:///{tmp}/world.db", artifacts_dir=Path(tmp) / "artifacts",
+                            partition_start=min(base.partition_start, pd.Timestamp(data["date"].min()).date()))
+        store = Store(settings_.database_url)
+        try:
+            ingest_frame(data, store=store, settings=settings_, today=date(2100, 1, 1))
+            cfg = replace(CycleSettings.from_settings(settings_), patterns=settings, half_life_days=half_life_days)
+            ctx = steps.CycleContext(store, settings_, cfg)
+            first, last = (pd.Timestamp(d).date() for d in (data["date"].min(), data["date"].max()))
+            steps.run_days(ctx, first, last, only=["daily_stats", "improvement_snapshots"])
+            steps.run_days(ctx, last - timedelta(days=test_days - 1), last, only=["learning_patterns"])
+            patterns = store.read_day(t.learning_patterns, last)
+            statuses = {a: queries.trajectory(store, a)["learning_status"] for a in queries.accounts(store)}
+        finally:
+            store.dispose()
+    return patterns, statuses
 
 
 def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dict:
     settings = settings or PatternSettings(per_account=False)
     cfg = spec.config()
     data, truth = simulate(cfg)
-    dims = list(cfg.dimensions)
     half_life = 14.0 if spec.kind == "drift" else 0.0
-    patterns = replay(data, dims, settings, half_life)
-    glob = patterns[(patterns["account_id"] == "*") & (patterns["pattern_type"] != "interaction")].copy()
+    patterns, statuses = replay(data, settings, half_life)
+    glob = patterns[(patterns["account_id"] == GLOBAL) & (patterns["pattern_type"] != "interaction")].copy()
     glob["dimension"] = [next(iter(json.loads(a))) for a in glob["attributes"]]
     glob["value"] = [next(iter(json.loads(a).values())) for a in glob["attributes"]]
     eff = pd.DataFrame(truth["effects"])
@@ -98,7 +100,7 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
            if spec.kind != "null" and len(testable) > 3 else np.nan)
     inter_sig = int(((patterns["pattern_type"] == "interaction") & (patterns["state"] == "significant")).sum())
     world_trend = panel_trend(data)
-    per_account = [trajectory(g[["date", "spend", "revenue"]])["learning_status"] for _, g in data.groupby("account_id")]
+    per_account = list(statuses.values())
     out = {
         "kind": spec.kind, "seed": spec.seed, "testable": int(len(testable)), "significant": int(len(sig)),
         "false_discoveries": int(false.sum()), "fdp": float(false.mean()) if len(sig) else 0.0,
