@@ -9,7 +9,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 
 def _png(fig) -> bytes:
@@ -77,21 +77,35 @@ def graph_chart(graph: dict) -> bytes:
     metrics = [n for n in nodes if n["node_type"] == "metric"]
     values = [n for n in nodes if n["node_type"] != "metric"]
     for i, n in enumerate(metrics):
-        pos[n["node_id"]] = (0.4 * math.cos(2 * math.pi * i / max(len(metrics), 1)),
-                             0.4 * math.sin(2 * math.pi * i / max(len(metrics), 1)))
+        pos[n["node_id"]] = (
+            0.4 * math.cos(2 * math.pi * i / max(len(metrics), 1)),
+            0.4 * math.sin(2 * math.pi * i / max(len(metrics), 1)),
+        )
     for i, n in enumerate(values):
         angle = 2 * math.pi * i / max(len(values), 1)
         pos[n["node_id"]] = (1.2 * math.cos(angle), 1.2 * math.sin(angle))
-    colors = {"improves": "#2e7d32", "hurts": "#c62828", "synergy": "#1565c0", "antagonism": "#ef6c00",
-              "co_occurs": "#bdbdbd", "contradicts": "#6a1b9a"}
+    colors = {
+        "improves": "#2e7d32",
+        "hurts": "#c62828",
+        "synergy": "#1565c0",
+        "antagonism": "#ef6c00",
+        "co_occurs": "#bdbdbd",
+        "contradicts": "#6a1b9a",
+    }
     for r in graph["relationships"]:
         if r["source"] in ids and r["target"] in ids and r["type"] in colors:
             (x1, y1), (x2, y2) = pos[r["source"]], pos[r["target"]]
             ax.plot([x1, x2], [y1, y2], color=colors[r["type"]], lw=0.6 + 2 * r["confidence"] ** 4, alpha=0.7)
     for n in nodes:
         x, y = pos[n["node_id"]]
-        ax.scatter([x], [y], s=80 + 400 * n["importance"], color="#1f4e79" if n["node_type"] == "metric" else "#90caf9",
-                   zorder=3, edgecolors="white")
+        ax.scatter(
+            [x],
+            [y],
+            s=80 + 400 * n["importance"],
+            color="#1f4e79" if n["node_type"] == "metric" else "#90caf9",
+            zorder=3,
+            edgecolors="white",
+        )
         ax.annotate(n["label"], (x, y), fontsize=7, ha="center", va="bottom", xytext=(0, 8), textcoords="offset points")
     for kind, color in colors.items():
         ax.plot([], [], color=color, label=kind)

@@ -36,19 +36,39 @@ def _date(text: str) -> date:
 def cmd_simulate(args) -> int:
     from compound_learning.core.simulate import WorldConfig, simulate
 
-    cfg = WorldConfig(days=args.days, accounts=args.accounts, creatives_per_account=args.creatives,
-                      seed=args.seed, effect_scale=args.effect_scale, null=args.null, start=args.start,
-                      drift=args.drift)
+    cfg = WorldConfig(
+        days=args.days,
+        accounts=args.accounts,
+        creatives_per_account=args.creatives,
+        seed=args.seed,
+        effect_scale=args.effect_scale,
+        null=args.null,
+        start=args.start,
+        drift=args.drift,
+    )
     data, truth = simulate(cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     data.to_csv(args.out, index=False)
     if args.truth:
         Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
         Path(args.truth).write_text(json.dumps(truth, indent=2))
-    summary = {"rows": len(data), "days": args.days, "accounts": args.accounts, "out": args.out,
-               "truth": args.truth, "first_day": data["date"].min(), "last_day": data["date"].max()}
-    _print(summary, args.json, lambda s: print(f"wrote {s['rows']} rows ({s['first_day']}..{s['last_day']}) to {s['out']}"
-                                              + (f", truth to {s['truth']}" if s["truth"] else "")))
+    summary = {
+        "rows": len(data),
+        "days": args.days,
+        "accounts": args.accounts,
+        "out": args.out,
+        "truth": args.truth,
+        "first_day": data["date"].min(),
+        "last_day": data["date"].max(),
+    }
+    _print(
+        summary,
+        args.json,
+        lambda s: print(
+            f"wrote {s['rows']} rows ({s['first_day']}..{s['last_day']}) to {s['out']}"
+            + (f", truth to {s['truth']}" if s["truth"] else "")
+        ),
+    )
     return 0
 
 
@@ -62,12 +82,15 @@ def cmd_ingest(args) -> int:
         return 2
 
     def human(s):
-        print(f"{s['source']}: accepted {s['accepted']} (new {s['inserted']}, replaced {s['replaced']}, "
-              f"unchanged {s['unchanged']}), rejected {s['rejected']}; batch {s['batch_id']}")
+        print(
+            f"{s['source']}: accepted {s['accepted']} (new {s['inserted']}, replaced {s['replaced']}, "
+            f"unchanged {s['unchanged']}), rejected {s['rejected']}; batch {s['batch_id']}"
+        )
         for reason, n in s["rejected_by_reason"].items():
             print(f"  rejected {n}: {reason}")
         if s["days_touched"]:
             print(f"  days touched: {s['days_touched'][0]} .. {s['days_touched'][-1]} ({len(s['days_touched'])})")
+
     _print(summary, args.json, human)
     return 0
 
@@ -76,8 +99,13 @@ def cmd_cycle(args) -> int:
     from compound_learning.orchestration.launch import run_in_process
 
     out = run_in_process(args.start, args.end or args.start)
-    _print(out, args.json, lambda o: print(f"run {o['run_id']}: {o['status']} for {o['start']}..{o['end']} "
-                                           f"({o['days']} days) {o['message']}"))
+    _print(
+        out,
+        args.json,
+        lambda o: print(
+            f"run {o['run_id']}: {o['status']} for {o['start']}..{o['end']} ({o['days']} days) {o['message']}"
+        ),
+    )
     return 0 if out["status"] == "SUCCESS" else 1
 
 
@@ -87,15 +115,24 @@ def _fmt_pattern(p: dict) -> str:
     ci = "" if p["ci_low"] is None else f" [{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]"
     q = "" if p["q_value"] is None else f" q={p['q_value']:.3g}"
     sup = p["support"]
-    return (f"{p['metric']:>4}  {attrs:<40} {lift:>8}{ci:<22}{q:<12} {p['state']:<17} "
-            f"creatives={sup.get('creatives')} accounts={sup.get('accounts')} clicks={sup.get('clicks')}")
+    return (
+        f"{p['metric']:>4}  {attrs:<40} {lift:>8}{ci:<22}{q:<12} {p['state']:<17} "
+        f"creatives={sup.get('creatives')} accounts={sup.get('accounts')} clicks={sup.get('clicks')}"
+    )
 
 
 def cmd_patterns(args) -> int:
     from compound_learning import queries
 
-    items = queries.patterns(_store(), account_id=args.account, pattern_type=args.type, metric=args.metric,
-                             state=args.state, min_confidence=args.min_confidence, limit=args.limit)
+    items = queries.patterns(
+        _store(),
+        account_id=args.account,
+        pattern_type=args.type,
+        metric=args.metric,
+        state=args.state,
+        min_confidence=args.min_confidence,
+        limit=args.limit,
+    )
     _print(items, args.json, lambda xs: print("\n".join(map(_fmt_pattern, xs)) or "no patterns (run a cycle first?)"))
     return 0
 
@@ -108,9 +145,13 @@ def cmd_knowledge_graph(args) -> int:
     def human(g):
         print(f"knowledge graph as of {g['as_of']}: {len(g['nodes'])} nodes, {len(g['relationships'])} relationships")
         for n in g["nodes"]:
-            print(f"  {n['node_type']:<16} {n['label']:<45} confidence={n['confidence']:.3f} importance={n['importance']:.3f}")
+            print(
+                f"  {n['node_type']:<16} {n['label']:<45} "
+                f"confidence={n['confidence']:.3f} importance={n['importance']:.3f}"
+            )
         for r in g["relationships"]:
             print(f"  {r['source']} -[{r['type']}{'/' + r['metric'] if r['metric'] else ''}]-> {r['target']}")
+
     _print(graph, args.json, human)
     return 0
 
@@ -123,10 +164,13 @@ def cmd_insights(args) -> int:
     def human(xs):
         for i in xs:
             attrs = ", ".join(f"{k}={v}" for k, v in i["attributes"].items())
-            print(f"{i['metric']:>4}  {attrs:<40} {i['pooled_lift']:+.1%} [{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
-                  f"accounts={i['n_accounts']} I2={i['i2']:.2f}")
+            print(
+                f"{i['metric']:>4}  {attrs:<40} {i['pooled_lift']:+.1%} [{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
+                f"accounts={i['n_accounts']} I2={i['i2']:.2f}"
+            )
         if not xs:
             print("no insight is backed by enough accounts yet")
+
     _print(items, args.json, human)
     return 0
 
@@ -145,6 +189,7 @@ def cmd_trajectory(args) -> int:
             if p is not None:
                 print(f"  projected {h:>3}d ROAS {p:.3f}  95% [{ci[0]:.3f}, {ci[1]:.3f}]")
         print(f"  on track for 10x: {x['on_track_for_10x']}")
+
     _print(traj, args.json, human)
     return 0
 
@@ -178,11 +223,15 @@ def cmd_models(args) -> int:
         if isinstance(o, list):
             for m in o:
                 mm = m["metrics"]
-                print(f"v{m['version']:<4} {m['status']:<11} {m['family']:<22} as of {m['as_of']} "
-                      f"log_loss={mm['log_loss']:.5f} NE={mm['normalized_entropy']:.4f} calib={mm['calibration_ratio']:.3f}"
-                      f"  {m['reason'][:80]}")
+                print(
+                    f"v{m['version']:<4} {m['status']:<11} {m['family']:<22} as of {m['as_of']} "
+                    f"log_loss={mm['log_loss']:.5f} NE={mm['normalized_entropy']:.4f} "
+                    f"calib={mm['calibration_ratio']:.3f}"
+                    f"  {m['reason'][:80]}"
+                )
         else:
             print(json.dumps(o))
+
     _print(out, args.json, human)
     return 0
 
@@ -195,17 +244,24 @@ def cmd_dashboard(args) -> int:
     def human(d):
         if d.get("trajectory"):
             tr = d["trajectory"]
-            print(f"== {d['account_id']}: {tr['learning_status']}, ROAS {tr['initial_roas']:.3f} -> {tr['current_roas']:.3f}")
+            print(
+                f"== {d['account_id']}: {tr['learning_status']}, "
+                f"ROAS {tr['initial_roas']:.3f} -> {tr['current_roas']:.3f}"
+            )
         print("== significant patterns")
         print("\n".join(map(_fmt_pattern, d["top_patterns"])) or "  none yet")
         print("== cross-account insights (>= 5 accounts)")
         for i in d["cross_account_insights"]:
-            print(f"  {i['metric']:>4} {i['attributes']} {i['pooled_lift']:+.1%} [{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
-                  f"accounts={i['n_accounts']}")
+            print(
+                f"  {i['metric']:>4} {i['attributes']} {i['pooled_lift']:+.1%} "
+                f"[{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
+                f"accounts={i['n_accounts']}"
+            )
         print(f"== model: {d['model']}")
         print("== last cycles")
         for c in d["last_cycles"]:
             print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']} {c['duration_seconds']}")
+
     _print(dash, args.json, human)
     return 0
 
@@ -219,12 +275,16 @@ def cmd_serve(args) -> int:
     keys = load_keys()
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if keys is None and not loopback:
-        print(f"error: refusing to serve on {args.host} without API keys; set COMPOUND_LEARNING_API_KEYS "
-              "(key=acct,acct;admin=*) or serve on 127.0.0.1", file=sys.stderr)
+        print(
+            f"error: refusing to serve on {args.host} without API keys; set COMPOUND_LEARNING_API_KEYS "
+            "(key=acct,acct;admin=*) or serve on 127.0.0.1",
+            file=sys.stderr,
+        )
         return 2
     if keys is None:
-        print("no API keys configured: serving on loopback only, every local request sees every account",
-              file=sys.stderr)
+        print(
+            "no API keys configured: serving on loopback only, every local request sees every account", file=sys.stderr
+        )
     else:
         print(f"{len(keys)} API key(s) configured: requests need the X-API-Key header", file=sys.stderr)
     uvicorn.run(create_app(keys=keys), host=args.host, port=args.port, log_level="info")
@@ -256,8 +316,10 @@ def cmd_demo(args) -> int:
     (demo_dir / "truth.json").write_text(json.dumps(truth, indent=2))
     print(f"simulated {len(data)} rows: {args.days} days x {args.accounts} accounts -> {demo_dir / 'performance.csv'}")
     summary = ingest_frame(data, settings=settings, source=str(demo_dir / "performance.csv"))
-    print(f"ingested: {summary['inserted']} new, {summary['replaced']} replaced, {summary['unchanged']} unchanged, "
-          f"{summary['rejected']} rejected")
+    print(
+        f"ingested: {summary['inserted']} new, {summary['replaced']} replaced, {summary['unchanged']} unchanged, "
+        f"{summary['rejected']} rejected"
+    )
     start = settings.partition_start
     end = start + timedelta(days=args.days - 1)
     print(f"running daily_learning_cycle over {start}..{end} as one run (this takes a few minutes)...")
@@ -273,8 +335,10 @@ def cmd_demo(args) -> int:
         print("  " + _fmt_pattern(p))
     account = queries.accounts(store)[0]
     traj = queries.trajectory(store, account)
-    line = (f"\nTrajectory of {account}: {traj['learning_status']} ({traj['model']}), ROAS "
-            f"{traj['initial_roas']:.2f} -> {traj['current_roas']:.2f}")
+    line = (
+        f"\nTrajectory of {account}: {traj['learning_status']} ({traj['model']}), ROAS "
+        f"{traj['initial_roas']:.2f} -> {traj['current_roas']:.2f}"
+    )
     if traj["projected_90d_roas"] is not None:
         lo, hi = traj["projected_90d_roas_ci"]
         line += f"; projected in 90 days {traj['projected_90d_roas']:.2f} [95%: {lo:.2f}, {hi:.2f}]"
@@ -291,17 +355,25 @@ def cmd_evaluate(args) -> int:
 
     def human(r):
         for w in r["worlds"]:
-            print(f"{w['kind']:<11} seed={w['seed']} significant={w['significant']:>3} false={w['false_discoveries']} "
-                  f"coverage={w['coverage']:.3f} spearman={w['spearman'] if w['spearman'] is None else round(w['spearman'], 3)} "
-                  f"trend={w['world_trend']} accounts_improving={w['accounts_called_improving']}/{w['accounts']}")
+            print(
+                f"{w['kind']:<11} seed={w['seed']} significant={w['significant']:>3} false={w['false_discoveries']} "
+                f"coverage={w['coverage']:.3f} "
+                f"spearman={w['spearman'] if w['spearman'] is None else round(w['spearman'], 3)} "
+                f"trend={w['world_trend']} accounts_improving={w['accounts_called_improving']}/{w['accounts']}"
+            )
         s = r["summary"]
-        print(f"\nmean FDP {s['mean_fdp']:.3f} (pooled {s['pooled_fdp']:.3f}); coverage {s['coverage']:.3f}; "
-              f"sign accuracy {s['sign_accuracy']}; mean Spearman {s['mean_spearman']:.3f}")
-        print(f"null worlds called improving: {s['null_worlds_called_improving']}; null-world accounts called improving: "
-              f"{s['null_world_accounts_called_improving']}/{s['null_world_accounts']}; correlated null dimension "
-              f"significant: {s['correlated_null_dimension_significant']}")
+        print(
+            f"\nmean FDP {s['mean_fdp']:.3f} (pooled {s['pooled_fdp']:.3f}); coverage {s['coverage']:.3f}; "
+            f"sign accuracy {s['sign_accuracy']}; mean Spearman {s['mean_spearman']:.3f}"
+        )
+        print(
+            f"null worlds called improving: {s['null_worlds_called_improving']}; null-world accounts called improving: "
+            f"{s['null_world_accounts_called_improving']}/{s['null_world_accounts']}; correlated null dimension "
+            f"significant: {s['correlated_null_dimension_significant']}"
+        )
         for target, ok in s["targets"].items():
             print(f"  [{'ok' if ok else 'MISSED'}] {target}")
+
     _print(result, args.json, human)
     return 0 if all(result["summary"]["targets"].values()) else 1
 
@@ -315,8 +387,11 @@ def cmd_benchmark_model(args) -> int:
     print(json.dumps(result, indent=2))
     best = min((f for f in ("logistic", "hist_gradient_boosting")), key=lambda f: q[f]["log_loss"])
     ok = q[best]["ne_vs_oracle"] <= 1.03 and abs(q[best]["calibration_ratio"] - 1) <= 0.05
-    print(f"champion family {best}: NE {q[best]['ne_vs_oracle'] - 1:+.2%} vs oracle, calibration "
-          f"{q[best]['calibration_ratio']:.3f} -> {'within targets' if ok else 'MISSED targets'}", file=sys.stderr)
+    print(
+        f"champion family {best}: NE {q[best]['ne_vs_oracle'] - 1:+.2%} vs oracle, calibration "
+        f"{q[best]['calibration_ratio']:.3f} -> {'within targets' if ok else 'MISSED targets'}",
+        file=sys.stderr,
+    )
     return 0 if ok else 1
 
 

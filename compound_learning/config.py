@@ -86,9 +86,12 @@ class CycleSettings:
     snapshot_daily_retention_days: int = 35
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "CycleSettings":
-        return cls(half_life_days=settings.half_life_days, min_new_clicks=settings.min_new_clicks,
-                   explore_share=settings.explore_share)
+    def from_settings(cls, settings: Settings) -> CycleSettings:
+        return cls(
+            half_life_days=settings.half_life_days,
+            min_new_clicks=settings.min_new_clicks,
+            explore_share=settings.explore_share,
+        )
 
 
 @dataclass(frozen=True)

@@ -48,21 +48,32 @@ class WorldSpec:
 
     def config(self) -> WorldConfig:
         scale = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0}[self.kind]
-        return WorldConfig(days=self.days, accounts=self.accounts, creatives_per_account=self.creatives,
-                           seed=self.seed, effect_scale=scale, null=self.kind == "null",
-                           drift=self.kind == "drift")
+        return WorldConfig(
+            days=self.days,
+            accounts=self.accounts,
+            creatives_per_account=self.creatives,
+            seed=self.seed,
+            effect_scale=scale,
+            null=self.kind == "null",
+            drift=self.kind == "drift",
+        )
 
 
-def replay(data: pd.DataFrame, settings: PatternSettings, half_life_days: float = 0.0,
-           test_days: int = 3) -> tuple[pd.DataFrame, dict[str, str]]:
+def replay(
+    data: pd.DataFrame, settings: PatternSettings, half_life_days: float = 0.0, test_days: int = 3
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """The daily cycle itself, on a throw-away SQLite store: the world is ingested, every day's
     statistics and trajectories are built, and the patterns are learned on each of the last
     ``test_days`` days (so the persistence rule applies). Returns the last day's patterns and
     each account's last learning status."""
     with tempfile.TemporaryDirectory(prefix="cl_eval_") as tmp:
         base = load_settings()
-        settings_ = replace(base, database_url=f"sqlite:///{tmp}/world.db", artifacts_dir=Path(tmp) / "artifacts",
-                            partition_start=min(base.partition_start, pd.Timestamp(data["date"].min()).date()))
+        settings_ = replace(
+            base,
+            database_url=f"sqlite:///{tmp}/world.db",
+            artifacts_dir=Path(tmp) / "artifacts",
+            partition_start=min(base.partition_start, pd.Timestamp(data["date"].min()).date()),
+        )
         store = Store(settings_.database_url)
         try:
             ingest_frame(data, store=store, settings=settings_, today=date(2100, 1, 1))
@@ -96,20 +107,31 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
     is_null = sig["lift_true"].abs() < NULL_LIFT
     wrong_sign = np.sign(sig["log_effect"]) != np.sign(sig["log_effect_true"])
     false = is_null | wrong_sign
-    rho = (sps.spearmanr(testable["log_effect"], testable["log_effect_true"]).statistic
-           if spec.kind != "null" and len(testable) > 3 else np.nan)
+    rho = (
+        sps.spearmanr(testable["log_effect"], testable["log_effect_true"]).statistic
+        if spec.kind != "null" and len(testable) > 3
+        else np.nan
+    )
     inter_sig = int(((patterns["pattern_type"] == "interaction") & (patterns["state"] == "significant")).sum())
     world_trend = panel_trend(data)
     per_account = list(statuses.values())
     out = {
-        "kind": spec.kind, "seed": spec.seed, "testable": int(len(testable)), "significant": int(len(sig)),
-        "false_discoveries": int(false.sum()), "fdp": float(false.mean()) if len(sig) else 0.0,
-        "covered": int(covered.sum()), "coverage": float(covered.mean()) if len(testable) else np.nan,
-        "sign_correct": int((~wrong_sign).sum()), "spearman": float(rho) if rho == rho else None,
+        "kind": spec.kind,
+        "seed": spec.seed,
+        "testable": len(testable),
+        "significant": len(sig),
+        "false_discoveries": int(false.sum()),
+        "fdp": float(false.mean()) if len(sig) else 0.0,
+        "covered": int(covered.sum()),
+        "coverage": float(covered.mean()) if len(testable) else np.nan,
+        "sign_correct": int((~wrong_sign).sum()),
+        "spearman": float(rho) if rho == rho else None,
         "null_dimension_significant": int((sig["dimension"].isin(truth["null_dimensions"])).sum()),
         "significant_interactions": inter_sig,
-        "world_trend": world_trend["status"], "world_daily_rate": world_trend["daily_rate"],
-        "accounts_called_improving": sum(s == "improving" for s in per_account), "accounts": len(per_account),
+        "world_trend": world_trend["status"],
+        "world_daily_rate": world_trend["daily_rate"],
+        "accounts_called_improving": sum(s == "improving" for s in per_account),
+        "accounts": len(per_account),
     }
     if spec.kind == "drift":
         late = m[m["drifting"] & (m["metric"] == "ctr")]
@@ -128,7 +150,8 @@ def panel_trend(data: pd.DataFrame) -> dict:
     daily["t"] = (pd.to_datetime(daily["date"]) - pd.to_datetime(daily["date"]).min()).dt.days
     daily["log_roas"] = np.log(daily["revenue"] / daily["spend"])
     res = smf.ols("log_roas ~ t + C(account_id)", data=daily).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(daily["account_id"])[0]})
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(daily["account_id"])[0]}
+    )
     lo, hi = res.conf_int().loc["t"]
     status = "improving" if lo > 0 else "declining" if hi < 0 else "stable"
     return {"status": status, "daily_rate": float(np.expm1(res.params["t"])), "ci": [float(lo), float(hi)]}
@@ -148,7 +171,9 @@ def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
         "sign_accuracy": float(frame["sign_correct"].sum() / sig_total) if sig_total else None,
         "mean_spearman": float(non_null["spearman"].dropna().mean()) if len(non_null) else None,
         "null_worlds_called_improving": int(((frame["kind"] == "null") & (frame["world_trend"] == "improving")).sum()),
-        "null_world_accounts_called_improving": int(frame.loc[frame["kind"] == "null", "accounts_called_improving"].sum()),
+        "null_world_accounts_called_improving": int(
+            frame.loc[frame["kind"] == "null", "accounts_called_improving"].sum()
+        ),
         "null_world_accounts": int(frame.loc[frame["kind"] == "null", "accounts"].sum()),
         "correlated_null_dimension_significant": int(frame["null_dimension_significant"].sum()),
     }
@@ -160,5 +185,3 @@ def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
         "null correlated dimension never significant": summary["correlated_null_dimension_significant"] == 0,
     }
     return {"summary": summary, "worlds": rows}
-
-

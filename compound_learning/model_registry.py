@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
-
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -103,9 +102,12 @@ def rollback(store: Store) -> dict:
         except ArtifactError:
             continue
         with store.transaction(lock_key="model_registry") as conn:
-            store.set_model_status(conn, int(champ["version"]), "rolled_back",
-                                   f"rolled back in favour of v{int(row['version'])}")
-            store.set_model_status(conn, int(row["version"]), "champion", f"restored by rollback of v{int(champ['version'])}")
+            store.set_model_status(
+                conn, int(champ["version"]), "rolled_back", f"rolled back in favour of v{int(row['version'])}"
+            )
+            store.set_model_status(
+                conn, int(row["version"]), "champion", f"restored by rollback of v{int(champ['version'])}"
+            )
         return {"champion": int(row["version"]), "rolled_back": int(champ["version"])}
     raise LookupError("no earlier champion with a valid artifact to roll back to")
 
@@ -119,18 +121,33 @@ def check_champion(store: Store, day: date, cfg: CycleSettings) -> dict:
     window = cfg.model_train_days // 4 + cfg.model_holdout_days
     enough_history = store.count_days(t.creative_daily_stats, day, "date") >= window
     if champ is None:
-        return {"passed": False, "severity": "ERROR" if enough_history and first else "WARN",
-                "description": "no champion model" + ("" if enough_history else " yet: not enough history to train one")}
+        return {
+            "passed": False,
+            "severity": "ERROR" if enough_history and first else "WARN",
+            "description": "no champion model" + ("" if enough_history else " yet: not enough history to train one"),
+        }
     try:
         load_model(champ["artifact_path"], champ["sha256"])
     except ArtifactError as exc:
-        return {"passed": False, "severity": "ERROR", "description": f"champion v{int(champ['version'])} unreadable: {exc}"}
+        return {
+            "passed": False,
+            "severity": "ERROR",
+            "description": f"champion v{int(champ['version'])} unreadable: {exc}",
+        }
     ratio = json.loads(champ["metrics"]).get("calibration_ratio")
     if ratio is None or abs(ratio - 1.0) > cfg.calibration_tolerance:
-        return {"passed": False, "severity": "ERROR",
-                "description": f"champion v{int(champ['version'])} uncalibrated: expected/observed clicks {ratio}"}
-    return {"passed": True, "severity": "ERROR", "description": f"champion v{int(champ['version'])} verified and calibrated",
-            "calibration_ratio": ratio, "version": int(champ["version"])}
+        return {
+            "passed": False,
+            "severity": "ERROR",
+            "description": f"champion v{int(champ['version'])} uncalibrated: expected/observed clicks {ratio}",
+        }
+    return {
+        "passed": True,
+        "severity": "ERROR",
+        "description": f"champion v{int(champ['version'])} verified and calibrated",
+        "calibration_ratio": ratio,
+        "version": int(champ["version"]),
+    }
 
 
 def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
@@ -150,20 +167,38 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     else:
         new_clicks = int(rows.loc[rows["date"] > since, "clicks"].sum())
     age_days = (day - pd.Timestamp(champ["as_of"]).date()).days if champ is not None else None
-    decision = {"new_clicks": new_clicks, "champion_version": None if champ is None else int(champ["version"]),
-                "champion_age_days": age_days}
+    decision = {
+        "new_clicks": new_clicks,
+        "champion_version": None if champ is None else int(champ["version"]),
+        "champion_age_days": age_days,
+    }
     if not force and last is not None and since is not None and since >= day:
-        return {**decision, "action": "skipped: already trained on this day's evidence",
-                "reason": f"model v{int(last['version'])} was trained with data up to {since}"}
-    if (not force and champ is not None and new_clicks < cfg.min_new_clicks
-            and age_days is not None and age_days < cfg.max_model_age_days):
-        return {**decision, "action": "skipped: not enough new evidence",
-                "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old"}
+        return {
+            **decision,
+            "action": "skipped: already trained on this day's evidence",
+            "reason": f"model v{int(last['version'])} was trained with data up to {since}",
+        }
+    if (
+        not force
+        and champ is not None
+        and new_clicks < cfg.min_new_clicks
+        and age_days is not None
+        and age_days < cfg.max_model_age_days
+    ):
+        return {
+            **decision,
+            "action": "skipped: not enough new evidence",
+            "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old",
+        }
     train = rows[rows["date"] < holdout_start] if len(rows) else rows
     hold = rows[rows["date"] >= holdout_start] if len(rows) else rows
     if train.empty or hold.empty or train["clicks"].sum() == 0 or hold["clicks"].sum() == 0:
-        return {**decision, "action": "skipped: not enough data",
-                "reason": f"need clicks in both the training window (from {window_start}) and the holdout (from {holdout_start})"}
+        return {
+            **decision,
+            "action": "skipped: not enough data",
+            "reason": f"need clicks in both the training window (from {window_start}) "
+            f"and the holdout (from {holdout_start})",
+        }
     spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
     candidates = {}
     for family in cm.FAMILIES:
@@ -179,8 +214,12 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
         try:
             old_model, _ = load_champion(store)
             p_old = cm.predict_ctr(old_model, hold, spec)
-            boot = cm.paired_bootstrap(cm.row_log_loss(p_new, hold), cm.row_log_loss(p_old, hold),
-                                       hold["impressions"].to_numpy(float), hold["creative_id"].to_numpy())
+            boot = cm.paired_bootstrap(
+                cm.row_log_loss(p_new, hold),
+                cm.row_log_loss(p_old, hold),
+                hold["impressions"].to_numpy(float),
+                hold["creative_id"].to_numpy(),
+            )
             metrics["champion_on_holdout"] = {k: v for k, v in cm.evaluate(p_old, hold).items() if k != "reliability"}
         except (ArtifactError, ValueError, KeyError) as exc:
             champ_note = f"champion unusable ({exc}); judged without it"
@@ -196,20 +235,48 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
                 load_model(path, digest)  # a model that cannot be read back never goes live
             except ArtifactError as exc:
                 promote, reason = False, f"artifact failed verification after saving: {exc}"
-        counts = {"train_rows": len(train), "holdout_rows": len(hold), "train_clicks": int(train["clicks"].sum()),
-                  "train_impressions": int(train["impressions"].sum()), "holdout_clicks": int(hold["clicks"].sum()),
-                  "features": spec.categorical}
+        counts = {
+            "train_rows": len(train),
+            "holdout_rows": len(hold),
+            "train_clicks": int(train["clicks"].sum()),
+            "train_impressions": int(train["impressions"].sum()),
+            "holdout_clicks": int(hold["clicks"].sum()),
+            "features": spec.categorical,
+        }
         if promote and champ is not None:
             store.set_model_status(conn, int(champ["version"]), "retired", f"replaced by v{version}: {reason}")
-        store.bulk_insert(conn, t.model_registry, pd.DataFrame([{
-            "version": version, "trained_at": utcnow(), "as_of": day, "family": family,
-            "train_start": window_start, "train_end": holdout_start - timedelta(days=1),
-            "holdout_start": holdout_start, "holdout_end": day, "counts": json.dumps(counts),
-            "metrics": json.dumps(metrics, default=float), "status": "champion" if promote else "challenger",
-            "reason": reason, "artifact_path": str(path), "sha256": digest,
-        }]))
+        store.bulk_insert(
+            conn,
+            t.model_registry,
+            pd.DataFrame(
+                [
+                    {
+                        "version": version,
+                        "trained_at": utcnow(),
+                        "as_of": day,
+                        "family": family,
+                        "train_start": window_start,
+                        "train_end": holdout_start - timedelta(days=1),
+                        "holdout_start": holdout_start,
+                        "holdout_end": day,
+                        "counts": json.dumps(counts),
+                        "metrics": json.dumps(metrics, default=float),
+                        "status": "champion" if promote else "challenger",
+                        "reason": reason,
+                        "artifact_path": str(path),
+                        "sha256": digest,
+                    }
+                ]
+            ),
+        )
     action = "promoted" if promote else "kept champion" if champ is not None else "rejected: no champion yet"
-    return {**decision, "action": action, "version": version,
-            "family": family, "reason": reason, "reliability": metrics["reliability"],
-            "per_account": metrics["per_account"],
-            **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")}}
+    return {
+        **decision,
+        "action": action,
+        "version": version,
+        "family": family,
+        "reason": reason,
+        "reliability": metrics["reliability"],
+        "per_account": metrics["per_account"],
+        **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")},
+    }

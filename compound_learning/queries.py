@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 
 import pandas as pd
 
@@ -19,9 +18,16 @@ class QueryError(ValueError):
     """A bad query parameter (named in the message)."""
 
 
-def patterns(store: Store, *, account_id: str | None = None, pattern_type: str | None = None,
-             metric: str | None = None, state: str | None = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-             limit: int = 50) -> list[dict]:
+def patterns(
+    store: Store,
+    *,
+    account_id: str | None = None,
+    pattern_type: str | None = None,
+    metric: str | None = None,
+    state: str | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    limit: int = 50,
+) -> list[dict]:
     """Latest patterns, most confident first. ``account_id`` None: global patterns only."""
     if metric is not None and metric not in METRICS:
         raise QueryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
@@ -31,8 +37,14 @@ def patterns(store: Store, *, account_id: str | None = None, pattern_type: str |
         raise QueryError(f"min_confidence must be within 0..1, got {min_confidence}")
     if limit < 1:
         raise QueryError(f"limit must be at least 1, got {limit}")
-    frame = store.latest_patterns(account_id=account_id or GLOBAL, min_confidence=min_confidence,
-                                  pattern_type=pattern_type, metric=metric, state=state, limit=limit)
+    frame = store.latest_patterns(
+        account_id=account_id or GLOBAL,
+        min_confidence=min_confidence,
+        pattern_type=pattern_type,
+        metric=metric,
+        state=state,
+        limit=limit,
+    )
     return patterns_to_records(frame) if len(frame) else []
 
 
@@ -48,18 +60,43 @@ def knowledge_graph(store: Store, limit: int = 50) -> dict:
     ids = list(nodes["node_id"])
     rels = store.graph_relationships(day, ids)
     history = store.node_history(ids)
-    hist = {k: [{"as_of": str(pd.Timestamp(d).date()), "confidence": float(cf)} for d, cf in zip(g["as_of"], g["confidence"])]
-            for k, g in history.groupby("node_id")} if len(history) else {}
+    hist = (
+        {
+            k: [
+                {"as_of": str(pd.Timestamp(d).date()), "confidence": float(cf)}
+                for d, cf in zip(g["as_of"], g["confidence"], strict=True)
+            ]
+            for k, g in history.groupby("node_id")
+        }
+        if len(history)
+        else {}
+    )
     return {
         "as_of": str(day),
-        "nodes": [{"node_id": x.node_id, "node_type": x.node_type, "label": x.label,
-                   "properties": json.loads(x.properties), "confidence": float(x.confidence),
-                   "importance": float(x.importance), "history": hist.get(x.node_id, [])[-90:]}
-                  for x in nodes.itertuples()],
-        "relationships": [{"source": x.source_id, "target": x.target_id, "type": x.relationship_type,
-                           "metric": None if x.metric == "-" else x.metric, "strength": float(x.strength),
-                           "confidence": float(x.confidence), "evidence": json.loads(x.evidence)}
-                          for x in rels.itertuples()],
+        "nodes": [
+            {
+                "node_id": x.node_id,
+                "node_type": x.node_type,
+                "label": x.label,
+                "properties": json.loads(x.properties),
+                "confidence": float(x.confidence),
+                "importance": float(x.importance),
+                "history": hist.get(x.node_id, [])[-90:],
+            }
+            for x in nodes.itertuples()
+        ],
+        "relationships": [
+            {
+                "source": x.source_id,
+                "target": x.target_id,
+                "type": x.relationship_type,
+                "metric": None if x.metric == "-" else x.metric,
+                "strength": float(x.strength),
+                "confidence": float(x.confidence),
+                "evidence": json.loads(x.evidence),
+            }
+            for x in rels.itertuples()
+        ],
     }
 
 
@@ -75,9 +112,15 @@ def trajectory(store: Store, account_id: str) -> dict:
 def roas_series(store: Store, account_id: str) -> list[dict]:
     """The account's daily spend, revenue and ROAS (the trajectory's data points)."""
     frame = store.snapshot_series(account_id)
-    return [{"date": str(pd.Timestamp(r.date).date()), "spend": float(r.spend),
-             "revenue": None if pd.isna(r.revenue) else float(r.revenue),
-             "roas": None if pd.isna(r.roas) else float(r.roas)} for r in frame.itertuples()]
+    return [
+        {
+            "date": str(pd.Timestamp(r.date).date()),
+            "spend": float(r.spend),
+            "revenue": None if pd.isna(r.revenue) else float(r.revenue),
+            "roas": None if pd.isna(r.roas) else float(r.roas),
+        }
+        for r in frame.itertuples()
+    ]
 
 
 def accounts(store: Store) -> list[str]:
@@ -87,7 +130,9 @@ def accounts(store: Store) -> list[str]:
 
 def score(store: Store, account_id: str, creative: dict) -> dict:
     if not isinstance(creative, dict) or not creative or not all(isinstance(v, str) for v in creative.values()):
-        raise QueryError('creative must be a JSON object of attribute name -> value strings, e.g. {"hook_type": "question"}')
+        raise QueryError(
+            'creative must be a JSON object of attribute name -> value strings, e.g. {"hook_type": "question"}'
+        )
     day = store.latest_day(t.creative_dna)
     if day is None:
         raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
@@ -108,13 +153,24 @@ def models(store: Store) -> list[dict]:
     out = []
     for r in reg.sort_values("version", ascending=False).itertuples():
         metrics = json.loads(r.metrics)
-        out.append({"version": int(r.version), "status": r.status, "family": r.family,
-                    "trained_at": str(r.trained_at), "as_of": str(pd.Timestamp(r.as_of).date()),
-                    "training_window": [str(pd.Timestamp(r.train_start).date()), str(pd.Timestamp(r.train_end).date())],
-                    "holdout_window": [str(pd.Timestamp(r.holdout_start).date()), str(pd.Timestamp(r.holdout_end).date())],
-                    "counts": json.loads(r.counts),
-                    "metrics": {k: metrics.get(k) for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")},
-                    "reason": r.reason, "artifact_path": r.artifact_path, "sha256": r.sha256})
+        out.append(
+            {
+                "version": int(r.version),
+                "status": r.status,
+                "family": r.family,
+                "trained_at": str(r.trained_at),
+                "as_of": str(pd.Timestamp(r.as_of).date()),
+                "training_window": [str(pd.Timestamp(r.train_start).date()), str(pd.Timestamp(r.train_end).date())],
+                "holdout_window": [str(pd.Timestamp(r.holdout_start).date()), str(pd.Timestamp(r.holdout_end).date())],
+                "counts": json.loads(r.counts),
+                "metrics": {
+                    k: metrics.get(k) for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")
+                },
+                "reason": r.reason,
+                "artifact_path": r.artifact_path,
+                "sha256": r.sha256,
+            }
+        )
     return out
 
 
@@ -124,9 +180,20 @@ def cross_account(store: Store, limit: int = 50) -> list[dict]:
     if day is None:
         return []
     frame = store.published_insights(day, limit)
-    return [{"insight_id": r.insight_id, "attributes": json.loads(r.attributes), "metric": r.metric,
-             "pooled_lift": r.pooled_lift, "ci_low": r.ci_low, "ci_high": r.ci_high, "heterogeneity_tau2": r.tau2,
-             "i2": r.i2, "n_accounts": int(r.n_accounts)} for r in frame.itertuples()]
+    return [
+        {
+            "insight_id": r.insight_id,
+            "attributes": json.loads(r.attributes),
+            "metric": r.metric,
+            "pooled_lift": r.pooled_lift,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "heterogeneity_tau2": r.tau2,
+            "i2": r.i2,
+            "n_accounts": int(r.n_accounts),
+        }
+        for r in frame.itertuples()
+    ]
 
 
 def dashboard(store: Store, account_id: str | None = None) -> dict:
@@ -138,13 +205,29 @@ def dashboard(store: Store, account_id: str | None = None) -> dict:
     out["cross_account_insights"] = cross_account(store, limit=10)
     reg = store.registry()
     champ = reg[reg["status"] == "champion"]
-    out["model"] = None if champ.empty else {
-        "version": int(champ.iloc[-1]["version"]), "family": champ.iloc[-1]["family"],
-        "trained_as_of": str(pd.Timestamp(champ.iloc[-1]["as_of"]).date()),
-        **{k: v for k, v in json.loads(champ.iloc[-1]["metrics"]).items()
-           if k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio")}}
+    out["model"] = (
+        None
+        if champ.empty
+        else {
+            "version": int(champ.iloc[-1]["version"]),
+            "family": champ.iloc[-1]["family"],
+            "trained_as_of": str(pd.Timestamp(champ.iloc[-1]["as_of"]).date()),
+            **{
+                k: v
+                for k, v in json.loads(champ.iloc[-1]["metrics"]).items()
+                if k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio")
+            },
+        }
+    )
     logs = store.cycle_logs(10)
-    out["last_cycles"] = [{"run_id": r.run_id, "partition_start": None if r.partition_start is None else str(r.partition_start),
-                           "partition_end": None if r.partition_end is None else str(r.partition_end),
-                           "status": r.status, "duration_seconds": r.duration_seconds} for r in logs.itertuples()]
+    out["last_cycles"] = [
+        {
+            "run_id": r.run_id,
+            "partition_start": None if r.partition_start is None else str(r.partition_start),
+            "partition_end": None if r.partition_end is None else str(r.partition_end),
+            "status": r.status,
+            "duration_seconds": r.duration_seconds,
+        }
+        for r in logs.itertuples()
+    ]
     return out

@@ -66,5 +66,9 @@ def predict_creative_ctr(store: Store, account_id: str, creative: dict, cache: M
     rows = pd.DataFrame([{**attributes, "account_id": account_id, "dow": d, "age_days": 0} for d in range(7)])
     with threadpool_limits(limits=1):
         p = cm.predict_ctr(model, rows, spec)
-    return {"model_version": int(row["version"]), "family": row["family"], "predicted_ctr": float(np.mean(p)),
-            "warnings": list(warnings)}
+    return {
+        "model_version": int(row["version"]),
+        "family": row["family"],
+        "predicted_ctr": float(np.mean(p)),
+        "warnings": list(warnings),
+    }

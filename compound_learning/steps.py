@@ -37,8 +37,9 @@ class CycleContext:
     cfg: CycleSettings
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, store: Store | None = None,
-                      cfg: CycleSettings | None = None) -> "CycleContext":
+    def from_settings(
+        cls, settings: Settings | None = None, store: Store | None = None, cfg: CycleSettings | None = None
+    ) -> CycleContext:
         settings = settings or load_settings()
         return cls(store or get_store(settings.database_url), settings, cfg or CycleSettings.from_settings(settings))
 
@@ -55,7 +56,8 @@ def check_performance_day(ctx: CycleContext, day: date) -> dict:
     quarantined = store.quarantined_count(day)
     total = len(rows) + quarantined
     summary = {
-        "rows": len(rows), "quarantined_rows": quarantined,
+        "rows": len(rows),
+        "quarantined_rows": quarantined,
         "quarantine_rate": float(quarantined / total) if total else 0.0,
         "accounts": int(rows["account_id"].nunique()) if len(rows) else 0,
         "creatives": int(rows["creative_id"].nunique()) if len(rows) else 0,
@@ -67,7 +69,7 @@ def check_performance_day(ctx: CycleContext, day: date) -> dict:
     # Invariants the store must hold whatever wrote to it (defense in depth).
     if len(rows):
         bad = rows[(rows["clicks"] > rows["impressions"]) | (rows["impressions"] < 0) | (rows["spend"] < 0)]
-        summary["invariant_violations"] = int(len(bad))
+        summary["invariant_violations"] = len(bad)
     else:
         summary["invariant_violations"] = 0
     return summary
@@ -94,7 +96,8 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
             store.delete_from(conn, t.creative_cumulative_stats, day)
     return {
         "source_rows": len(rows),
-        "creatives": len(creative), "attribute_rows": int((attrs["dimension2"] == stats.NO_DIMENSION).sum()) if len(attrs) else 0,
+        "creatives": len(creative),
+        "attribute_rows": int((attrs["dimension2"] == stats.NO_DIMENSION).sum()) if len(attrs) else 0,
         "pair_rows": int((attrs["dimension2"] != stats.NO_DIMENSION).sum()) if len(attrs) else 0,
         "impressions": int(creative["impressions"].sum()) if len(creative) else 0,
         "clicks": int(creative["clicks"].sum()) if len(creative) else 0,
@@ -113,7 +116,7 @@ def _same_frame(old: pd.DataFrame, new: pd.DataFrame) -> bool:
     for col in ["account_id", "creative_id", "attributes"]:
         if not (a[col].astype(str) == b[col].astype(str)).all():
             return False
-    for col in stats.METRICS + ["age_days"]:
+    for col in [*stats.METRICS, "age_days"]:
         x, y = a[col].astype(float).to_numpy(), b[col].astype(float).to_numpy()
         if not np.allclose(np.nan_to_num(x, nan=-1), np.nan_to_num(y, nan=-1)):
             return False
@@ -160,9 +163,14 @@ def learn_patterns(ctx: CycleContext, day: date) -> dict:
     prev_day = store.latest_day(t.learning_patterns, on_or_before=day - timedelta(days=1))
     previous = store.read_day(t.learning_patterns, prev_day) if prev_day else None
     patterns = build_patterns(fits, day, previous, cfg.patterns) if fits else pd.DataFrame(columns=["pattern_id"])
-    baselines = pd.concat(
-        [f.baselines.assign(metric=m) for m, f in fits.global_fits.items() if not f.baselines.empty], ignore_index=True
-    ) if fits and fits.global_fits else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
+    baselines = (
+        pd.concat(
+            [f.baselines.assign(metric=m) for m, f in fits.global_fits.items() if not f.baselines.empty],
+            ignore_index=True,
+        )
+        if fits and fits.global_fits
+        else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
+    )
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.creative_cumulative_stats, day, cells)
         store.write_day(conn, t.learning_patterns, day, patterns)
@@ -172,13 +180,18 @@ def learn_patterns(ctx: CycleContext, day: date) -> dict:
     states = glob["state"].value_counts().to_dict() if len(glob) else {}
     notes = [n for f in (fits.global_fits.values() if fits else []) for n in f.notes]
     return {
-        "days_rolled_forward": rolled, "cumulative_cells": len(cells), "snapshot_rows_pruned": pruned,
+        "days_rolled_forward": rolled,
+        "cumulative_cells": len(cells),
+        "snapshot_rows_pruned": pruned,
         "creatives": int(cells["creative_id"].nunique()) if len(cells) else 0,
         "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
-        "dimensions": dims, "patterns": len(patterns), "global_patterns": len(glob),
+        "dimensions": dims,
+        "patterns": len(patterns),
+        "global_patterns": len(glob),
         "significant_global_patterns": int(states.get("significant", 0)),
         "states_global": {k: int(v) for k, v in states.items()},
-        "fit_notes": notes, "top_patterns": _top(glob),
+        "fit_notes": notes,
+        "top_patterns": _top(glob),
     }
 
 
@@ -197,9 +210,18 @@ def _top(patterns: pd.DataFrame, n: int = 10) -> list[dict]:
     sig = sig.sort_values(["state", "q_value", "abs"], ascending=[True, True, False])
     sig["rank"] = (sig["state"] != "significant").astype(int)
     sig = sig.sort_values(["rank", "abs"], ascending=[True, False]).head(n)
-    return [{"metric": r.metric, "attributes": json.loads(r.attributes), "lift": round(float(r.lift), 4),
-             "ci_low": round(float(r.ci_low), 4), "ci_high": round(float(r.ci_high), 4),
-             "q_value": float(r.q_value), "state": r.state} for r in sig.itertuples()]
+    return [
+        {
+            "metric": r.metric,
+            "attributes": json.loads(r.attributes),
+            "lift": round(float(r.lift), 4),
+            "ci_low": round(float(r.ci_low), 4),
+            "ci_high": round(float(r.ci_high), 4),
+            "q_value": float(r.q_value),
+            "state": r.state,
+        }
+        for r in sig.itertuples()
+    ]
 
 
 # -- knowledge graph, DNA, insights -------------------------------------------------------------
@@ -208,17 +230,24 @@ def build_knowledge_graph(ctx: CycleContext, day: date) -> dict:
     store = ctx.store
     patterns = store.read_day(t.learning_patterns, day)
     cells = store.read_day(t.creative_cumulative_stats, day)
-    creatives, dims = (stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
-                       if len(cells) else (pd.DataFrame(), []))
+    creatives, dims = (
+        stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
+        if len(cells)
+        else (pd.DataFrame(), [])
+    )
     nodes, edges = build_graph(patterns, creatives, dims) if len(patterns) else (pd.DataFrame(), pd.DataFrame())
     with store.transaction(lock_key=_lock("knowledge_graph", day)) as conn:
         store.write_day(conn, t.knowledge_nodes, day, nodes)
         store.write_day(conn, t.knowledge_relationships, day, edges)
     kinds = edges["relationship_type"].value_counts().to_dict() if len(edges) else {}
-    return {"nodes": len(nodes), "relationships": len(edges),
-            "relationships_by_type": {k: int(v) for k, v in kinds.items()},
-            "mean_value_confidence": float(nodes.loc[nodes["node_type"] == "attribute_value", "confidence"].mean())
-            if len(nodes) else 0.0}
+    return {
+        "nodes": len(nodes),
+        "relationships": len(edges),
+        "relationships_by_type": {k: int(v) for k, v in kinds.items()},
+        "mean_value_confidence": float(nodes.loc[nodes["node_type"] == "attribute_value", "confidence"].mean())
+        if len(nodes)
+        else 0.0,
+    }
 
 
 def build_creative_dna(ctx: CycleContext, day: date) -> dict:
@@ -230,21 +259,28 @@ def build_creative_dna(ctx: CycleContext, day: date) -> dict:
     with store.transaction(lock_key=_lock("creative_dna", day)) as conn:
         store.write_day(conn, t.creative_dna, day, weights)
     glob = weights[weights["account_id"] == GLOBAL] if len(weights) else weights
-    return {"weights": len(weights), "global_weights": len(glob),
-            "accounts": int(weights.loc[weights["dimension"] == "__baseline__", "account_id"].nunique()) if len(weights) else 0}
+    return {
+        "weights": len(weights),
+        "global_weights": len(glob),
+        "accounts": int(weights.loc[weights["dimension"] == "__baseline__", "account_id"].nunique())
+        if len(weights)
+        else 0,
+    }
 
 
 def build_cross_account_insights(ctx: CycleContext, day: date) -> dict:
     """Per-account effects pooled across accounts; published only under the k-account rule."""
     store, cfg = ctx.store, ctx.cfg
     patterns = store.read_day(t.learning_patterns, day)
-    insights = (cross_account_insights(patterns, cfg.min_accounts_for_insight, cfg.max_top2_share,
-                                       cfg.patterns.min_creatives) if len(patterns) else pd.DataFrame())
+    insights = (
+        cross_account_insights(patterns, cfg.min_accounts_for_insight, cfg.max_top2_share, cfg.patterns.min_creatives)
+        if len(patterns)
+        else pd.DataFrame()
+    )
     with store.transaction(lock_key=_lock("cross_account_insights", day)) as conn:
         store.write_day(conn, t.cross_account_insights, day, insights)
     published = insights[insights["published"]] if len(insights) else insights
-    return {"candidates": len(insights), "published": len(published),
-            "withheld": len(insights) - len(published)}
+    return {"candidates": len(insights), "published": len(published), "withheld": len(insights) - len(published)}
 
 
 # -- improvement snapshots ----------------------------------------------------------------------
@@ -257,30 +293,53 @@ def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
     if len(today):
         g = today.groupby("account_id").agg(spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1)))
         for account_id, r in g.iterrows():
-            series = pd.concat([
-                history.loc[history["account_id"] == account_id, ["date", "spend", "revenue"]],
-                pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}]),
-            ], ignore_index=True)
+            series = pd.concat(
+                [
+                    history.loc[history["account_id"] == account_id, ["date", "spend", "revenue"]],
+                    pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}]),
+                ],
+                ignore_index=True,
+            )
             traj = trajectory(series, baseline_days=cfg.baseline_days)
             roas = float(r["revenue"] / r["spend"]) if r["spend"] > 0 and pd.notna(r["revenue"]) else None
-            rows.append({"account_id": account_id, "spend": float(r["spend"]),
-                         "revenue": None if pd.isna(r["revenue"]) else float(r["revenue"]),
-                         "roas": roas, "trajectory": json.dumps(traj)})
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "spend": float(r["spend"]),
+                    "revenue": None if pd.isna(r["revenue"]) else float(r["revenue"]),
+                    "roas": roas,
+                    "trajectory": json.dumps(traj),
+                }
+            )
     frame = pd.DataFrame(rows, columns=["account_id", "spend", "revenue", "roas", "trajectory"])
     with store.transaction(lock_key=_lock("improvement_snapshots", day)) as conn:
         store.write_day(conn, t.improvement_snapshots, day, frame, "date")
-    statuses = pd.Series([json.loads(x)["learning_status"] for x in frame["trajectory"]]).value_counts().to_dict() if len(frame) else {}
-    multiples = [json.loads(x)["current_roas"] / json.loads(x)["initial_roas"] for x in frame["trajectory"]
-                 if json.loads(x)["initial_roas"]]
+    statuses = (
+        pd.Series([json.loads(x)["learning_status"] for x in frame["trajectory"]]).value_counts().to_dict()
+        if len(frame)
+        else {}
+    )
+    multiples = [
+        json.loads(x)["current_roas"] / json.loads(x)["initial_roas"]
+        for x in frame["trajectory"]
+        if json.loads(x)["initial_roas"]
+    ]
     trajs = [json.loads(x) for x in frame["trajectory"]]
-    per_account = [{"account_id": a, **{k: tr.get(k) for k in ("learning_status", "initial_roas", "current_roas",
-                                                               "daily_improvement_rate")}}
-                   for a, tr in zip(frame["account_id"], trajs)]
-    return {"accounts": len(frame), "learning_status": {k: int(v) for k, v in statuses.items()},
-            "largest_account": str(frame.loc[frame["spend"].idxmax(), "account_id"]) if len(frame) else None,
-            "statuses": per_account[:50],
-            "median_roas_multiple": float(np.median(multiples)) if multiples else None,
-            "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None}
+    per_account = [
+        {
+            "account_id": a,
+            **{k: tr.get(k) for k in ("learning_status", "initial_roas", "current_roas", "daily_improvement_rate")},
+        }
+        for a, tr in zip(frame["account_id"], trajs, strict=True)
+    ]
+    return {
+        "accounts": len(frame),
+        "learning_status": {k: int(v) for k, v in statuses.items()},
+        "largest_account": str(frame.loc[frame["spend"].idxmax(), "account_id"]) if len(frame) else None,
+        "statuses": per_account[:50],
+        "median_roas_multiple": float(np.median(multiples)) if multiples else None,
+        "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None,
+    }
 
 
 # -- the CTR model ------------------------------------------------------------------------------
@@ -339,8 +398,13 @@ def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def run_days(ctx: CycleContext, start: date, end: date, only: Iterable[str] | None = None,
-             on_day: Callable[[date, dict[str, dict]], None] | None = None) -> list[dict[str, dict]]:
+def run_days(
+    ctx: CycleContext,
+    start: date,
+    end: date,
+    only: Iterable[str] | None = None,
+    on_day: Callable[[date, dict[str, dict]], None] | None = None,
+) -> list[dict[str, dict]]:
     """:func:`run_day` for every day of [start, end]; ``on_day`` sees each day's summaries."""
     results = []
     for day in days_between(start, end):

@@ -43,7 +43,7 @@ def _pg_available() -> str | None:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server for us"
+    except Exception as exc:
         return str(exc).splitlines()[0]
 
 
@@ -72,6 +72,15 @@ def _forget(url: str) -> None:
     store = get_store(url)
     store.dispose()
     get_store.cache_clear()
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance, closed (its temporary folder removed) after the test."""
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
 
 
 @pytest.fixture

@@ -72,15 +72,27 @@ def test_every_endpoint_answers(open_client):
     c = open_client
     assert c.get("/health").json()["status"] == "ok"
     pats = c.get(f"{P}/patterns", params={"min_confidence": 0, "limit": 5}).json()
-    assert 0 < len(pats) <= 5 and {"pattern_id", "lift", "ci_low", "ci_high", "q_value", "state", "support"} <= set(pats[0])
+    assert 0 < len(pats) <= 5 and {"pattern_id", "lift", "ci_low", "ci_high", "q_value", "state", "support"} <= set(
+        pats[0]
+    )
     acct = c.get(f"{P}/patterns", params={"account_id": "acct_001", "min_confidence": 0}).json()
     assert acct and all(p["account_id"] == "acct_001" for p in acct)
     graph = c.get(f"{P}/knowledge-graph", params={"limit": 10}).json()
     assert len(graph["nodes"]) == 10 and "relationships" in graph
     traj = c.get(f"{P}/improvement-trajectory/acct_001").json()
-    for field in ("initial_roas", "current_roas", "daily_improvement_rate", "projected_30d_roas", "projected_90d_roas",
-                  "projected_365d_roas", "improvement_30d", "improvement_90d", "improvement_365d",
-                  "on_track_for_10x", "learning_status"):
+    for field in (
+        "initial_roas",
+        "current_roas",
+        "daily_improvement_rate",
+        "projected_30d_roas",
+        "projected_90d_roas",
+        "projected_365d_roas",
+        "improvement_30d",
+        "improvement_90d",
+        "improvement_365d",
+        "on_track_for_10x",
+        "learning_status",
+    ):
         assert field in traj
     dash = c.get(f"{P}/dashboard", params={"account_id": "acct_001"}).json()
     assert dash["trajectory"]["account_id"] == "acct_001" and "model" in dash and "last_cycles" in dash
@@ -95,8 +107,15 @@ def test_every_endpoint_answers(open_client):
     page = c.get("/dashboard/acct_001")
     assert page.status_code == 200 and "<img" in page.text and "acct_001" in page.text
     spec = c.get("/openapi.json").json()
-    for path in ("/run-cycle", "/improvement-trajectory/{account_id}", "/dashboard", "/knowledge-graph",
-                 "/patterns", "/scheduler/status", "/score"):
+    for path in (
+        "/run-cycle",
+        "/improvement-trajectory/{account_id}",
+        "/dashboard",
+        "/knowledge-graph",
+        "/patterns",
+        "/scheduler/status",
+        "/score",
+    ):
         assert P + path in spec["paths"]
 
 
@@ -144,14 +163,20 @@ def test_tenant_isolation_every_endpoint_every_pair(keyed_client):
     assert c.get(f"{P}/improvement-trajectory/acct_001", headers={"X-API-Key": "wrong-key-123"}).status_code == 401
     assert c.get(f"{P}/improvement-trajectory/acct_002", headers={"X-API-Key": "admin-key-all"}).status_code == 200
     # a scoped key may not run the cycle, and sees global figures only with >= 5 accounts behind them
-    assert c.post(f"{P}/run-cycle", json={"date": "2024-01-03"}, headers={"X-API-Key": "key-for-acct_001"}).status_code == 403
-    shared = c.get(f"{P}/patterns", params={"min_confidence": 0, "limit": 500}, headers={"X-API-Key": "key-for-acct_001"}).json()
+    assert (
+        c.post(f"{P}/run-cycle", json={"date": "2024-01-03"}, headers={"X-API-Key": "key-for-acct_001"}).status_code
+        == 403
+    )
+    shared = c.get(
+        f"{P}/patterns", params={"min_confidence": 0, "limit": 500}, headers={"X-API-Key": "key-for-acct_001"}
+    ).json()
     assert all(p["support"]["accounts"] >= 5 for p in shared)
     text = c.get(f"{P}/dashboard", headers={"X-API-Key": "key-for-acct_001"}).text
     assert "acct_002" not in text
     graph = c.get(f"{P}/knowledge-graph", params={"limit": 1000}, headers={"X-API-Key": "key-for-acct_001"}).json()
-    assert graph["nodes"] and all(n["properties"].get("accounts", 99) >= 5 for n in graph["nodes"]
-                                  if n["node_type"] == "pattern")
+    assert graph["nodes"] and all(
+        n["properties"].get("accounts", 99) >= 5 for n in graph["nodes"] if n["node_type"] == "pattern"
+    )
     assert all(r["evidence"].get("support", {}).get("accounts", 99) >= 5 for r in graph["relationships"])
 
 
@@ -190,7 +215,9 @@ def test_dashboard_in_headless_chromium(learned, tmp_path):
 
     store, *_ = learned
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store=store, keys=None), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store=store, keys=None), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(100):
@@ -199,11 +226,26 @@ def test_dashboard_in_headless_chromium(learned, tmp_path):
         time.sleep(0.05)
     shot = tmp_path / "dashboard.png"
     try:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,2600",
-                        f"--screenshot={shot}", f"http://127.0.0.1:{port}/dashboard/acct_001"],
-                       capture_output=True, timeout=90, check=False)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=1100,2600",
+                f"--screenshot={shot}",
+                f"http://127.0.0.1:{port}/dashboard/acct_001",
+            ],
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -20,8 +20,12 @@ def _ingest(url, frame):
 
 
 def _evaluate(sensor, url, cursor=None, instance=None):
-    context = dg.build_sensor_context(cursor=cursor, instance=instance or dg.DagsterInstance.ephemeral(),
-                                      resources={"store": StoreResource(database_url=url)}, definitions=defs)
+    if instance is None:
+        with dg.DagsterInstance.ephemeral() as own:
+            return _evaluate(sensor, url, cursor, own)
+    context = dg.build_sensor_context(
+        cursor=cursor, instance=instance, resources={"store": StoreResource(database_url=url)}, definitions=defs
+    )
     return sensor.evaluate_tick(context)
 
 
@@ -63,7 +67,7 @@ def test_new_data_sensor_walks_its_cursor(loaded):
     assert "changed no stored row" in result.skip_message
 
 
-def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, env, world, monkeypatch):
+def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, env, world, monkeypatch, instance):
     env(sqlite_url)
     data, _ = world
     _ingest(sqlite_url, data)
@@ -72,10 +76,13 @@ def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, en
     import compound_learning.orchestration.sensors as sensors_module
 
     real = sensors_module.daily_partitions.get_partition_keys
-    monkeypatch.setattr(sensors_module.daily_partitions, "get_partition_keys",
-                        lambda current_time=None, **kw: real(current_time=datetime.combine(
-                            last + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc), **kw))
-    instance = dg.DagsterInstance.ephemeral()
+    monkeypatch.setattr(
+        sensors_module.daily_partitions,
+        "get_partition_keys",
+        lambda current_time=None, **kw: real(
+            current_time=datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC), **kw
+        ),
+    )
     result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
     days_with_data = sorted(data["date"].unique())
     assert sorted(r.partition_key for r in result.run_requests) == days_with_data
@@ -89,30 +96,35 @@ def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, en
 
 def test_schedule_tick_processes_the_previous_day():
     schedule = defs.resolve_schedule_def("daily_learning_schedule")
-    tick = datetime(2024, 3, 10, 3, 0, tzinfo=timezone.utc)
+    tick = datetime(2024, 3, 10, 3, 0, tzinfo=UTC)
     with dg.DagsterInstance.ephemeral() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        )
         result = schedule.evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests] == ["2024-03-09"]
     assert schedule.execution_timezone in (None, "UTC")
 
 
-def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world):
+def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world, instance):
     from compound_learning.orchestration.launch import run_in_process as run_cycle
     from compound_learning.orchestration.sensors import cycle_success_logger
 
     env(sqlite_url)
     data, _ = world
     _ingest(sqlite_url, data)
-    instance = dg.DagsterInstance.ephemeral()
     out = run_cycle(START, START, instance=instance)
     store = make_store(sqlite_url)
     store.reset()  # forget the CLI's own log row; the sensor must write it back
     run = instance.get_run_by_id(out["run_id"])
     event = instance.get_records_for_run(out["run_id"]).records[-1].event_log_entry
-    context = dg.build_run_status_sensor_context(sensor_name="cycle_success_logger", dagster_instance=instance,
-                                                 dagster_run=run, dagster_event=event.dagster_event,
-                                                 resources={"store": StoreResource(database_url=sqlite_url)})
+    context = dg.build_run_status_sensor_context(
+        sensor_name="cycle_success_logger",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=event.dagster_event,
+        resources={"store": StoreResource(database_url=sqlite_url)},
+    )
     cycle_success_logger(context)
     logs = store.cycle_logs()
     assert len(logs) == 1 and logs.iloc[0]["status"] == "SUCCESS"

@@ -24,7 +24,7 @@ def _concurrently(fn, n=2):
         try:
             barrier.wait()
             results.append(fn())
-        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(n)]

@@ -11,16 +11,22 @@ import pandas as pd
 import sqlalchemy as sa
 
 from compound_learning import steps
-from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
+from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.storage import schema as t
 from compound_learning_tests.conftest import START, make_context, make_store
 
 DERIVED_BY_DAY = [
-    (t.creative_daily_stats, "date"), (t.attribute_daily_stats, "date"), (t.creative_cumulative_stats, "as_of"),
-    (t.learning_patterns, "as_of"), (t.account_baselines, "as_of"), (t.knowledge_nodes, "as_of"),
-    (t.knowledge_relationships, "as_of"), (t.creative_dna, "as_of"), (t.cross_account_insights, "as_of"),
+    (t.creative_daily_stats, "date"),
+    (t.attribute_daily_stats, "date"),
+    (t.creative_cumulative_stats, "as_of"),
+    (t.learning_patterns, "as_of"),
+    (t.account_baselines, "as_of"),
+    (t.knowledge_nodes, "as_of"),
+    (t.knowledge_relationships, "as_of"),
+    (t.creative_dna, "as_of"),
+    (t.cross_account_insights, "as_of"),
     (t.improvement_snapshots, "date"),
 ]
 
@@ -36,10 +42,9 @@ def _day_rows(store, table, column, day) -> pd.DataFrame:
     return frame.sort_values(keys).reset_index(drop=True)
 
 
-def test_range_then_day_materialize_everything(db_url, env, world):
+def test_range_then_day_materialize_everything(db_url, env, world, instance):
     data, _ = world
     _load(db_url, env, data)
-    instance = dg.DagsterInstance.ephemeral()
     end = START + timedelta(days=9)
     out = run_cycle(START, end, instance=instance)
     assert out["status"] == "SUCCESS", out["message"]
@@ -65,10 +70,9 @@ def test_range_then_day_materialize_everything(db_url, env, world):
     assert summary["days_rolled_forward"] == 1  # yesterday's knowledge + today's evidence
 
 
-def test_same_day_twice_gives_identical_tables(sqlite_url, env, world):
+def test_same_day_twice_gives_identical_tables(sqlite_url, env, world, instance):
     data, _ = world
     _load(sqlite_url, env, data)
-    instance = dg.DagsterInstance.ephemeral()
     day = START + timedelta(days=7)
     assert run_cycle(START, day, instance=instance)["status"] == "SUCCESS"
     store = make_store(sqlite_url)
@@ -103,12 +107,14 @@ def test_restated_old_day_rebuilds_later_knowledge(sqlite_url, env, world):
     after = store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id")
     cum = store.read_day(t.creative_cumulative_stats, days[-1])
     total_clicks = data[pd.to_datetime(data["date"]).dt.date <= days[-1]]["clicks"].sum()
-    assert cum["clicks"].sum() == total_clicks - (data[data["date"] == days[2].isoformat()]["clicks"]
-                                                  - restated["clicks"]).sum()
+    assert (
+        cum["clicks"].sum()
+        == total_clicks - (data[data["date"] == days[2].isoformat()]["clicks"] - restated["clicks"]).sum()
+    )
     assert not after["log_effect"].equals(before["log_effect"])
 
 
-def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, monkeypatch):
+def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, monkeypatch, instance):
     data, _ = world
     _load(sqlite_url, env, data)
     store = make_store(sqlite_url)
@@ -117,7 +123,7 @@ def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, mon
         raise RuntimeError("simulated failure in the learning step")
 
     monkeypatch.setitem(steps.CYCLE_STEPS, "learning_patterns", boom)
-    out = run_cycle(START, START, instance=dg.DagsterInstance.ephemeral())
+    out = run_cycle(START, START, instance=instance)
     assert out["status"] == "FAILURE"
     logs = store.cycle_logs()
     assert logs.iloc[0]["status"] == "FAILURE" and "simulated failure" in logs.iloc[0]["message"]
@@ -125,18 +131,18 @@ def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, mon
     assert json.loads(logs.iloc[0]["counts"])["steps_failed"] >= 1
 
 
-def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world):
+def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world, instance):
     data, _ = world
     day = data["date"].min()
     bad = data[data["date"] == day].head(40).assign(clicks=-1, creative_id=lambda f: f["creative_id"] + "_bad")
     _load(sqlite_url, env, pd.concat([data, bad]))
-    instance = dg.DagsterInstance.ephemeral()
     start = date.fromisoformat(day)
     assert run_cycle(start, start, instance=instance)["status"] == "SUCCESS"  # WARN does not block
 
     def last(asset, check):
         history = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)
+            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1
+        )
         return history[0].status.value
 
     assert last("daily_stats", "rows_match_source") == "SUCCEEDED"
@@ -152,7 +158,9 @@ def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env
     for d in days:
         steps.compute_daily_stats(ctx, d)
         steps.learn_patterns(ctx, d)
-    kept = set(pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date)
+    kept = set(
+        pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date
+    )
     assert kept == {d for d in days if d >= days[-1] - timedelta(days=3) or d.weekday() == 6}
     assert date(2024, 1, 7) in kept  # a Sunday
     # a restated old day rebuilds from the Sunday before it, not from scratch

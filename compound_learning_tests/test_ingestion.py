@@ -65,20 +65,118 @@ def test_restated_rows_replace_old_values_and_touch_only_their_day(db_url, env, 
 
 
 def test_bad_rows_are_quarantined_with_reasons_and_good_rows_load(db_url, env):
-    rows = pd.DataFrame([
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c1", "impressions": "100", "clicks": "5", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c2", "impressions": "100", "clicks": "500", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c3", "impressions": "-1", "clicks": "0", "spend": "3", "hook_type": "q"},
-        {"date": "2024-13-45", "account_id": "a", "creative_id": "c4", "impressions": "100", "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2023-12-31", "account_id": "a", "creative_id": "c5", "impressions": "100", "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2030-01-01", "account_id": "a", "creative_id": "c6", "impressions": "100", "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c7", "impressions": None, "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c8", "impressions": "100", "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c8", "impressions": "200", "clicks": "1", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c9", "impressions": "100", "clicks": "2", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c9", "impressions": "100", "clicks": "2", "spend": "3", "hook_type": "q"},
-        {"date": "2024-01-02", "account_id": "a", "creative_id": "c10", "impressions": "10.5", "clicks": "2", "spend": "3", "hook_type": "q"},
-    ])
+    rows = pd.DataFrame(
+        [
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c1",
+                "impressions": "100",
+                "clicks": "5",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c2",
+                "impressions": "100",
+                "clicks": "500",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c3",
+                "impressions": "-1",
+                "clicks": "0",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-13-45",
+                "account_id": "a",
+                "creative_id": "c4",
+                "impressions": "100",
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2023-12-31",
+                "account_id": "a",
+                "creative_id": "c5",
+                "impressions": "100",
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2030-01-01",
+                "account_id": "a",
+                "creative_id": "c6",
+                "impressions": "100",
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c7",
+                "impressions": None,
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c8",
+                "impressions": "100",
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c8",
+                "impressions": "200",
+                "clicks": "1",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c9",
+                "impressions": "100",
+                "clicks": "2",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c9",
+                "impressions": "100",
+                "clicks": "2",
+                "spend": "3",
+                "hook_type": "q",
+            },
+            {
+                "date": "2024-01-02",
+                "account_id": "a",
+                "creative_id": "c10",
+                "impressions": "10.5",
+                "clicks": "2",
+                "spend": "3",
+                "hook_type": "q",
+            },
+        ]
+    )
     out = _ingest(rows, db_url, env)
     assert out["accepted"] == 2  # c1 and one copy of the exact duplicate c9
     reasons = out["rejected_by_reason"]
@@ -118,19 +216,34 @@ def test_cli_ingest_reports_json_and_refuses_unreadable_files(tmp_path, sqlite_u
     path = tmp_path / "perf.csv"
     data.head(50).assign(new_dimension="x").to_csv(path, index=False)
     env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-m", "compound_learning.cli", "ingest", str(path), "--json"],
-                         capture_output=True, text=True, env=env_vars, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "ingest", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["accepted"] == 50 and "new_dimension" in summary["attribute_columns"]
     assert summary["days_touched"]
 
     (tmp_path / "empty.csv").write_text("")
-    run = subprocess.run([sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "empty.csv")],
-                         capture_output=True, text=True, env=env_vars, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "empty.csv")],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        check=False,
+    )
     assert run.returncode == 2 and "empty" in run.stderr and "nothing was written" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "nope.csv")],
-                         capture_output=True, text=True, env=env_vars, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "nope.csv")],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        check=False,
+    )
     assert run.returncode == 2 and "not found" in run.stderr
 
 
@@ -142,8 +255,13 @@ def test_cli_reset_needs_yes_and_keeps_raw_data_unless_all(sqlite_url, env, worl
     env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "compound_learning.cli", *args], capture_output=True, text=True,
-                              env=env_vars, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "compound_learning.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env_vars,
+            check=False,
+        )
 
     refused = cli("reset")
     assert refused.returncode == 2 and "--yes" in refused.stderr

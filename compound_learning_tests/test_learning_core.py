@@ -20,16 +20,25 @@ from compound_learning_tests.conftest import small_world
 
 
 def cells_of(data: pd.DataFrame):
-    dims = [c for c in data.columns if c not in {"date", "account_id", "creative_id", "impressions", "clicks",
-                                                 "conversions", "spend", "revenue"}]
+    dims = [
+        c
+        for c in data.columns
+        if c not in {"date", "account_id", "creative_id", "impressions", "clicks", "conversions", "spend", "revenue"}
+    ]
     frame = data.copy()
-    frame["attributes"] = [json.dumps(dict(zip(dims, r)), sort_keys=True) for r in frame[dims].itertuples(index=False)]
+    frame["attributes"] = [
+        json.dumps(dict(zip(dims, r, strict=True)), sort_keys=True) for r in frame[dims].itertuples(index=False)
+    ]
     frame["date"] = pd.to_datetime(frame["date"])
     first = frame.groupby("creative_id")["date"].transform("min")
     frame["age_days"] = (frame["date"] - first).dt.days
     frame["dow"] = frame["date"].dt.day_of_week
-    cum = stats.roll_forward(pd.DataFrame(), frame[["account_id", "creative_id", "dow", "age_days", *stats.METRICS,
-                                                   "attributes"]], 1.0, frame["date"].max().date())
+    cum = stats.roll_forward(
+        pd.DataFrame(),
+        frame[["account_id", "creative_id", "dow", "age_days", *stats.METRICS, "attributes"]],
+        1.0,
+        frame["date"].max().date(),
+    )
     return stats.expand_attributes(cum)
 
 
@@ -55,7 +64,7 @@ def test_effects_recover_truth_and_intervals_cover(learned):
     glob = patterns[(patterns["account_id"] == "*") & (patterns["pattern_type"] != "interaction")].copy()
     glob["dim_value"] = glob["attributes"].map(lambda a: next(iter(json.loads(a).items())))
     eff = pd.DataFrame(truth["effects"])
-    eff["dim_value"] = list(zip(eff["dimension"], eff["value"]))
+    eff["dim_value"] = list(zip(eff["dimension"], eff["value"], strict=True))
     merged = glob.merge(eff, on=["dim_value", "metric"], suffixes=("", "_true"))
     assert len(merged) >= 40
     covered = (merged["ci_low"] <= merged["lift_true"]) & (merged["lift_true"] <= merged["ci_high"])
@@ -83,7 +92,7 @@ def test_null_world_claims_almost_nothing():
 
 
 def test_states_need_persistence_and_flip_to_contradicted(learned):
-    *_, fits, cells, dims = learned
+    *_, fits, _cells, _dims = learned
     s = PatternSettings(persistence=3)
     day1 = build_patterns(fits, date(2024, 3, 1), None, s)
     assert not (day1["state"] == "significant").any()  # significant only once it has held
@@ -95,9 +104,14 @@ def test_states_need_persistence_and_flip_to_contradicted(learned):
     # New evidence flips every effect: established claims become contradicted.
     from dataclasses import replace
 
-    flipped = {k: replace(f, effects=f.effects.assign(log_effect=-f.effects["log_effect"]),
-                          interactions=f.interactions.assign(log_effect=-f.interactions["log_effect"]))
-               for k, f in fits.global_fits.items()}
+    flipped = {
+        k: replace(
+            f,
+            effects=f.effects.assign(log_effect=-f.effects["log_effect"]),
+            interactions=f.interactions.assign(log_effect=-f.interactions["log_effect"]),
+        )
+        for k, f in fits.global_fits.items()
+    }
     from compound_learning.core.patterns import CycleFits
 
     day4 = build_patterns(CycleFits(flipped, {}), date(2024, 3, 4), day3, s)
@@ -117,8 +131,9 @@ def test_knowledge_graph_types_and_posterior_confidence(learned):
     co = edges[edges["relationship_type"] == "co_occurs"]
     assert ((co["source_id"] == "value:cta=shop_now") | (co["target_id"] == "value:cta=shop_now")).any()
     # co-occurrence is never mistaken for an effect on a metric
-    assert not edges[(edges["relationship_type"].isin(["improves", "hurts"])) &
-                     edges["source_id"].str.startswith("value:cta=")].shape[0]
+    assert not edges[
+        (edges["relationship_type"].isin(["improves", "hurts"])) & edges["source_id"].str.startswith("value:cta=")
+    ].shape[0]
 
 
 def test_dna_scores_relative_to_the_account_baseline(learned):
@@ -126,7 +141,9 @@ def test_dna_scores_relative_to_the_account_baseline(learned):
     baselines = pd.concat([f.baselines.assign(metric=m) for m, f in fits.global_fits.items()])
     weights = dna_weights(patterns, baselines)
     good = score_creative(weights, "acct_001", {"hook_type": "question", "audience": "retargeting", "template": "bold"})
-    bad = score_creative(weights, "acct_001", {"hook_type": "testimonial", "audience": "interest", "template": "carousel"})
+    bad = score_creative(
+        weights, "acct_001", {"hook_type": "testimonial", "audience": "interest", "template": "carousel"}
+    )
     assert good["dna_score"] > 100 > bad["dna_score"]
     ctr = good["predictions"]["ctr"]
     assert ctr["ci_low"] < ctr["predicted"] < ctr["ci_high"]
@@ -174,8 +191,22 @@ def test_trajectory_is_honest():
 def test_forgetting_halves_old_evidence_per_half_life():
     assert stats.decay_factor(0, 30) == 1.0
     assert stats.decay_factor(14, 14) == pytest.approx(0.5)
-    day = pd.DataFrame([{"account_id": "a", "creative_id": "c", "dow": 0, "age_days": 0, "impressions": 1000,
-                         "clicks": 10, "conversions": 1, "spend": 5.0, "revenue": 20.0, "attributes": "{}"}])
+    day = pd.DataFrame(
+        [
+            {
+                "account_id": "a",
+                "creative_id": "c",
+                "dow": 0,
+                "age_days": 0,
+                "impressions": 1000,
+                "clicks": 10,
+                "conversions": 1,
+                "spend": 5.0,
+                "revenue": 20.0,
+                "attributes": "{}",
+            }
+        ]
+    )
     cells = stats.roll_forward(pd.DataFrame(), day, 1.0, date(2024, 1, 1))
     later = stats.roll_forward(cells, day.assign(dow=1, age_days=1), stats.decay_factor(7, 7), date(2024, 1, 8))
     old = later[later["dow"] == 0].iloc[0]

@@ -13,15 +13,15 @@ import pytest
 
 from compound_learning import model_registry as mr
 from compound_learning import steps
-from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.config import load_settings
 from compound_learning.core import ctr_model as cm
 from compound_learning.ingestion import ingest_frame
+from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.serving import predict_creative_ctr
 from compound_learning.storage.artifacts import ArtifactError
 from compound_learning_tests.conftest import START, make_context, make_store, small_world
 
-CFG = dict(calibration_tolerance=0.25, min_new_clicks=1000)
+CFG = {"calibration_tolerance": 0.25, "min_new_clicks": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_forced_worse_challenger_keeps_the_champion(prepared, monkeypatch):
     store, ctx = prepared
     day = START + timedelta(days=14)
     assert mr.train_ctr_model(ctx, day)["action"] == "promoted"
+
     def worse_fit(rows, spec, family):  # takes every feature, uses only the account
         X, y, w = cm._expand(rows, spec)
         pipe = cm.make_pipeline("logistic", cm.FeatureSpec(categorical=["account_id"]))
@@ -115,7 +116,7 @@ def test_promote_rollback_and_tampered_artifact(prepared):
         fh.write(b"tampered")
     with pytest.raises(ArtifactError, match="altered"):
         mr.load_champion(store)
-    model, row, warnings = mr.serving_model(store)
+    _model, row, warnings = mr.serving_model(store)
     assert int(row["version"]) == 1 and any("altered" in w for w in warnings)
     check = mr.check_champion(store, day + timedelta(days=2), ctx.cfg)
     assert check["passed"] is False and check["severity"] == "ERROR" and "unreadable" in check["description"]
@@ -139,12 +140,13 @@ def test_unseen_values_at_scoring(prepared):
         assert 0 < out["predicted_ctr"] < 0.2 and out["warnings"] == []
 
 
-def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_url, env, model_world, monkeypatch):
+def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(
+    sqlite_url, env, model_world, monkeypatch, instance
+):
     env(sqlite_url)
     data, _ = model_world
     store = make_store(sqlite_url)
     ingest_frame(data, store=store, settings=load_settings(), today=date(2025, 1, 1))
-    instance = dg.DagsterInstance.ephemeral()
     end = START + timedelta(days=17)
     assert run_cycle(START, end, instance=instance)["status"] == "SUCCESS"
     champ = mr.champion(store)
@@ -156,5 +158,6 @@ def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(sqlite_u
     out = run_cycle(end + timedelta(days=1), end + timedelta(days=1), instance=instance)
     assert out["status"] == "FAILURE"
     checks = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey("ctr_model"), "champion_usable"), limit=1)
+        dg.AssetCheckKey(dg.AssetKey("ctr_model"), "champion_usable"), limit=1
+    )
     assert checks and checks[0].status.value == "FAILED"

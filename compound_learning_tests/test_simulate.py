@@ -22,8 +22,27 @@ def test_same_seed_same_files_and_cli(tmp_path):
     outs = []
     for i in range(2):
         out, truth = tmp_path / f"d{i}.csv", tmp_path / f"t{i}.json"
-        run = subprocess.run([sys.executable, "-m", "compound_learning.cli", "simulate", "--days", "5", "--accounts", "3",
-                              "--seed", "9", "--out", str(out), "--truth", str(truth)], capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "compound_learning.cli",
+                "simulate",
+                "--days",
+                "5",
+                "--accounts",
+                "3",
+                "--seed",
+                "9",
+                "--out",
+                str(out),
+                "--truth",
+                str(truth),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert run.returncode == 0, run.stderr
         outs.append((out.read_bytes(), truth.read_bytes()))
     assert outs[0] == outs[1]
@@ -31,7 +50,9 @@ def test_same_seed_same_files_and_cli(tmp_path):
 
 def test_world_structure_and_truth(world):
     data, truth = world
-    assert {"date", "account_id", "creative_id", "impressions", "clicks", "conversions", "spend", "revenue"} <= set(data.columns)
+    assert {"date", "account_id", "creative_id", "impressions", "clicks", "conversions", "spend", "revenue"} <= set(
+        data.columns
+    )
     assert (data["clicks"] <= data["impressions"]).all() and (data["conversions"] <= data["clicks"]).all()
     assert not data.duplicated(["account_id", "creative_id", "date"]).any()
     effects = pd.DataFrame(truth["effects"])

@@ -74,7 +74,11 @@ def shared_graph(graph: dict) -> dict:
     """The knowledge graph without pattern nodes and evidence that too few accounts back."""
     nodes = [n for n in graph["nodes"] if n["node_type"] != "pattern" or is_shared(n["properties"].get("accounts"))]
     kept = {n["node_id"] for n in nodes}
-    relationships = [r for r in graph["relationships"]
-                     if r["source"] in kept and r["target"] in kept
-                     and ("support" not in r["evidence"] or is_shared(r["evidence"]["support"].get("accounts")))]
+    relationships = [
+        r
+        for r in graph["relationships"]
+        if r["source"] in kept
+        and r["target"] in kept
+        and ("support" not in r["evidence"] or is_shared(r["evidence"]["support"].get("accounts")))
+    ]
     return {**graph, "nodes": nodes, "relationships": relationships}

@@ -106,7 +106,7 @@ def health(db: Store = Depends(get_db)) -> dict:
     try:
         db.ingestion_watermark()
         return {"status": "ok", "database": "ok"}
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         return JSONResponse(status_code=503, content={"status": "degraded", "database": str(exc)[:200]})
 
 
@@ -124,15 +124,22 @@ def patterns(
     """Latest patterns, most confident first (the CLI's `patterns --json` shape)."""
     if account_id:
         require(who, account_id)
-    items = queries.patterns(db, account_id=account_id, pattern_type=pattern_type or None,
-                             metric=metric.value if metric else None, state=state.value if state else None,
-                             min_confidence=min_confidence, limit=limit)
+    items = queries.patterns(
+        db,
+        account_id=account_id,
+        pattern_type=pattern_type or None,
+        metric=metric.value if metric else None,
+        state=state.value if state else None,
+        min_confidence=min_confidence,
+        limit=limit,
+    )
     return shared_patterns(items) if who.restricted and not account_id else items
 
 
 @router.get(f"{PREFIX}/knowledge-graph", tags=["knowledge"])
-def knowledge_graph(limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal),
-                    db: Store = Depends(get_db)) -> dict:
+def knowledge_graph(
+    limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal), db: Store = Depends(get_db)
+) -> dict:
     """Most important nodes, their relationships and confidence history. A scoped key sees
     pattern nodes and evidence only where enough accounts stand behind them."""
     graph = queries.knowledge_graph(db, limit=limit)
@@ -140,8 +147,9 @@ def knowledge_graph(limit: int = Query(50, ge=1, le=1000), who: Principal = Depe
 
 
 @router.get(f"{PREFIX}/cross-account-insights", tags=["knowledge"])
-def cross_account_insights(limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal),
-                           db: Store = Depends(get_db)) -> list[dict]:
+def cross_account_insights(
+    limit: int = Query(50, ge=1, le=1000), who: Principal = Depends(principal), db: Store = Depends(get_db)
+) -> list[dict]:
     """Effects that hold across enough accounts (relative figures, no account ids)."""
     return queries.cross_account(db, limit=limit)
 
@@ -154,8 +162,11 @@ def improvement_trajectory(account_id: str, who: Principal = Depends(principal),
 
 
 @router.get(f"{PREFIX}/dashboard", tags=["accounts"])
-def dashboard(account_id: str | None = Query(None, max_length=200), who: Principal = Depends(principal),
-              db: Store = Depends(get_db)) -> dict:
+def dashboard(
+    account_id: str | None = Query(None, max_length=200),
+    who: Principal = Depends(principal),
+    db: Store = Depends(get_db),
+) -> dict:
     """Trajectory, top patterns, cross-account insights, model status and the last cycles."""
     if account_id:
         require(who, account_id)
@@ -199,15 +210,18 @@ def _error(status: int):
     async def handler(_request, exc):
         detail = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
         return JSONResponse(status_code=status, content={"detail": str(detail)})
+
     return handler
 
 
-def create_app(store: Store | None = None, keys: dict[str, Principal] | None | str = "env",
-               launcher=None) -> FastAPI:
+def create_app(store: Store | None = None, keys: dict[str, Principal] | str | None = "env", launcher=None) -> FastAPI:
     """The app; ``store`` and ``keys`` default to the environment's configuration, ``launcher``
     (start, end) -> dict to :func:`compound_learning.orchestration.launch.launch`."""
-    app = FastAPI(title="compound_learning", version="0.1.0",
-                  description="Compounding, auditable knowledge from daily ad-creative performance.")
+    app = FastAPI(
+        title="compound_learning",
+        version="0.1.0",
+        description="Compounding, auditable knowledge from daily ad-creative performance.",
+    )
     app.state.store = store
     app.state.keys = load_keys() if keys == "env" else keys
     app.state.launcher = launcher or launch

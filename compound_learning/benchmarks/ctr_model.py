@@ -35,15 +35,22 @@ def quality(days: int = 60, accounts: int = 20, holdout_days: int = 7, seed: int
     train, hold = frame[frame["date"] < cut], frame[frame["date"] >= cut]
     spec = cm.FeatureSpec(categorical=[*DIMENSIONS, "account_id", "dow"])
     oracle = cm.evaluate(hold["true_ctr"].to_numpy(), hold)
-    out = {"train_rows": len(train), "holdout_rows": len(hold), "holdout_clicks": int(hold["clicks"].sum()),
-           "oracle": {k: oracle[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")}}
+    out = {
+        "train_rows": len(train),
+        "holdout_rows": len(hold),
+        "holdout_clicks": int(hold["clicks"].sum()),
+        "oracle": {k: oracle[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")},
+    }
     for family in cm.FAMILIES:
         start = time.perf_counter()
         model = cm.fit_model(train, spec, family)
         fit_s = time.perf_counter() - start
         m = cm.evaluate(cm.predict_ctr(model, hold, spec), hold)
-        out[family] = {"fit_seconds": round(fit_s, 3), "ne_vs_oracle": m["normalized_entropy"] / oracle["normalized_entropy"],
-                       **{k: m[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")}}
+        out[family] = {
+            "fit_seconds": round(fit_s, 3),
+            "ne_vs_oracle": m["normalized_entropy"] / oracle["normalized_entropy"],
+            **{k: m[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")},
+        }
     return out
 
 

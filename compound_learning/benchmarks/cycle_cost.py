@@ -26,7 +26,9 @@ REPORT_DAYS = (30, 90, 180, 365)
 
 def run(days: int = 365, accounts: int = 20, creatives: int = 150, url: str | None = None) -> dict:
     tmp = tempfile.mkdtemp(prefix="cycle_cost_")
-    settings = replace(load_settings(), database_url=url or f"sqlite:///{tmp}/bench.db", artifacts_dir=Path(tmp) / "art")
+    settings = replace(
+        load_settings(), database_url=url or f"sqlite:///{tmp}/bench.db", artifacts_dir=Path(tmp) / "art"
+    )
     store = Store(settings.database_url)
     data, _ = simulate(WorldConfig(days=days, accounts=accounts, creatives_per_account=creatives, seed=1))
     start = time.perf_counter()
@@ -40,7 +42,11 @@ def run(days: int = 365, accounts: int = 20, creatives: int = 150, url: str | No
         timing = {name: summary["seconds"] for name, summary in result.items()}
         if i + 1 in REPORT_DAYS:
             rows_today = int((data["date"] == day.isoformat()).sum())
-            out["days"][i + 1] = {"rows_that_day": rows_today, "total_seconds": round(sum(timing.values()), 2), **timing}
+            out["days"][i + 1] = {
+                "rows_that_day": rows_today,
+                "total_seconds": round(sum(timing.values()), 2),
+                **timing,
+            }
             print(json.dumps({f"day {i + 1}": out["days"][i + 1]}), flush=True)
     store.dispose()
     return out

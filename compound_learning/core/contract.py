@@ -75,15 +75,13 @@ def attributes_json(frame: pd.DataFrame, attribute_columns: list[str]) -> pd.Ser
     keys = pd.util.hash_pandas_object(values, index=False)
     first = ~keys.duplicated()
     encoded = {
-        key: json.dumps({c: v for c, v in zip(attribute_columns, record) if v}, sort_keys=True)
-        for key, record in zip(keys[first], values[first].itertuples(index=False, name=None))
+        key: json.dumps({c: v for c, v in zip(attribute_columns, record, strict=True) if v}, sort_keys=True)
+        for key, record in zip(keys[first], values[first].itertuples(index=False, name=None), strict=True)
     }
     return pd.Series(keys.map(encoded).to_numpy(), index=frame.index, dtype=object)
 
 
-def validate_frame(
-    raw: pd.DataFrame, *, partition_start: date, today: date | None = None
-) -> ValidationResult:
+def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | None = None) -> ValidationResult:
     """Check every row against the contract.
 
     Rows are rejected for: a missing or non-numeric metric, a negative or fractional count,
@@ -96,8 +94,7 @@ def validate_frame(
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ContractError(
-            f"missing required column(s) {missing}; required are {REQUIRED_COLUMNS}, "
-            f"found {list(df.columns)}"
+            f"missing required column(s) {missing}; required are {REQUIRED_COLUMNS}, found {list(df.columns)}"
         )
     attrs = attribute_columns_of(df.columns)
     reasons = pd.Series("", index=df.index, dtype=object)
@@ -129,30 +126,33 @@ def validate_frame(
 
     good_mask = reasons == ""
     # Duplicated keys inside one input: an exact repeat keeps one copy, conflicting copies all go.
-    keyed = pd.DataFrame(
-        {"account_id": df["account_id"], "creative_id": df["creative_id"], "date": parsed_dates}
-    )
+    keyed = pd.DataFrame({"account_id": df["account_id"], "creative_id": df["creative_id"], "date": parsed_dates})
     content = pd.util.hash_pandas_object(df, index=False)  # row content, NaN-safe
     candidates = keyed[good_mask]
     dup_any = candidates.duplicated(keep=False)
     if dup_any.any():
         dup_index = candidates.index[dup_any]
-        groups = pd.DataFrame({"k": pd.util.hash_pandas_object(candidates.loc[dup_index], index=False),
-                               "c": content.loc[dup_index]})
+        groups = pd.DataFrame(
+            {"k": pd.util.hash_pandas_object(candidates.loc[dup_index], index=False), "c": content.loc[dup_index]}
+        )
         n_contents = groups.groupby("k")["c"].transform("nunique")
         conflicting = groups.index[n_contents > 1]
         exact = groups.index[(n_contents == 1) & groups.duplicated(subset="k", keep="first")]
-        flag(pd.Series(reasons.index.isin(conflicting), index=reasons.index),
-             "duplicate key (account_id, creative_id, date) with different values in the same input")
-        flag(pd.Series(reasons.index.isin(exact), index=reasons.index),
-             "exact duplicate row in the same input")
+        flag(
+            pd.Series(reasons.index.isin(conflicting), index=reasons.index),
+            "duplicate key (account_id, creative_id, date) with different values in the same input",
+        )
+        flag(pd.Series(reasons.index.isin(exact), index=reasons.index), "exact duplicate row in the same input")
         good_mask = reasons == ""
 
     rejected = pd.DataFrame(
         {
             "reason": reasons[~good_mask].to_numpy(),
-            "day": df.loc[~good_mask, "date"].astype(object).where(df.loc[~good_mask, "date"].notna(), None)
-            .map(lambda v: None if v is None else str(v).strip()[:32]).to_numpy(),
+            "day": df.loc[~good_mask, "date"]
+            .astype(object)
+            .where(df.loc[~good_mask, "date"].notna(), None)
+            .map(lambda v: None if v is None else str(v).strip()[:32])
+            .to_numpy(),
             "row": [_raw_row_json(r) for _, r in df[~good_mask].iterrows()],
         }
     )

@@ -14,6 +14,7 @@ champion (paired bootstrap of the log-loss difference, plus calibration within 5
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,22 +58,39 @@ def _expand(rows: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, np.nda
 def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
     cats = list(spec.categorical)
     if family == "logistic":
-        pre = ColumnTransformer([
-            ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=5), cats),
-            ("num", FunctionTransformer(), NUMERIC),
-        ])
+        pre = ColumnTransformer(
+            [
+                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=5), cats),
+                ("num", FunctionTransformer(), NUMERIC),
+            ]
+        )
         return Pipeline([("features", pre), ("model", LogisticRegression(C=1.0, max_iter=2000))])
     if family == "hist_gradient_boosting":
-        pre = ColumnTransformer([
-            # Native categorical splits allow at most 255 values: rarer ones (e.g. the 600th
-            # account) share one "infrequent" code.
-            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                   encoded_missing_value=np.nan, max_categories=250), cats),
-            ("num", FunctionTransformer(), NUMERIC),
-        ])
+        pre = ColumnTransformer(
+            [
+                # Native categorical splits allow at most 255 values: rarer ones (e.g. the 600th
+                # account) share one "infrequent" code.
+                (
+                    "cat",
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value",
+                        unknown_value=np.nan,
+                        encoded_missing_value=np.nan,
+                        max_categories=250,
+                    ),
+                    cats,
+                ),
+                ("num", FunctionTransformer(), NUMERIC),
+            ]
+        )
         model = HistGradientBoostingClassifier(
-            categorical_features=list(range(len(cats))), max_iter=200, learning_rate=0.05,
-            max_leaf_nodes=15, l2_regularization=1.0, early_stopping=False, random_state=0,
+            categorical_features=list(range(len(cats))),
+            max_iter=200,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            l2_regularization=1.0,
+            early_stopping=False,
+            random_state=0,
         )
         return Pipeline([("features", pre), ("model", model)])
     raise ValueError(f"unknown model family {family!r}")
@@ -121,17 +139,25 @@ def evaluate(p: np.ndarray, rows: pd.DataFrame, bins: int = 10) -> dict:
     order = np.argsort(p)
     edges = np.linspace(0, len(p), bins + 1).astype(int)
     reliability = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         idx = order[lo:hi]
         if len(idx) == 0 or n[idx].sum() == 0:
             continue
-        reliability.append({"predicted_ctr": float(np.sum(p[idx] * n[idx]) / n[idx].sum()),
-                            "observed_ctr": float(c[idx].sum() / n[idx].sum()),
-                            "impressions": int(n[idx].sum())})
+        reliability.append(
+            {
+                "predicted_ctr": float(np.sum(p[idx] * n[idx]) / n[idx].sum()),
+                "observed_ctr": float(c[idx].sum() / n[idx].sum()),
+                "impressions": int(n[idx].sum()),
+            }
+        )
     return {
-        "log_loss": float(ll), "normalized_entropy": float(ll / entropy), "auc": auc,
+        "log_loss": float(ll),
+        "normalized_entropy": float(ll / entropy),
+        "auc": auc,
         "calibration_ratio": float(expected / total_c) if total_c > 0 else None,
-        "brier": brier, "impressions": int(total_n), "clicks": int(total_c),
+        "brier": brier,
+        "impressions": int(total_n),
+        "clicks": int(total_c),
         "reliability": reliability,
     }
 
@@ -144,13 +170,20 @@ def per_account_metrics(p: np.ndarray, rows: pd.DataFrame) -> dict:
         out[str(account_id)] = {
             "log_loss": float(row_log_loss(p[idx], sub).sum() / n) if n else None,
             "calibration_ratio": float(np.sum(p[idx] * sub["impressions"]) / c) if c else None,
-            "clicks": int(c), "impressions": int(n),
+            "clicks": int(c),
+            "impressions": int(n),
         }
     return out
 
 
-def paired_bootstrap(ll_new: np.ndarray, ll_old: np.ndarray, impressions: np.ndarray,
-                     groups: np.ndarray, n_boot: int = 500, seed: int = 0) -> dict:
+def paired_bootstrap(
+    ll_new: np.ndarray,
+    ll_old: np.ndarray,
+    impressions: np.ndarray,
+    groups: np.ndarray,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict:
     """Bootstrap (over creatives) of the per-impression log-loss difference new - old."""
     rng = np.random.default_rng(seed)
     codes, uniques = pd.factorize(groups)
@@ -161,11 +194,16 @@ def paired_bootstrap(ll_new: np.ndarray, ll_old: np.ndarray, impressions: np.nda
     for b in range(n_boot):
         counts = np.bincount(rng.integers(0, k, k), minlength=k)
         diffs[b] = np.sum(counts * d_sum) / max(np.sum(counts * n_sum), EPS)
-    return {"mean_diff": float(d_sum.sum() / max(n_sum.sum(), EPS)),
-            "ci_low": float(np.quantile(diffs, 0.025)), "ci_high": float(np.quantile(diffs, 0.975))}
+    return {
+        "mean_diff": float(d_sum.sum() / max(n_sum.sum(), EPS)),
+        "ci_low": float(np.quantile(diffs, 0.025)),
+        "ci_high": float(np.quantile(diffs, 0.975)),
+    }
 
 
-def promotion_decision(challenger_metrics: dict, bootstrap: dict | None, calibration_tolerance: float = 0.05) -> tuple[bool, str]:
+def promotion_decision(
+    challenger_metrics: dict, bootstrap: dict | None, calibration_tolerance: float = 0.05
+) -> tuple[bool, str]:
     """Whether the challenger replaces the champion, and why (recorded in the registry)."""
     ratio = challenger_metrics.get("calibration_ratio")
     if ratio is None or abs(ratio - 1.0) > calibration_tolerance:
@@ -173,7 +211,11 @@ def promotion_decision(challenger_metrics: dict, bootstrap: dict | None, calibra
     if bootstrap is None:
         return True, "no champion yet: first calibrated model becomes champion"
     if bootstrap["ci_high"] < 0:
-        return True, (f"better on the holdout: log-loss difference {bootstrap['mean_diff']:.3g} "
-                      f"per impression, 95% CI [{bootstrap['ci_low']:.3g}, {bootstrap['ci_high']:.3g}]")
-    return False, (f"not better on the holdout: log-loss difference {bootstrap['mean_diff']:.3g}, "
-                   f"95% CI upper bound {bootstrap['ci_high']:.3g} is not below zero")
+        return True, (
+            f"better on the holdout: log-loss difference {bootstrap['mean_diff']:.3g} "
+            f"per impression, 95% CI [{bootstrap['ci_low']:.3g}, {bootstrap['ci_high']:.3g}]"
+        )
+    return False, (
+        f"not better on the holdout: log-loss difference {bootstrap['mean_diff']:.3g}, "
+        f"95% CI upper bound {bootstrap['ci_high']:.3g} is not below zero"
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from compound_learning.core.effects import Z95
 from compound_learning.config import GLOBAL
+from compound_learning.core.effects import Z95
 from compound_learning.core.patterns import main_effects
 from compound_learning.core.shrinkage import posterior, prior_variance
 
@@ -31,22 +31,50 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
     for metric, sub in glob.groupby("metric"):
         tau2 = prior_variance(sub["log_effect"], sub["std_error"])
         mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
-        for r, m, s in zip(sub.itertuples(), mean, sd):
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             global_means[(metric, r.dimension, r.value)] = float(m)
-            rows.append({"account_id": GLOBAL, "metric": metric, "dimension": r.dimension, "value": r.value,
-                         "weight": float(m), "weight_se": float(s), "creatives": int(r.creatives)})
+            rows.append(
+                {
+                    "account_id": GLOBAL,
+                    "metric": metric,
+                    "dimension": r.dimension,
+                    "value": r.value,
+                    "weight": float(m),
+                    "weight_se": float(s),
+                    "creatives": int(r.creatives),
+                }
+            )
     local = effects[effects["account_id"] != GLOBAL]
     for metric, sub in local.groupby("metric"):
-        prior = np.array([global_means.get((metric, d, v), 0.0) for d, v in zip(sub["dimension"], sub["value"])])
+        prior = np.array(
+            [global_means.get((metric, d, v), 0.0) for d, v in zip(sub["dimension"], sub["value"], strict=True)]
+        )
         tau2 = prior_variance(sub["log_effect"], sub["std_error"], prior)
         mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2, prior)
-        for r, m, s in zip(sub.itertuples(), mean, sd):
-            rows.append({"account_id": r.account_id, "metric": metric, "dimension": r.dimension, "value": r.value,
-                         "weight": float(m), "weight_se": float(s), "creatives": int(r.creatives)})
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
+            rows.append(
+                {
+                    "account_id": r.account_id,
+                    "metric": metric,
+                    "dimension": r.dimension,
+                    "value": r.value,
+                    "weight": float(m),
+                    "weight_se": float(s),
+                    "creatives": int(r.creatives),
+                }
+            )
     for b in baselines.itertuples():
-        rows.append({"account_id": b.account_id, "metric": b.metric, "dimension": BASELINE_VALUE,
-                     "value": BASELINE_VALUE, "weight": float(b.log_rate),
-                     "weight_se": float(b.std_error) if np.isfinite(b.std_error) else 0.0, "creatives": 0})
+        rows.append(
+            {
+                "account_id": b.account_id,
+                "metric": b.metric,
+                "dimension": BASELINE_VALUE,
+                "value": BASELINE_VALUE,
+                "weight": float(b.log_rate),
+                "weight_se": float(b.std_error) if np.isfinite(b.std_error) else 0.0,
+                "creatives": 0,
+            }
+        )
     return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
 
 
@@ -79,25 +107,44 @@ def score_creative(weights: pd.DataFrame, account_id: str, creative: dict[str, s
         log_rate, var = float(b["weight"].iloc[0]), float(b["weight_se"].iloc[0]) ** 2
         total = 0.0
         for dim, value in sorted(creative.items()):
-            src = account_w if ((account_w["metric"] == metric) & (account_w["dimension"] == dim) & (account_w["value"] == value)).any() else global_w
+            src = (
+                account_w
+                if (
+                    (account_w["metric"] == metric) & (account_w["dimension"] == dim) & (account_w["value"] == value)
+                ).any()
+                else global_w
+            )
             row = src[(src["metric"] == metric) & (src["dimension"] == dim) & (src["value"] == value)]
             if row.empty:
                 continue
             w, se = float(row["weight"].iloc[0]), float(row["weight_se"].iloc[0])
             total += w
             var += se**2
-            contributions.append({"dimension": dim, "value": value, "metric": metric, "lift": float(np.expm1(w)),
-                                  "source": "account" if src is account_w else "global"})
+            contributions.append(
+                {
+                    "dimension": dim,
+                    "value": value,
+                    "metric": metric,
+                    "lift": float(np.expm1(w)),
+                    "source": "account" if src is account_w else "global",
+                }
+            )
         est = log_rate + total
         sd = float(np.sqrt(var))
-        predictions[metric] = {"predicted": float(np.exp(est)), "ci_low": float(np.exp(est - Z95 * sd)),
-                               "ci_high": float(np.exp(est + Z95 * sd)), "baseline": float(np.exp(log_rate)),
-                               "relative_to_baseline": float(np.exp(total))}
+        predictions[metric] = {
+            "predicted": float(np.exp(est)),
+            "ci_low": float(np.exp(est - Z95 * sd)),
+            "ci_high": float(np.exp(est + Z95 * sd)),
+            "baseline": float(np.exp(log_rate)),
+            "relative_to_baseline": float(np.exp(total)),
+        }
     headline = "roas" if "roas" in predictions else "ctr"
     return {
         "account_id": account_id,
         "creative": creative,
-        "dna_score": round(100.0 * predictions[headline]["relative_to_baseline"], 1) if headline in predictions else None,
+        "dna_score": round(100.0 * predictions[headline]["relative_to_baseline"], 1)
+        if headline in predictions
+        else None,
         "dna_score_metric": headline,
         "predictions": predictions,
         "contributions": contributions,

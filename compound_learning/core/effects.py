@@ -59,8 +59,8 @@ class _Coded:
         for c, v in self.sums.items():
             vals = v[mask]
             out[c] = float(np.nansum(vals)) if np.isfinite(vals).any() else np.nan
-        out["creatives"] = int(len(np.unique(self.creative[mask])))
-        out["accounts"] = int(len(np.unique(self.account[mask])))
+        out["creatives"] = len(np.unique(self.creative[mask]))
+        out["accounts"] = len(np.unique(self.account[mask]))
         return out
 
 
@@ -141,8 +141,16 @@ def fit_effects(
     notes: list[str] = []
     fitted = _fit_glm(y, X, offset, coded.creative)
     if fitted is None:
-        return EffectFit(metric, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), len(data),
-                         coded.n_creatives, False, ["GLM fit failed (too little or degenerate data)"])
+        return EffectFit(
+            metric,
+            pd.DataFrame(),
+            pd.DataFrame(),
+            pd.DataFrame(),
+            len(data),
+            coded.n_creatives,
+            False,
+            ["GLM fit failed (too little or degenerate data)"],
+        )
     params, cov, converged = fitted
     if not converged:
         notes.append("GLM did not converge; estimates are unreliable")
@@ -153,8 +161,16 @@ def fit_effects(
         keep, Xc, y_c, count_c, e_c = collapsed
         meta = _fit_creative_re(y_c, count_c, e_c, Xc)
         if meta is None:
-            return EffectFit(metric, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), len(data),
-                             coded.n_creatives, False, ["too few creatives for the creative-level model"])
+            return EffectFit(
+                metric,
+                pd.DataFrame(),
+                pd.DataFrame(),
+                pd.DataFrame(),
+                len(data),
+                coded.n_creatives,
+                False,
+                ["too few creatives for the creative-level model"],
+            )
         params = params.copy()
         params[keep] = meta[0]
         cov = np.zeros_like(cov)
@@ -177,8 +193,16 @@ def fit_effects(
             if lv != ref:
                 vec[index[(f"attr:{dim}", lv)]] += 1.0
             est, se = contrast(vec)
-            rows.append({"dimension": dim, "value": lv, "log_effect": est, "std_error": se, "df": dof,
-                         **coded.support(codes == all_levels.index(lv))})
+            rows.append(
+                {
+                    "dimension": dim,
+                    "value": lv,
+                    "log_effect": est,
+                    "std_error": se,
+                    "df": dof,
+                    **coded.support(codes == all_levels.index(lv)),
+                }
+            )
     effects = pd.DataFrame(rows)
 
     irows = []
@@ -206,8 +230,18 @@ def fit_effects(
             for k, (d1, v1, d2, v2, mask) in enumerate(terms):
                 j = Xc.shape[1] + k
                 se = float(np.sqrt(cov_i[j, j])) if cov_i[j, j] > 0 else np.nan
-                irows.append({"dimension": d1, "value": v1, "dimension2": d2, "value2": v2,
-                              "log_effect": float(p_i[j]), "std_error": se, "df": df_i, **coded.support(mask)})
+                irows.append(
+                    {
+                        "dimension": d1,
+                        "value": v1,
+                        "dimension2": d2,
+                        "value2": v2,
+                        "log_effect": float(p_i[j]),
+                        "std_error": se,
+                        "df": df_i,
+                        **coded.support(mask),
+                    }
+                )
     interactions = pd.DataFrame(irows)
 
     # Baseline of each account: a fresh creative (first age bucket), average day of week,

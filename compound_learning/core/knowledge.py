@@ -47,7 +47,9 @@ def shrink_patterns(patterns: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def co_occurrence(creatives: pd.DataFrame, dims: list[str], min_creatives: int = 5, min_ratio: float = 1.5) -> pd.DataFrame:
+def co_occurrence(
+    creatives: pd.DataFrame, dims: list[str], min_creatives: int = 5, min_ratio: float = 1.5
+) -> pd.DataFrame:
     """Pairs of values that appear together in the library more than chance would give."""
     rows = []
     n = len(creatives)
@@ -72,45 +74,84 @@ def build_graph(patterns: pd.DataFrame, creatives: pd.DataFrame, dims: list[str]
     total_creatives = max(len(creatives), 1)
 
     for metric in sorted(glob["metric"].unique()) if not glob.empty else []:
-        nodes[f"metric:{metric}"] = {"node_id": f"metric:{metric}", "node_type": "metric", "label": metric,
-                                     "properties": json.dumps({}), "confidence": 1.0, "importance": 1.0}
+        nodes[f"metric:{metric}"] = {
+            "node_id": f"metric:{metric}",
+            "node_type": "metric",
+            "label": metric,
+            "properties": json.dumps({}),
+            "confidence": 1.0,
+            "importance": 1.0,
+        }
 
     main = glob[glob["pattern_type"] != "interaction"] if not glob.empty else glob
-    for (dim_value_json), sub in (main.groupby("attributes") if not main.empty else []):
-        (dim, value), = json.loads(dim_value_json).items()
+    for (dim_value_json), sub in main.groupby("attributes") if not main.empty else []:
+        ((dim, value),) = json.loads(dim_value_json).items()
         share = float((creatives[dim] == value).sum()) / total_creatives if dim in creatives else 0.0
         per_metric = {
-            r.metric: {"posterior_lift": float(np.expm1(r.post_mean)) if pd.notna(r.post_mean) else None,
-                       "sign_probability": float(r.post_prob), "state": r.state,
-                       "lift": None if pd.isna(r.lift) else float(r.lift)}
+            r.metric: {
+                "posterior_lift": float(np.expm1(r.post_mean)) if pd.notna(r.post_mean) else None,
+                "sign_probability": float(r.post_prob),
+                "state": r.state,
+                "lift": None if pd.isna(r.lift) else float(r.lift),
+            }
             for r in sub.itertuples()
         }
         best = sub.loc[sub["post_prob"].idxmax()]
         strength = float(np.nanmax(np.abs(sub["post_mean"].to_numpy()))) if sub["post_mean"].notna().any() else 0.0
         nid = value_node(dim, value)
-        nodes[nid] = {"node_id": nid, "node_type": "attribute_value", "label": f"{dim} = {value}",
-                      "properties": json.dumps({"dimension": dim, "value": value, "creative_share": share,
-                                                "metrics": per_metric}, sort_keys=True),
-                      "confidence": float(best["post_prob"]), "importance": strength * np.sqrt(share)}
+        nodes[nid] = {
+            "node_id": nid,
+            "node_type": "attribute_value",
+            "label": f"{dim} = {value}",
+            "properties": json.dumps(
+                {"dimension": dim, "value": value, "creative_share": share, "metrics": per_metric}, sort_keys=True
+            ),
+            "confidence": float(best["post_prob"]),
+            "importance": strength * np.sqrt(share),
+        }
         for r in sub.itertuples():
             pid = f"pattern:{r.pattern_id}"
-            nodes[pid] = {"node_id": pid, "node_type": "pattern", "label": f"{dim} = {value} on {r.metric}",
-                          "properties": json.dumps({"lift": None if pd.isna(r.lift) else float(r.lift),
-                                                    "ci_low": None if pd.isna(r.ci_low) else float(r.ci_low),
-                                                    "ci_high": None if pd.isna(r.ci_high) else float(r.ci_high),
-                                                    "q_value": None if pd.isna(r.q_value) else float(r.q_value),
-                                                    "state": r.state,
-                                                    "accounts": json.loads(r.support).get("accounts")}, sort_keys=True),
-                          "confidence": float(r.post_prob),
-                          "importance": abs(float(r.post_mean)) * np.sqrt(share) if pd.notna(r.post_mean) else 0.0}
+            nodes[pid] = {
+                "node_id": pid,
+                "node_type": "pattern",
+                "label": f"{dim} = {value} on {r.metric}",
+                "properties": json.dumps(
+                    {
+                        "lift": None if pd.isna(r.lift) else float(r.lift),
+                        "ci_low": None if pd.isna(r.ci_low) else float(r.ci_low),
+                        "ci_high": None if pd.isna(r.ci_high) else float(r.ci_high),
+                        "q_value": None if pd.isna(r.q_value) else float(r.q_value),
+                        "state": r.state,
+                        "accounts": json.loads(r.support).get("accounts"),
+                    },
+                    sort_keys=True,
+                ),
+                "confidence": float(r.post_prob),
+                "importance": abs(float(r.post_mean)) * np.sqrt(share) if pd.notna(r.post_mean) else 0.0,
+            }
             edges.append(_edge(pid, nid, "describes", r.metric, 1.0, 1.0, {}))
-            evidence = {"lift": None if pd.isna(r.lift) else float(r.lift), "q_value": None if pd.isna(r.q_value) else float(r.q_value),
-                        "support": json.loads(r.support)}
+            evidence = {
+                "lift": None if pd.isna(r.lift) else float(r.lift),
+                "q_value": None if pd.isna(r.q_value) else float(r.q_value),
+                "support": json.loads(r.support),
+            }
             if r.state == "significant":
                 kind = "improves" if r.log_effect > 0 else "hurts"
-                edges.append(_edge(nid, f"metric:{r.metric}", kind, r.metric, float(r.post_mean), float(r.post_prob), evidence))
+                edges.append(
+                    _edge(nid, f"metric:{r.metric}", kind, r.metric, float(r.post_mean), float(r.post_prob), evidence)
+                )
             elif r.state == "contradicted":
-                edges.append(_edge(pid, f"metric:{r.metric}", "contradicts", r.metric, float(r.post_mean or 0), float(r.post_prob), evidence))
+                edges.append(
+                    _edge(
+                        pid,
+                        f"metric:{r.metric}",
+                        "contradicts",
+                        r.metric,
+                        float(r.post_mean or 0),
+                        float(r.post_prob),
+                        evidence,
+                    )
+                )
 
     inter = glob[glob["pattern_type"] == "interaction"] if not glob.empty else glob
     for r in inter.itertuples() if not inter.empty else []:
@@ -118,23 +159,49 @@ def build_graph(patterns: pd.DataFrame, creatives: pd.DataFrame, dims: list[str]
             continue
         (d1, v1), (d2, v2) = sorted(json.loads(r.attributes).items())
         kind = "synergy" if r.log_effect > 0 else "antagonism"
-        edges.append(_edge(value_node(d1, v1), value_node(d2, v2), kind, r.metric, float(r.post_mean), float(r.post_prob),
-                           {"lift": float(r.lift), "q_value": float(r.q_value), "support": json.loads(r.support)}))
+        edges.append(
+            _edge(
+                value_node(d1, v1),
+                value_node(d2, v2),
+                kind,
+                r.metric,
+                float(r.post_mean),
+                float(r.post_prob),
+                {"lift": float(r.lift), "q_value": float(r.q_value), "support": json.loads(r.support)},
+            )
+        )
 
     for r in co_occurrence(creatives, dims).itertuples():
         a, b = value_node(r.d1, r.v1), value_node(r.d2, r.v2)
         if a in nodes and b in nodes:
-            edges.append(_edge(a, b, "co_occurs", "-", float(r.ratio), 1.0,
-                               {"creatives_together": r.together, "ratio_to_chance": round(r.ratio, 3)}))
+            edges.append(
+                _edge(
+                    a,
+                    b,
+                    "co_occurs",
+                    "-",
+                    float(r.ratio),
+                    1.0,
+                    {"creatives_together": r.together, "ratio_to_chance": round(r.ratio, 3)},
+                )
+            )
 
     node_df = pd.DataFrame(list(nodes.values()), columns=NODE_COLUMNS)
     if not node_df.empty and node_df["importance"].max() > 0:
         node_df["importance"] = node_df["importance"] / node_df["importance"].max()
     edge_df = pd.DataFrame(edges, columns=EDGE_COLUMNS).drop_duplicates(
-        subset=["source_id", "target_id", "relationship_type", "metric"])
+        subset=["source_id", "target_id", "relationship_type", "metric"]
+    )
     return node_df, edge_df
 
 
 def _edge(source, target, kind, metric, strength, confidence, evidence) -> dict:
-    return {"source_id": source, "target_id": target, "relationship_type": kind, "metric": metric,
-            "strength": float(strength), "confidence": float(confidence), "evidence": json.dumps(evidence, sort_keys=True)}
+    return {
+        "source_id": source,
+        "target_id": target,
+        "relationship_type": kind,
+        "metric": metric,
+        "strength": float(strength),
+        "confidence": float(confidence),
+        "evidence": json.dumps(evidence, sort_keys=True),
+    }

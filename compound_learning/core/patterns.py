@@ -27,9 +27,24 @@ from compound_learning.config import GLOBAL, PatternSettings
 from compound_learning.core.effects import METRIC_SPECS, EffectFit, fit_effects
 
 PATTERN_COLUMNS = [
-    "pattern_id", "pattern_type", "account_id", "attributes", "metric", "lift", "ci_low", "ci_high",
-    "log_effect", "std_error", "p_value", "q_value", "confidence", "state", "streak", "support",
-    "first_seen", "last_updated",
+    "pattern_id",
+    "pattern_type",
+    "account_id",
+    "attributes",
+    "metric",
+    "lift",
+    "ci_low",
+    "ci_high",
+    "log_effect",
+    "std_error",
+    "p_value",
+    "q_value",
+    "confidence",
+    "state",
+    "streak",
+    "support",
+    "first_seen",
+    "last_updated",
 ]
 
 
@@ -59,26 +74,30 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
             else:
                 attrs = {r["dimension"]: r["value"]}
                 ptype = r["dimension"]
-            support = {k: (None if pd.isna(r.get(k)) else float(r[k]) if k in ("spend", "revenue") else int(round(r[k])))
-                       for k in ("impressions", "clicks", "conversions", "spend", "revenue", "creatives", "accounts")
-                       if k in r}
+            support = {
+                k: (None if pd.isna(r.get(k)) else float(r[k]) if k in ("spend", "revenue") else round(r[k]))
+                for k in ("impressions", "clicks", "conversions", "spend", "revenue", "creatives", "accounts")
+                if k in r
+            }
             est, se = r["log_effect"], r["std_error"]
             # |log effect| > 10 (a 22,000x lift) only comes from separation, never from evidence.
             estimable = np.isfinite(est) and np.isfinite(se) and se > 0 and abs(est) < 10
             needed = settings.min_interaction_creatives if is_inter else settings.min_creatives
             enough = support.get("creatives", 0) >= needed
-            rows.append({
-                "pattern_id": pattern_id(fit.metric, account_id, attrs),
-                "pattern_type": ptype,
-                "account_id": account_id,
-                "attributes": json.dumps(attrs, sort_keys=True),
-                "metric": fit.metric,
-                "log_effect": float(est) if np.isfinite(est) else np.nan,
-                "std_error": float(se) if estimable else np.nan,
-                "df": float(r.get("df", np.inf)),
-                "testable": bool(estimable and enough),
-                "support": json.dumps(support, sort_keys=True),
-            })
+            rows.append(
+                {
+                    "pattern_id": pattern_id(fit.metric, account_id, attrs),
+                    "pattern_type": ptype,
+                    "account_id": account_id,
+                    "attributes": json.dumps(attrs, sort_keys=True),
+                    "metric": fit.metric,
+                    "log_effect": float(est) if np.isfinite(est) else np.nan,
+                    "std_error": float(se) if estimable else np.nan,
+                    "df": float(r.get("df", np.inf)),
+                    "testable": bool(estimable and enough),
+                    "support": json.dumps(support, sort_keys=True),
+                }
+            )
     return rows
 
 
@@ -87,8 +106,14 @@ def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -
     pairs = list(combinations(dims, 2)) if settings.interactions else []
     global_fits = {}
     for metric in METRIC_SPECS:
-        fit = fit_effects(cells, dims, metric, interaction_pairs=pairs, inference=settings.global_inference,
-                          min_cell_creatives=settings.min_interaction_creatives)
+        fit = fit_effects(
+            cells,
+            dims,
+            metric,
+            interaction_pairs=pairs,
+            inference=settings.global_inference,
+            min_cell_creatives=settings.min_interaction_creatives,
+        )
         if fit is not None:
             global_fits[metric] = fit
     account_fits = {}
@@ -134,7 +159,7 @@ def build_patterns(
 
 def _apply_states(df: pd.DataFrame, as_of: date, previous: pd.DataFrame | None, s: PatternSettings) -> pd.DataFrame:
     cols = ["pattern_id", "log_effect", "state", "streak", "first_seen"]
-    prev = (previous[cols] if previous is not None and not previous.empty else pd.DataFrame(columns=cols))
+    prev = previous[cols] if previous is not None and not previous.empty else pd.DataFrame(columns=cols)
     merged = df.merge(prev.rename(columns={c: f"prev_{c}" for c in cols[1:]}), on="pattern_id", how="left")
     has_prev = merged["prev_state"].notna().to_numpy()
     sign = np.sign(merged["log_effect"].fillna(0.0)).to_numpy()
@@ -165,24 +190,28 @@ def patterns_to_records(df: pd.DataFrame) -> list[dict]:
     """The output contract shared by the CLI and the HTTP API."""
     out = []
     for r in df.to_dict("records"):
+
         def num(v):
             return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
-        out.append({
-            "pattern_id": r["pattern_id"],
-            "pattern_type": r["pattern_type"],
-            "attributes": json.loads(r["attributes"]),
-            "metric": r["metric"],
-            "lift": num(r["lift"]),
-            "ci_low": num(r["ci_low"]),
-            "ci_high": num(r["ci_high"]),
-            "q_value": num(r["q_value"]),
-            "confidence": num(r["confidence"]),
-            "state": r["state"],
-            "support": json.loads(r["support"]),
-            "account_id": None if r["account_id"] == GLOBAL else r["account_id"],
-            "first_seen": str(pd.Timestamp(r["first_seen"]).date()),
-            "last_updated": str(pd.Timestamp(r["last_updated"]).date()),
-        })
+
+        out.append(
+            {
+                "pattern_id": r["pattern_id"],
+                "pattern_type": r["pattern_type"],
+                "attributes": json.loads(r["attributes"]),
+                "metric": r["metric"],
+                "lift": num(r["lift"]),
+                "ci_low": num(r["ci_low"]),
+                "ci_high": num(r["ci_high"]),
+                "q_value": num(r["q_value"]),
+                "confidence": num(r["confidence"]),
+                "state": r["state"],
+                "support": json.loads(r["support"]),
+                "account_id": None if r["account_id"] == GLOBAL else r["account_id"],
+                "first_seen": str(pd.Timestamp(r["first_seen"]).date()),
+                "last_updated": str(pd.Timestamp(r["last_updated"]).date()),
+            }
+        )
     return out
 
 
@@ -190,11 +219,18 @@ def main_effects(patterns: pd.DataFrame) -> pd.DataFrame:
     """Estimable main-effect patterns as (account_id, metric, dimension, value, est, se, creatives)."""
     main = patterns[(patterns["pattern_type"] != "interaction") & patterns["std_error"].notna()]
     if main.empty:
-        return pd.DataFrame(columns=["account_id", "metric", "dimension", "value", "log_effect", "std_error", "creatives"])
+        return pd.DataFrame(
+            columns=["account_id", "metric", "dimension", "value", "log_effect", "std_error", "creatives"]
+        )
     pairs = [next(iter(json.loads(a).items())) for a in main["attributes"]]
-    return pd.DataFrame({
-        "account_id": main["account_id"].to_numpy(), "metric": main["metric"].to_numpy(),
-        "dimension": [d for d, _ in pairs], "value": [v for _, v in pairs],
-        "log_effect": main["log_effect"].to_numpy(float), "std_error": main["std_error"].to_numpy(float),
-        "creatives": [json.loads(s).get("creatives", 0) for s in main["support"]],
-    })
+    return pd.DataFrame(
+        {
+            "account_id": main["account_id"].to_numpy(),
+            "metric": main["metric"].to_numpy(),
+            "dimension": [d for d, _ in pairs],
+            "value": [v for _, v in pairs],
+            "log_effect": main["log_effect"].to_numpy(float),
+            "std_error": main["std_error"].to_numpy(float),
+            "creatives": [json.loads(s).get("creatives", 0) for s in main["support"]],
+        }
+    )

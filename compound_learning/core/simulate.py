@@ -54,8 +54,10 @@ INTERACTIONS = [  # (dim_a, value_a, dim_b, value_b, metric, log effect before s
     ("hook_type", "offer", "audience", "retargeting", "cvr", 0.30),
 ]
 # Library correlations: P(value of `child` | value of `parent`) leans towards these pairs.
-CORRELATIONS = [("hook_type", "format", {"story": "video", "testimonial": "video", "statistic": "image"}, 0.75),
-                ("hook_type", "cta", {"offer": "shop_now", "question": "learn_more", "statistic": "learn_more"}, 0.8)]
+CORRELATIONS = [
+    ("hook_type", "format", {"story": "video", "testimonial": "video", "statistic": "image"}, 0.75),
+    ("hook_type", "cta", {"offer": "shop_now", "question": "learn_more", "statistic": "learn_more"}, 0.8),
+]
 
 
 @dataclass
@@ -93,11 +95,15 @@ def _interaction_matrix(cfg: WorldConfig, metric: str) -> dict[tuple[str, str], 
         ea = np.eye(ka)[cfg.dimensions[da].index(va)] - 1.0 / ka
         eb = np.eye(kb)[cfg.dimensions[db].index(vb)] - 1.0 / kb
         # Double-centred: rows and columns sum to zero, so main effects are unchanged.
-        out[(da, db)] = out.get((da, db), 0) + gamma * cfg.effect_scale * np.outer(ea, eb) * (ka * kb) / ((ka - 1) * (kb - 1))
+        out[(da, db)] = out.get((da, db), 0) + gamma * cfg.effect_scale * np.outer(ea, eb) * (ka * kb) / (
+            (ka - 1) * (kb - 1)
+        )
     return out
 
 
-def _draw_attributes(rng, cfg: WorldConfig, n: int, preference: np.ndarray | None, ctr_eff, cvr_eff) -> dict[str, np.ndarray]:
+def _draw_attributes(
+    rng, cfg: WorldConfig, n: int, preference: np.ndarray | None, ctr_eff, cvr_eff
+) -> dict[str, np.ndarray]:
     """Draw `n` creatives' attributes; `preference` (0..1 per creative) tilts towards winners."""
     attrs: dict[str, np.ndarray] = {}
     for dim, values in cfg.dimensions.items():
@@ -130,19 +136,25 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
     dims = list(cfg.dimensions)
 
     accounts = [f"acct_{i + 1:03d}" for i in range(cfg.accounts)]
-    n_learning = 0 if cfg.null else int(round(cfg.learning_accounts_share * cfg.accounts))
+    n_learning = 0 if cfg.null else round(cfg.learning_accounts_share * cfg.accounts)
     learning = {a: i < n_learning for i, a in enumerate(accounts)}
-    acct = pd.DataFrame({
-        "account_id": accounts,
-        "log_ctr": rng.normal(np.log(0.012), 0.3, cfg.accounts),
-        "log_cvr": rng.normal(np.log(0.05), 0.3, cfg.accounts),
-        "aov": np.exp(rng.normal(np.log(60.0), 0.3, cfg.accounts)),
-        "cpm": np.exp(rng.normal(np.log(8.0), 0.2, cfg.accounts)),
-        "volume": np.exp(rng.normal(np.log(4000.0), 0.5, cfg.accounts)),
-    })
+    acct = pd.DataFrame(
+        {
+            "account_id": accounts,
+            "log_ctr": rng.normal(np.log(0.012), 0.3, cfg.accounts),
+            "log_cvr": rng.normal(np.log(0.05), 0.3, cfg.accounts),
+            "aov": np.exp(rng.normal(np.log(60.0), 0.3, cfg.accounts)),
+            "cpm": np.exp(rng.normal(np.log(8.0), 0.2, cfg.accounts)),
+            "volume": np.exp(rng.normal(np.log(4000.0), 0.5, cfg.accounts)),
+        }
+    )
     # Per-account deviations of each effect (heterogeneity across accounts).
-    acct_dev = {(a, d, m): rng.normal(0, 0.05 * (0 if cfg.null else 1), len(cfg.dimensions[d]))
-                for a in accounts for d in dims for m in ("ctr", "cvr")}
+    acct_dev = {
+        (a, d, m): rng.normal(0, 0.05 * (0 if cfg.null else 1), len(cfg.dimensions[d]))
+        for a in accounts
+        for d in dims
+        for m in ("ctr", "cvr")
+    }
 
     frames = []
     for a_idx, account in enumerate(accounts):
@@ -164,7 +176,7 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
             continue
         a_row = acct.iloc[a_idx]
         day_dates = pd.to_datetime(cfg.start) + pd.to_timedelta(di, unit="D")
-        dow = day_dates.dayofweek.to_numpy()
+        dow = day_dates.day_of_week.to_numpy()
         weekend = dow >= 5
         impressions = rng.poisson(a_row["volume"] * np.exp(rng.normal(0, 0.4, len(ci))) * np.where(weekend, 0.8, 1.0))
         frame = pd.DataFrame({"c": ci, "d": di, "impressions": impressions})
@@ -172,7 +184,9 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
         # history of impressions, so the world starts in its steady state (no start-up trend).
         history = np.where(launch == 0, rng.uniform(0, 20, n) * a_row["volume"], 0.0)
         cum_before = frame.groupby("c")["impressions"].cumsum() - frame["impressions"] + history[ci]
-        log_ctr = a_row["log_ctr"] + quality_ctr[ci] + np.where(weekend, 0.10, 0.0) - 0.15 * cum_before.to_numpy() / 100_000
+        log_ctr = (
+            a_row["log_ctr"] + quality_ctr[ci] + np.where(weekend, 0.10, 0.0) - 0.15 * cum_before.to_numpy() / 100_000
+        )
         log_cvr = a_row["log_cvr"] + quality_cvr[ci] + np.where(weekend, -0.05, 0.0)
         for d in dims:
             idx = np.array([cfg.dimensions[d].index(v) for v in attrs[d]])[ci]
@@ -196,28 +210,38 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
         clicks = rng.binomial(impressions, ctr)
         conversions = rng.binomial(clicks, cvr)
         spend = np.round(impressions / 1000.0 * a_row["cpm"] * np.exp(rng.normal(0, 0.05, len(ci))), 2)
-        revenue = np.round(conversions * a_row["aov"] * np.exp(rng.normal(0, 0.3, len(ci)) / np.sqrt(conversions + 1)), 2)
-        out = pd.DataFrame({
-            "date": day_dates.strftime("%Y-%m-%d"),
-            "account_id": account,
-            "creative_id": [f"{account}_cr{c + 1:03d}" for c in ci],
-            "impressions": impressions,
-            "clicks": clicks,
-            "conversions": conversions,
-            "spend": spend,
-            "revenue": revenue,
-            # Expected counts without this creative's own quality draw: the estimand is about
-            # attributes, over the population of creatives, not about these particular ones.
-            "_expected_clicks": impressions * ctr * np.exp(-quality_ctr[ci]),
-            "_expected_conversions": impressions * ctr * cvr * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
-            "_expected_revenue": impressions * ctr * cvr * a_row["aov"] * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
-            "_age_days": di - launch[ci],
-            "_true_ctr": ctr,
-        })
+        revenue = np.round(
+            conversions * a_row["aov"] * np.exp(rng.normal(0, 0.3, len(ci)) / np.sqrt(conversions + 1)), 2
+        )
+        out = pd.DataFrame(
+            {
+                "date": day_dates.strftime("%Y-%m-%d"),
+                "account_id": account,
+                "creative_id": [f"{account}_cr{c + 1:03d}" for c in ci],
+                "impressions": impressions,
+                "clicks": clicks,
+                "conversions": conversions,
+                "spend": spend,
+                "revenue": revenue,
+                # Expected counts without this creative's own quality draw: the estimand is about
+                # attributes, over the population of creatives, not about these particular ones.
+                "_expected_clicks": impressions * ctr * np.exp(-quality_ctr[ci]),
+                "_expected_conversions": impressions * ctr * cvr * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
+                "_expected_revenue": impressions
+                * ctr
+                * cvr
+                * a_row["aov"]
+                * np.exp(-quality_ctr[ci] - quality_cvr[ci]),
+                "_age_days": di - launch[ci],
+                "_true_ctr": ctr,
+            }
+        )
         for d in dims:
             out[d] = attrs[d][ci]
         frames.append(out)
-    data = pd.concat(frames, ignore_index=True).sort_values(["date", "account_id", "creative_id"]).reset_index(drop=True)
+    data = (
+        pd.concat(frames, ignore_index=True).sort_values(["date", "account_id", "creative_id"]).reset_index(drop=True)
+    )
     truth = _truth(cfg, ctr_eff, cvr_eff, inter, acct, learning)
     _add_library_effects(truth, data, cfg)
     hidden = [c for c in data.columns if c.startswith("_")]
@@ -263,33 +287,63 @@ def _truth(cfg, ctr_eff, cvr_eff, inter, acct, learning) -> dict:
     effects = []
     for d, values in cfg.dimensions.items():
         for i, v in enumerate(values):
-            for metric, log_eff in (("ctr", ctr_eff[d][i]), ("cvr", cvr_eff[d][i]),
-                                    ("roas", ctr_eff[d][i] + cvr_eff[d][i])):
+            for metric, log_eff in (
+                ("ctr", ctr_eff[d][i]),
+                ("cvr", cvr_eff[d][i]),
+                ("roas", ctr_eff[d][i] + cvr_eff[d][i]),
+            ):
                 drifting = cfg.drift and d == "template" and metric in ("ctr", "roas")
-                effects.append({"dimension": d, "value": v, "metric": metric,
-                                "log_effect": float(log_eff), "lift": float(np.expm1(log_eff)),
-                                "drifting": drifting})
+                effects.append(
+                    {
+                        "dimension": d,
+                        "value": v,
+                        "metric": metric,
+                        "log_effect": float(log_eff),
+                        "lift": float(np.expm1(log_eff)),
+                        "drifting": drifting,
+                    }
+                )
     interactions = []
     for metric, mats in inter.items():
         for (da, db), mat in mats.items():
             for i, va in enumerate(cfg.dimensions[da]):
                 for j, vb in enumerate(cfg.dimensions[db]):
-                    interactions.append({"attributes": {da: va, db: vb}, "metric": metric,
-                                         "log_effect": float(mat[i, j]), "lift": float(np.expm1(mat[i, j]))})
+                    interactions.append(
+                        {
+                            "attributes": {da: va, db: vb},
+                            "metric": metric,
+                            "log_effect": float(mat[i, j]),
+                            "lift": float(np.expm1(mat[i, j])),
+                        }
+                    )
     return {
-        "config": {"days": cfg.days, "accounts": cfg.accounts, "creatives_per_account": cfg.creatives_per_account,
-                   "seed": cfg.seed, "effect_scale": cfg.effect_scale, "null": cfg.null,
-                   "start": cfg.start.isoformat(), "drift": cfg.drift},
-        "definition": ("lift = multiplier of the rate against the geometric mean over the values of the "
-                       "same dimension, minus 1; cvr is conversions per click; roas = ctr x cvr effect "
-                       "(cost per impression does not depend on attributes)"),
+        "config": {
+            "days": cfg.days,
+            "accounts": cfg.accounts,
+            "creatives_per_account": cfg.creatives_per_account,
+            "seed": cfg.seed,
+            "effect_scale": cfg.effect_scale,
+            "null": cfg.null,
+            "start": cfg.start.isoformat(),
+            "drift": cfg.drift,
+        },
+        "definition": (
+            "lift = multiplier of the rate against the geometric mean over the values of the "
+            "same dimension, minus 1; cvr is conversions per click; roas = ctr x cvr effect "
+            "(cost per impression does not depend on attributes)"
+        ),
         "effects": effects,
         "interactions": interactions,
         "null_dimensions": [d for d in cfg.dimensions if np.allclose(ctr_eff[d], 0) and np.allclose(cvr_eff[d], 0)],
         "accounts": [
-            {"account_id": r.account_id, "baseline_ctr": float(np.exp(r.log_ctr)),
-             "baseline_cvr": float(np.exp(r.log_cvr)), "avg_order_value": float(r.aov),
-             "cpm": float(r.cpm), "learning": bool(learning[r.account_id])}
+            {
+                "account_id": r.account_id,
+                "baseline_ctr": float(np.exp(r.log_ctr)),
+                "baseline_cvr": float(np.exp(r.log_cvr)),
+                "avg_order_value": float(r.aov),
+                "cpm": float(r.cpm),
+                "learning": bool(learning[r.account_id]),
+            }
             for r in acct.itertuples()
         ],
     }

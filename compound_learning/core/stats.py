@@ -62,8 +62,10 @@ def creative_day_stats(day_rows: pd.DataFrame, first_seen: pd.DataFrame, day: da
     frame = day_rows[["account_id", "creative_id", *METRICS, "attributes"]].merge(
         first_seen, on=["account_id", "creative_id"], how="left"
     )
-    frame["age_days"] = creative_age_days(pd.Series(pd.Timestamp(day), index=frame.index), frame["first_seen"]).to_numpy()
-    frame["dow"] = pd.Timestamp(day).dayofweek
+    frame["age_days"] = creative_age_days(
+        pd.Series(pd.Timestamp(day), index=frame.index), frame["first_seen"]
+    ).to_numpy()
+    frame["dow"] = pd.Timestamp(day).day_of_week
     return frame[["account_id", "creative_id", "dow", "age_days", *METRICS, "attributes"]]
 
 
@@ -98,7 +100,9 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
         today["last_seen"] = day
         today = today.groupby(CELL_KEYS, as_index=False).agg(
             **{m: (m, lambda s: s.sum(min_count=1)) for m in METRICS},
-            days=("days", "sum"), attributes=("attributes", "last"), last_seen=("last_seen", "max"),
+            days=("days", "sum"),
+            attributes=("attributes", "last"),
+            last_seen=("last_seen", "max"),
         )
     prev = previous[cols].copy() if not previous.empty else pd.DataFrame(columns=cols)
     if not prev.empty and decay != 1.0:
@@ -110,7 +114,7 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
         return prev.reset_index(drop=True)
     if prev.empty:
         return today[cols].reset_index(drop=True)
-    merged = prev.set_index(CELL_KEYS).join(today.set_index(CELL_KEYS), how="outer", rsuffix="_new")
+    merged = prev.set_index(CELL_KEYS).join(today.set_index(CELL_KEYS), how="outer", suffixes=("", "_new"))
     out = pd.DataFrame(index=merged.index)
     for m in METRICS:
         a, b = merged[m].astype(float), merged[f"{m}_new"].astype(float)

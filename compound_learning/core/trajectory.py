@@ -31,10 +31,7 @@ def _design(t: np.ndarray, model: str, tau: float | None, dow: np.ndarray | None
     """Intercept, the growth term, and day-of-week dummies (or their average, for projections)."""
     if model == "level":  # a constant: two full recent weeks balance the days of the week
         return np.ones((len(t), 1))
-    if dow is None:
-        week = np.full((len(t), 6), 1.0 / 7.0)
-    else:
-        week = (dow[:, None] == np.arange(1, 7)[None, :]).astype(float)
+    week = np.full((len(t), 6), 1.0 / 7.0) if dow is None else (dow[:, None] == np.arange(1, 7)[None, :]).astype(float)
     if model == "flat":
         return np.column_stack([np.ones_like(t), week])
     x = t if model == "compound" else 1.0 - np.exp(-t / tau)
@@ -59,7 +56,8 @@ def _fit(t, y, model, tau=None, dow=None):
     # short HAC window underestimates the trend's uncertainty (false "improving" on flat data).
     lags = _hac_lags(len(t))
     return sm.OLS(y, _design(t, model, tau, dow)).fit(
-        cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True}, use_t=True)
+        cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True}, use_t=True
+    )
 
 
 def _best_saturating(t, y, dow):
@@ -90,9 +88,15 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
     s["date"] = pd.to_datetime(s["date"])
     n = len(s)
     out = {
-        "snapshots": n, "initial_roas": None, "current_roas": None, "daily_improvement_rate": None,
-        "daily_improvement_rate_ci": [None, None], "model": None, "learning_status": "insufficient_data",
-        "on_track_for_10x": False, "holdout_mse": {},
+        "snapshots": n,
+        "initial_roas": None,
+        "current_roas": None,
+        "daily_improvement_rate": None,
+        "daily_improvement_rate_ci": [None, None],
+        "model": None,
+        "learning_status": "insufficient_data",
+        "on_track_for_10x": False,
+        "holdout_mse": {},
     }
     for h in HORIZONS:
         out[f"projected_{h}d_roas"] = None

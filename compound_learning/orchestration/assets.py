@@ -2,7 +2,6 @@
 (single-run backfills), writes its partition through ``compound_learning.steps`` and reports
 what happened as metadata, so the UI tells the story without the logs."""
 
-
 import warnings
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -91,27 +90,48 @@ def _materialize(
 
 def _asset(name: str, deps: list, group: str, kinds: set[str], check_specs: list | None = None):
     return dg.asset(
-        name=name, deps=deps, partitions_def=daily_partitions, backfill_policy=SINGLE_RUN,
-        group_name=group, kinds=kinds, owners=OWNERS, check_specs=check_specs,
+        name=name,
+        deps=deps,
+        partitions_def=daily_partitions,
+        backfill_policy=SINGLE_RUN,
+        group_name=group,
+        kinds=kinds,
+        owners=OWNERS,
+        check_specs=check_specs,
     )
 
 
 MAX_QUARANTINE_RATE = 0.2
 PERFORMANCE_CHECKS = [
-    dg.AssetCheckSpec("quarantine_rate", asset="performance_data",
-                      description=f"At most {MAX_QUARANTINE_RATE:.0%} of the day's rows were refused by the contract."),
-    dg.AssetCheckSpec("stored_rows_valid", asset="performance_data", blocking=True,
-                      description="Every stored row of the day satisfies the contract (clicks <= impressions, no negatives)."),
+    dg.AssetCheckSpec(
+        "quarantine_rate",
+        asset="performance_data",
+        description=f"At most {MAX_QUARANTINE_RATE:.0%} of the day's rows were refused by the contract.",
+    ),
+    dg.AssetCheckSpec(
+        "stored_rows_valid",
+        asset="performance_data",
+        blocking=True,
+        description="Every stored row of the day satisfies the contract (clicks <= impressions, no negatives).",
+    ),
 ]
 
 
-def _day_checks(results: list[dict], specs: list[tuple[str, Callable[[dict], bool], str, dict]]) -> list[dg.AssetCheckResult]:
+def _day_checks(
+    results: list[dict], specs: list[tuple[str, Callable[[dict], bool], str, dict]]
+) -> list[dg.AssetCheckResult]:
     """One check result per spec over every day of the run: it fails if any day fails."""
     out = []
     for name, ok, severity, _ in specs:
         failing = [r["day"] for r in results if not ok(r)]
-        out.append(dg.AssetCheckResult(check_name=name, passed=not failing, severity=dg.AssetCheckSeverity(severity),
-                                       metadata={"days_checked": len(results), "failing_days": ", ".join(failing[:31]) or "none"}))
+        out.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not failing,
+                severity=dg.AssetCheckSeverity(severity),
+                metadata={"days_checked": len(results), "failing_days": ", ".join(failing[:31]) or "none"},
+            )
+        )
     return out
 
 
@@ -121,37 +141,73 @@ def performance_data(context: dg.AssetExecutionContext, store: StoreResource) ->
     quarantined for that day with the data version (newest ingestion batch) it was built from.
     Checks: the quarantine rate, and that every stored row satisfies the contract."""
     return _materialize(
-        context, store,
-        ["rows", "quarantined_rows", "quarantine_rate", "accounts", "creatives", "impressions", "clicks",
-         "spend", "data_version", "invariant_violations"],
-        all_checks=lambda results: _day_checks(results, [
-            ("quarantine_rate", lambda r: r["quarantine_rate"] <= MAX_QUARANTINE_RATE, "WARN", {}),
-            ("stored_rows_valid", lambda r: r["invariant_violations"] == 0, "ERROR", {}),
-        ]),
+        context,
+        store,
+        [
+            "rows",
+            "quarantined_rows",
+            "quarantine_rate",
+            "accounts",
+            "creatives",
+            "impressions",
+            "clicks",
+            "spend",
+            "data_version",
+            "invariant_violations",
+        ],
+        all_checks=lambda results: _day_checks(
+            results,
+            [
+                ("quarantine_rate", lambda r: r["quarantine_rate"] <= MAX_QUARANTINE_RATE, "WARN", {}),
+                ("stored_rows_valid", lambda r: r["invariant_violations"] == 0, "ERROR", {}),
+            ],
+        ),
     )
 
 
-@_asset("daily_stats", [performance_data], "statistics", {"python", "pandas", "sql"},
-        [dg.AssetCheckSpec("rows_match_source", asset="daily_stats", blocking=True,
-                           description="One per-creative row for every source row of the day.")])
+@_asset(
+    "daily_stats",
+    [performance_data],
+    "statistics",
+    {"python", "pandas", "sql"},
+    [
+        dg.AssetCheckSpec(
+            "rows_match_source",
+            asset="daily_stats",
+            blocking=True,
+            description="One per-creative row for every source row of the day.",
+        )
+    ],
+)
 def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Additive sufficient statistics of one day: per creative (with its attributes, day of week
     and age) and per account x attribute value and pairs of values. A restated day drops the
     cumulative snapshots after it so the knowledge is rebuilt from correct evidence."""
     return _materialize(
-        context, store,
+        context,
+        store,
         ["source_rows", "creatives", "attribute_rows", "pair_rows", "impressions", "clicks", "changed_since_last_run"],
-        all_checks=lambda results: _day_checks(results, [
-            ("rows_match_source", lambda r: r["creatives"] == r["source_rows"], "ERROR", {})]),
+        all_checks=lambda results: _day_checks(
+            results, [("rows_match_source", lambda r: r["creatives"] == r["source_rows"], "ERROR", {})]
+        ),
     )
 
 
 def _patterns_preview(summary: dict) -> str:
-    rows = [{"metric": p["metric"], "attributes": p["attributes"], "lift": p["lift"],
-             "95% CI": f"[{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]", "q": p["q_value"], "state": p["state"]}
-            for p in summary.get("top_patterns", [])]
+    rows = [
+        {
+            "metric": p["metric"],
+            "attributes": p["attributes"],
+            "lift": p["lift"],
+            "95% CI": f"[{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]",
+            "q": p["q_value"],
+            "state": p["state"],
+        }
+        for p in summary.get("top_patterns", [])
+    ]
     return "**Top global patterns** (lift vs the dimension's average value)\n\n" + _md_table(
-        rows, ["metric", "attributes", "lift", "95% CI", "q", "state"])
+        rows, ["metric", "attributes", "lift", "95% CI", "q", "state"]
+    )
 
 
 @_asset("learning_patterns", [daily_stats], "learning", {"python", "numpy", "sql"})
@@ -161,9 +217,18 @@ def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -
     ROAS, with creative-clustered 95% intervals, BH q-values, confidence and state; global and
     per account."""
     return _materialize(
-        context, store,
-        ["patterns", "global_patterns", "significant_global_patterns", "states_global", "creatives", "accounts",
-         "cumulative_cells", "days_rolled_forward"],
+        context,
+        store,
+        [
+            "patterns",
+            "global_patterns",
+            "significant_global_patterns",
+            "states_global",
+            "creatives",
+            "accounts",
+            "cumulative_cells",
+            "days_rolled_forward",
+        ],
         _patterns_preview,
     )
 
@@ -173,16 +238,14 @@ def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> 
     """Nodes (attribute values, metrics, patterns) and typed relationships (improves, hurts,
     synergy, antagonism, co_occurs, contradicts, describes) with posterior confidence; one
     snapshot per day, so each node's history shows knowledge accumulating."""
-    return _materialize(context, store,
-                        ["nodes", "relationships", "relationships_by_type", "mean_value_confidence"])
+    return _materialize(context, store, ["nodes", "relationships", "relationships_by_type", "mean_value_confidence"])
 
 
 @_asset("cross_account_insights", [learning_patterns], "learning", {"python", "sql"})
 def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Effects that hold across accounts (random-effects pooling), published only when at least
     5 accounts contribute and no two dominate; relative lifts only, never an account id."""
-    return _materialize(context, store,
-                        ["candidates", "published", "withheld"])
+    return _materialize(context, store, ["candidates", "published", "withheld"])
 
 
 def _model_preview(summary: dict) -> str:
@@ -190,15 +253,21 @@ def _model_preview(summary: dict) -> str:
         return f"**{summary.get('action')}**: {summary.get('reason')}"
     rows = summary.get("reliability", [])
     accounts = [{"account_id": a, **m} for a, m in sorted(summary.get("per_account", {}).items())][:30]
-    return (f"**{summary['action']}** v{summary['version']} ({summary['family']}): {summary['reason']}\n\n"
-            "Reliability on the holdout (by predicted CTR decile)\n\n"
-            + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"])
-            + "\n\nPer account on the holdout\n\n"
-            + _md_table(accounts, ["account_id", "log_loss", "calibration_ratio", "clicks", "impressions"]))
+    return (
+        f"**{summary['action']}** v{summary['version']} ({summary['family']}): {summary['reason']}\n\n"
+        "Reliability on the holdout (by predicted CTR decile)\n\n"
+        + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"])
+        + "\n\nPer account on the holdout\n\n"
+        + _md_table(accounts, ["account_id", "log_loss", "calibration_ratio", "clicks", "impressions"])
+    )
 
 
-CHAMPION_CHECK = dg.AssetCheckSpec("champion_usable", asset="ctr_model", blocking=True,
-                                   description="A champion exists, its artifact verifies (SHA-256) and it is calibrated.")
+CHAMPION_CHECK = dg.AssetCheckSpec(
+    "champion_usable",
+    asset="ctr_model",
+    blocking=True,
+    description="A champion exists, its artifact verifies (SHA-256) and it is calibrated.",
+)
 
 
 @_asset("ctr_model", [daily_stats], "model", {"python", "scikitlearn"}, [CHAMPION_CHECK])
@@ -213,16 +282,32 @@ def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Mat
 
     def check(day: date) -> list[dg.AssetCheckResult]:
         result = model_registry.check_champion(ctx.store, day, ctx.cfg)
-        return [dg.AssetCheckResult(
-            check_name="champion_usable", passed=result["passed"],
-            severity=dg.AssetCheckSeverity(result["severity"]),
-            metadata={k: v for k, v in result.items() if k not in ("passed", "severity")})]
+        return [
+            dg.AssetCheckResult(
+                check_name="champion_usable",
+                passed=result["passed"],
+                severity=dg.AssetCheckSeverity(result["severity"]),
+                metadata={k: v for k, v in result.items() if k not in ("passed", "severity")},
+            )
+        ]
 
     return _materialize(
-        context, store,
-        ["action", "reason", "new_clicks", "version", "family", "log_loss", "normalized_entropy", "auc",
-         "calibration_ratio", "brier"],
-        _model_preview, check,
+        context,
+        store,
+        [
+            "action",
+            "reason",
+            "new_clicks",
+            "version",
+            "family",
+            "log_loss",
+            "normalized_entropy",
+            "auc",
+            "calibration_ratio",
+            "brier",
+        ],
+        _model_preview,
+        check,
     )
 
 
@@ -230,8 +315,7 @@ def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Mat
 def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Explainable scoring weights for new creatives: shrunk (empirical-Bayes) log multipliers of
     every attribute value, globally and per account (partially pooled), plus account baselines."""
-    return _materialize(context, store,
-                        ["weights", "global_weights", "accounts"])
+    return _materialize(context, store, ["weights", "global_weights", "accounts"])
 
 
 @_asset("improvement_snapshots", [daily_stats], "trajectory", {"python", "statsmodels", "sql"})
@@ -239,9 +323,12 @@ def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResourc
     """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
     intervals, projections at 30/90/365 days, learning status)."""
     s = store.store()
-    return _materialize(context, store,
-                        ["accounts", "learning_status", "median_roas", "median_roas_multiple"],
-                        lambda summary: _trajectory_preview(s, summary))
+    return _materialize(
+        context,
+        store,
+        ["accounts", "learning_status", "median_roas", "median_roas_multiple"],
+        lambda summary: _trajectory_preview(s, summary),
+    )
 
 
 def _trajectory_preview(s, summary: dict) -> str:
@@ -254,9 +341,19 @@ def _trajectory_preview(s, summary: dict) -> str:
     traj = queries.trajectory(s, account)
     png = charts.trajectory_chart(queries.roas_series(s, account), traj)
     rows = summary.get("statuses", [])
-    return (f"**{account}** (largest spend): {traj['learning_status']}\n\n![trajectory]({charts.data_uri(png)})\n\n"
-            + _md_table(rows, ["account_id", "learning_status", "initial_roas", "current_roas", "daily_improvement_rate"]))
+    return (
+        f"**{account}** (largest spend): {traj['learning_status']}\n\n![trajectory]({charts.data_uri(png)})\n\n"
+        + _md_table(rows, ["account_id", "learning_status", "initial_roas", "current_roas", "daily_improvement_rate"])
+    )
 
 
-CYCLE_ASSETS = [performance_data, daily_stats, learning_patterns, knowledge_graph, creative_dna,
-                cross_account_insights, ctr_model, improvement_snapshots]
+CYCLE_ASSETS = [
+    performance_data,
+    daily_stats,
+    learning_patterns,
+    knowledge_graph,
+    creative_dna,
+    cross_account_insights,
+    ctr_model,
+    improvement_snapshots,
+]

@@ -14,7 +14,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -41,8 +41,11 @@ def _instance_at(home: str) -> dg.DagsterInstance:
 
 @lru_cache(maxsize=1)
 def _ephemeral() -> dg.DagsterInstance:
-    print("note: DAGSTER_HOME is not set; runs go to an ephemeral instance the Dagster UI will not show "
-          "(`make` targets set it to the project folder)", file=sys.stderr)
+    print(
+        "note: DAGSTER_HOME is not set; runs go to an ephemeral instance the Dagster UI will not show "
+        "(`make` targets set it to the project folder)",
+        file=sys.stderr,
+    )
     return dg.DagsterInstance.ephemeral()
 
 
@@ -70,8 +73,10 @@ def run_tags(start: date, end: date) -> dict[str, str]:
     """One partition's tag, or a single-run backfill's range tags."""
     if start == end:
         return {"dagster/partition": start.isoformat()}
-    return {"dagster/asset_partition_range_start": start.isoformat(),
-            "dagster/asset_partition_range_end": end.isoformat()}
+    return {
+        "dagster/asset_partition_range_start": start.isoformat(),
+        "dagster/asset_partition_range_end": end.isoformat(),
+    }
 
 
 def run_partition_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
@@ -83,26 +88,37 @@ def run_partition_range(run: dg.DagsterRun) -> tuple[str | None, str | None]:
 
 
 # -- the cycle log --------------------------------------------------------------------------------
-def record_cycle_run(instance: dg.DagsterInstance, store: Store, run: dg.DagsterRun, status: str,
-                     message: str = "") -> dict:
+def record_cycle_run(
+    instance: dg.DagsterInstance, store: Store, run: dg.DagsterRun, status: str, message: str = ""
+) -> dict:
     """Write one ``learning_cycle_logs`` row for a finished run (idempotent by run id)."""
     start, end = run_partition_range(run)
     stats = instance.get_run_stats(run.run_id)
-    started = datetime.fromtimestamp(stats.start_time, timezone.utc) if stats.start_time else None
-    ended = datetime.fromtimestamp(stats.end_time, timezone.utc) if stats.end_time else datetime.now(timezone.utc)
-    counts = {"materializations": int(stats.materializations), "steps_succeeded": int(stats.steps_succeeded),
-              "steps_failed": int(stats.steps_failed)}
+    started = datetime.fromtimestamp(stats.start_time, UTC) if stats.start_time else None
+    ended = datetime.fromtimestamp(stats.end_time, UTC) if stats.end_time else datetime.now(UTC)
+    counts = {
+        "materializations": int(stats.materializations),
+        "steps_succeeded": int(stats.steps_succeeded),
+        "steps_failed": int(stats.steps_failed),
+    }
     if end:
         end_day = date.fromisoformat(end)
-        counts["significant_global_patterns"] = store.count_rows(t.learning_patterns, as_of=end_day, account_id=GLOBAL,
-                                                                 state="significant")
+        counts["significant_global_patterns"] = store.count_rows(
+            t.learning_patterns, as_of=end_day, account_id=GLOBAL, state="significant"
+        )
         counts["performance_rows"] = store.count_rows(t.performance, date=end_day)
-    row = {"run_id": run.run_id, "job_name": run.job_name,
-           "partition_start": date.fromisoformat(start) if start else None,
-           "partition_end": date.fromisoformat(end) if end else None,
-           "status": status, "started_at": started, "ended_at": ended,
-           "duration_seconds": (ended - started).total_seconds() if started else None,
-           "counts": json.dumps(counts), "message": message[:2000]}
+    row = {
+        "run_id": run.run_id,
+        "job_name": run.job_name,
+        "partition_start": date.fromisoformat(start) if start else None,
+        "partition_end": date.fromisoformat(end) if end else None,
+        "status": status,
+        "started_at": started,
+        "ended_at": ended,
+        "duration_seconds": (ended - started).total_seconds() if started else None,
+        "counts": json.dumps(counts),
+        "message": message[:2000],
+    }
     store.log_cycle(row)
     return row
 
@@ -119,9 +135,15 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 
 # -- launching ------------------------------------------------------------------------------------
-def run_in_process(start: date, end: date, *, instance: dg.DagsterInstance | None = None,
-                   settings: Settings | None = None, log_level: str = "WARNING",
-                   run_id: str | None = None) -> dict:
+def run_in_process(
+    start: date,
+    end: date,
+    *,
+    instance: dg.DagsterInstance | None = None,
+    settings: Settings | None = None,
+    log_level: str = "WARNING",
+    run_id: str | None = None,
+) -> dict:
     """Materialize the daily lineage graph for [start, end] as one run (a single-run backfill
     for a range), wait for it, log it to ``learning_cycle_logs`` and return its outcome."""
     # The code location is imported here, not at module level: the sensors import this module
@@ -133,13 +155,20 @@ def run_in_process(start: date, end: date, *, instance: dg.DagsterInstance | Non
     instance = instance or dagster_instance(settings)
     job = defs.resolve_job_def(JOB_NAME)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(instance=instance, tags=run_tags(start, end), run_config=run_config,
-                                    raise_on_error=False, run_id=run_id)
+    result = job.execute_in_process(
+        instance=instance, tags=run_tags(start, end), run_config=run_config, raise_on_error=False, run_id=run_id
+    )
     status = "SUCCESS" if result.success else "FAILURE"
     message = "" if result.success else failure_message(result)
     record_cycle_run(instance, get_store(settings.database_url), instance.get_run_by_id(result.run_id), status, message)
-    return {"run_id": result.run_id, "status": status, "start": str(start), "end": str(end),
-            "days": (end - start).days + 1, "message": message}
+    return {
+        "run_id": result.run_id,
+        "status": status,
+        "start": str(start),
+        "end": str(end),
+        "days": (end - start).days + 1,
+        "message": message,
+    }
 
 
 def submit_to_deployment(url: str, start: date, end: date) -> str:
@@ -151,17 +180,16 @@ def submit_to_deployment(url: str, start: date, end: date) -> str:
     parsed = urlparse(url)
     if not parsed.hostname:
         raise LaunchError(f"COMPOUND_LEARNING_DAGSTER_URL is not a URL: {url!r}")
-    client = DagsterGraphQLClient(parsed.hostname, port_number=parsed.port or 3000,
-                                  use_https=parsed.scheme == "https")
+    client = DagsterGraphQLClient(parsed.hostname, port_number=parsed.port or 3000, use_https=parsed.scheme == "https")
     try:
-        return client.submit_job_execution(JOB_NAME, repository_location_name=CODE_LOCATION,
-                                           tags=run_tags(start, end))
+        return client.submit_job_execution(JOB_NAME, repository_location_name=CODE_LOCATION, tags=run_tags(start, end))
     except DagsterGraphQLClientError as exc:
         raise LaunchError(f"the Dagster deployment at {url} refused the run: {exc}") from exc
 
 
-def launch(start: date, end: date, settings: Settings | None = None,
-           runner: Callable[..., dict] = run_in_process) -> dict:
+def launch(
+    start: date, end: date, settings: Settings | None = None, runner: Callable[..., dict] = run_in_process
+) -> dict:
     """Start a cycle without waiting: through the deployment's GraphQL API when
     ``COMPOUND_LEARNING_DAGSTER_URL`` is set (the daemon's queue, retries and monitoring
     apply), else in a background thread of this process. Returns the run id and the mode."""
@@ -171,8 +199,13 @@ def launch(start: date, end: date, settings: Settings | None = None,
         run_id = submit_to_deployment(settings.dagster_url, start, end)
         return {"run_ids": [run_id], "mode": "dagster", "start": str(start), "end": str(end)}
     run_id = str(uuid.uuid4())
-    threading.Thread(target=runner, args=(start, end), kwargs={"run_id": run_id, "settings": settings},
-                     daemon=True, name=f"cycle-{run_id[:8]}").start()
+    threading.Thread(
+        target=runner,
+        args=(start, end),
+        kwargs={"run_id": run_id, "settings": settings},
+        daemon=True,
+        name=f"cycle-{run_id[:8]}",
+    ).start()
     return {"run_ids": [run_id], "mode": "in_process", "start": str(start), "end": str(end)}
 
 
@@ -193,15 +226,32 @@ def scheduler_status(store: Store, settings: Settings | None = None) -> dict:
     logs = store.cycle_logs(10)
     runs = instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME), limit=10)
     return {
-        "schedule": {"name": schedule.name, "cron": schedule.cron_schedule, "timezone": settings.timezone,
-                     "status": stored.get(schedule.name, schedule.default_status.value),
-                     "next_tick": next_tick.isoformat(), "processes": "the previous day"},
+        "schedule": {
+            "name": schedule.name,
+            "cron": schedule.cron_schedule,
+            "timezone": settings.timezone,
+            "status": stored.get(schedule.name, schedule.default_status.value),
+            "next_tick": next_tick.isoformat(),
+            "processes": "the previous day",
+        },
         "sensors": [{"name": s.name, "status": stored.get(s.name, s.default_status.value)} for s in defs.sensors],
-        "last_cycles": [{"run_id": r.run_id, "status": r.status,
-                         "partition_start": None if r.partition_start is None else str(r.partition_start)[:10],
-                         "partition_end": None if r.partition_end is None else str(r.partition_end)[:10],
-                         "duration_seconds": r.duration_seconds,
-                         "ended_at": None if r.ended_at is None else str(r.ended_at)} for r in logs.itertuples()],
-        "dagster_home_runs": [{"run_id": r.run_id, "status": r.status.value, "tags": {
-            k: v for k, v in r.tags.items() if k.startswith("dagster/") and "partition" in k}} for r in runs],
+        "last_cycles": [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "partition_start": None if r.partition_start is None else str(r.partition_start)[:10],
+                "partition_end": None if r.partition_end is None else str(r.partition_end)[:10],
+                "duration_seconds": r.duration_seconds,
+                "ended_at": None if r.ended_at is None else str(r.ended_at),
+            }
+            for r in logs.itertuples()
+        ],
+        "dagster_home_runs": [
+            {
+                "run_id": r.run_id,
+                "status": r.status.value,
+                "tags": {k: v for k, v in r.tags.items() if k.startswith("dagster/") and "partition" in k},
+            }
+            for r in runs
+        ],
     }

@@ -5,15 +5,26 @@ those gaps."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
+from compound_learning.config import load_settings
 from compound_learning.orchestration.jobs import daily_learning_cycle
 
-daily_learning_schedule = dg.build_schedule_from_partitioned_job(
-    daily_learning_cycle,
+TIMEZONE = load_settings().timezone
+
+
+@dg.schedule(
+    job=daily_learning_cycle,
+    cron_schedule="0 3 * * *",
+    execution_timezone=TIMEZONE,
     name="daily_learning_schedule",
-    hour_of_day=3,
-    minute_of_hour=0,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="At 03:00 (partition timezone) learn from the previous day.",
 )
+def daily_learning_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The partition of the day before the tick, in the partitions' timezone; the run key is
+    the day, so a tick evaluated twice launches one run."""
+    day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=day, partition_key=day, tags={"compound_learning/trigger": "schedule"})

@@ -6,7 +6,6 @@ version (the newest batch that changed it), so a restatement of an already-proce
 new run while a duplicate file (which changes nothing) gets none.
 """
 
-
 import json
 from datetime import date
 
@@ -47,8 +46,13 @@ def new_data_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
         if day not in keys:
             context.log.info(f"{day} is not a complete partition yet; the schedule will process it")
             continue
-        requests.append(dg.RunRequest(run_key=f"{day}:v{versions.get(day, new_cursor)}", partition_key=day,
-                                      tags={"compound_learning/trigger": "new_data"}))
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{day}:v{versions.get(day, new_cursor)}",
+                partition_key=day,
+                tags={"compound_learning/trigger": "new_data"},
+            )
+        )
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
@@ -64,19 +68,28 @@ def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResourc
     missing = [k for k in recent if k in versions and k not in done]
     if not missing:
         return dg.SkipReason(f"every day with data in {recent[0]}..{recent[-1]} has a complete cycle")
-    return [dg.RunRequest(run_key=f"fill:{k}:v{versions[k]}", partition_key=k,
-                          tags={"compound_learning/trigger": "gap_fill"}) for k in missing]
+    return [
+        dg.RunRequest(
+            run_key=f"fill:{k}:v{versions[k]}", partition_key=k, tags={"compound_learning/trigger": "gap_fill"}
+        )
+        for k in missing
+    ]
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_learning_cycle],
-                      default_status=dg.DefaultSensorStatus.RUNNING, name="cycle_success_logger")
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[daily_learning_cycle],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    name="cycle_success_logger",
+)
 def cycle_success_logger(context: dg.RunStatusSensorContext, store: StoreResource):
     """Log every successful cycle run to learning_cycle_logs."""
     record_cycle_run(context.instance, store.store(), context.dagster_run, "SUCCESS")
 
 
-@dg.run_failure_sensor(monitored_jobs=[daily_learning_cycle], default_status=dg.DefaultSensorStatus.RUNNING,
-                       name="cycle_failure_logger")
+@dg.run_failure_sensor(
+    monitored_jobs=[daily_learning_cycle], default_status=dg.DefaultSensorStatus.RUNNING, name="cycle_failure_logger"
+)
 def cycle_failure_logger(context: dg.RunFailureSensorContext, store: StoreResource):
     """Log every failed cycle run to learning_cycle_logs, with the failure message."""
     message = context.failure_event.message if context.failure_event else "run failed"

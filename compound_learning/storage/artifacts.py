@@ -43,11 +43,13 @@ def load_model(path: str | Path, expected_sha256: str):
         raise ArtifactError(f"model artifact {path} is missing")
     actual = sha256_of(path)
     if actual != expected_sha256:
-        raise ArtifactError(f"model artifact {path} was altered: SHA-256 {actual[:12]}... "
-                            f"does not match the registry's {expected_sha256[:12]}...")
+        raise ArtifactError(
+            f"model artifact {path} was altered: SHA-256 {actual[:12]}... "
+            f"does not match the registry's {expected_sha256[:12]}..."
+        )
     try:
         untrusted = sio.get_untrusted_types(file=path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means an unreadable artifact
+    except Exception as exc:
         raise ArtifactError(f"model artifact {path} is unreadable: {exc}") from exc
     unexpected = [t for t in untrusted if not (t.startswith(ALLOWED_TYPE_PREFIXES) or t in ALLOWED_TYPES)]
     if unexpected:

@@ -130,8 +130,7 @@ class Database:
         if self.is_postgres:
             stage = f"stage_{table.name}"
             conn.exec_driver_sql(
-                f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) '
-                "ON COMMIT DROP"
+                f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
             )
             conn.exec_driver_sql(f'TRUNCATE "{stage}"')
             _copy_into(conn, stage, frame, table)
@@ -145,9 +144,7 @@ class Database:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             stmt = sqlite_insert(table)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=keys, set_={c: stmt.excluded[c] for c in others}
-            )
+            stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in others})
             records = _records(frame)
             for start in range(0, len(records), INSERT_CHUNK):
                 conn.execute(stmt, records[start : start + INSERT_CHUNK])

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 
-
 def _metrics(nullable_optional: bool = True, as_float: bool = False) -> list[sa.Column]:
     count = sa.Float if as_float else sa.BigInteger
     return [

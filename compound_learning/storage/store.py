@@ -7,7 +7,7 @@ these methods and never write SQL themselves.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
 
 import numpy as np
@@ -40,7 +40,7 @@ RAW_TABLES = [t.performance, t.ingest_batches, t.quarantine]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _same(a: pd.Series, b: pd.Series) -> pd.Series:
@@ -72,16 +72,22 @@ class Store(Database):
                     "source": source,
                     "ingested_at": now,
                     "rows_in_input": len(good) + len(result.rejected),
-                    "accepted": 0, "rejected": 0, "inserted": 0, "replaced": 0, "unchanged": 0,
-                    "days_touched": "[]", "rejected_by_reason": "{}",
+                    "accepted": 0,
+                    "rejected": 0,
+                    "inserted": 0,
+                    "replaced": 0,
+                    "unchanged": 0,
+                    "days_touched": "[]",
+                    "rejected_by_reason": "{}",
                 },
             ).scalar_one()
             inserted = replaced = unchanged = 0
             days: list[str] = []
             if not good.empty:
                 existing = self.read_frame(
-                    sa.select(*[t.performance.c[c] for c in KEY_COLUMNS + METRIC_COLUMNS + ["attributes"]])
-                    .where(t.performance.c.date.in_(in_list(sorted(good["date"].unique())))),
+                    sa.select(*[t.performance.c[c] for c in KEY_COLUMNS + METRIC_COLUMNS + ["attributes"]]).where(
+                        t.performance.c.date.in_(in_list(sorted(good["date"].unique())))
+                    ),
                     conn,
                 )
                 if not existing.empty:
@@ -89,7 +95,7 @@ class Store(Database):
                 merged = good.merge(existing, on=KEY_COLUMNS, how="left", suffixes=("", "_old"), indicator=True)
                 is_new = (merged["_merge"] == "left_only").to_numpy()
                 same = np.ones(len(merged), dtype=bool)
-                for col in METRIC_COLUMNS + ["attributes"]:
+                for col in [*METRIC_COLUMNS, "attributes"]:
                     same &= _same(merged[col], merged[f"{col}_old"]).to_numpy()
                 is_changed = ~is_new & ~same
                 write = good[is_new | is_changed].copy()
@@ -121,8 +127,12 @@ class Store(Database):
                 t.ingest_batches.update()
                 .where(t.ingest_batches.c.batch_id == batch_id)
                 .values(
-                    accepted=len(good), rejected=len(result.rejected), inserted=inserted,
-                    replaced=replaced, unchanged=unchanged, days_touched=json.dumps(days),
+                    accepted=len(good),
+                    rejected=len(result.rejected),
+                    inserted=inserted,
+                    replaced=replaced,
+                    unchanged=unchanged,
+                    days_touched=json.dumps(days),
                     rejected_by_reason=json.dumps(result.rejected_by_reason),
                 )
             )
@@ -131,7 +141,8 @@ class Store(Database):
     def batches_after(self, batch_id: int) -> pd.DataFrame:
         """Ingestion batches newer than ``batch_id`` (the sensor's cursor), oldest first."""
         return self.read_frame(
-            sa.select(t.ingest_batches).where(t.ingest_batches.c.batch_id > batch_id)
+            sa.select(t.ingest_batches)
+            .where(t.ingest_batches.c.batch_id > batch_id)
             .order_by(t.ingest_batches.c.batch_id)
         )
 
@@ -170,8 +181,10 @@ class Store(Database):
             conn,
         )
         frame["first_seen"] = pd.to_datetime(frame["first_seen"]).dt.date if not frame.empty else []
-        return keys[["account_id", "creative_id"]].drop_duplicates().merge(
-            frame, on=["account_id", "creative_id"], how="left"
+        return (
+            keys[["account_id", "creative_id"]]
+            .drop_duplicates()
+            .merge(frame, on=["account_id", "creative_id"], how="left")
         )
 
     # -- generic per-day outputs -------------------------------------------------------------
@@ -184,7 +197,9 @@ class Store(Database):
     def read_day(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
         return self.read_frame(sa.select(table).where(table.c[day_column] == day), conn)
 
-    def latest_day(self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None) -> date | None:
+    def latest_day(
+        self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None
+    ) -> date | None:
         col = table.c[day_column]
         stmt = sa.select(sa.func.max(col))
         if on_or_before is not None:
@@ -223,8 +238,9 @@ class Store(Database):
     def prune_snapshots(self, conn, before: date) -> int:
         """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)."""
         c = t.creative_cumulative_stats.c
-        days = [pd.Timestamp(d).date() for (d,) in conn.execute(
-            sa.select(c.as_of).where(c.as_of < before).distinct()).all()]
+        days = [
+            pd.Timestamp(d).date() for (d,) in conn.execute(sa.select(c.as_of).where(c.as_of < before).distinct()).all()
+        ]
         drop = [d for d in days if d.weekday() != 6]
         if not drop:
             return 0
@@ -238,15 +254,24 @@ class Store(Database):
             return int(conn.execute(stmt).scalar() or 0)
 
     # -- read models (the CLI's and the API's queries) ------------------------------------------
-    def latest_patterns(self, *, account_id: str, min_confidence: float = 0.0, pattern_type: str | None = None,
-                        metric: str | None = None, state: str | None = None, limit: int = 50) -> pd.DataFrame:
+    def latest_patterns(
+        self,
+        *,
+        account_id: str,
+        min_confidence: float = 0.0,
+        pattern_type: str | None = None,
+        metric: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+    ) -> pd.DataFrame:
         """The newest day's patterns of one scope (an account, or ``GLOBAL``), most confident first."""
         day = self.latest_day(t.learning_patterns)
         if day is None:
             return pd.DataFrame()
         c = t.learning_patterns.c
-        stmt = sa.select(t.learning_patterns).where(c.as_of == day, c.confidence >= min_confidence,
-                                                    c.account_id == account_id)
+        stmt = sa.select(t.learning_patterns).where(
+            c.as_of == day, c.confidence >= min_confidence, c.account_id == account_id
+        )
         for column, value in (("pattern_type", pattern_type), ("metric", metric), ("state", state)):
             if value:
                 stmt = stmt.where(c[column] == value)
@@ -256,32 +281,39 @@ class Store(Database):
     def graph_nodes(self, day: date, limit: int) -> pd.DataFrame:
         """The ``limit`` most important knowledge nodes of ``day``."""
         n = t.knowledge_nodes.c
-        return self.read_frame(sa.select(t.knowledge_nodes).where(n.as_of == day)
-                               .order_by(n.importance.desc(), n.node_id).limit(limit))
+        return self.read_frame(
+            sa.select(t.knowledge_nodes).where(n.as_of == day).order_by(n.importance.desc(), n.node_id).limit(limit)
+        )
 
     def graph_relationships(self, day: date, node_ids: list[str]) -> pd.DataFrame:
         """Relationships of ``day`` whose both ends are among ``node_ids``."""
         r = t.knowledge_relationships.c
-        return self.read_frame(sa.select(t.knowledge_relationships).where(
-            r.as_of == day, r.source_id.in_(node_ids), r.target_id.in_(node_ids)))
+        return self.read_frame(
+            sa.select(t.knowledge_relationships).where(
+                r.as_of == day, r.source_id.in_(node_ids), r.target_id.in_(node_ids)
+            )
+        )
 
     def node_history(self, node_ids: list[str]) -> pd.DataFrame:
         """Each node's confidence on every day it existed."""
         n = t.knowledge_nodes.c
-        return self.read_frame(sa.select(n.node_id, n.as_of, n.confidence).where(n.node_id.in_(node_ids))
-                               .order_by(n.as_of))
+        return self.read_frame(
+            sa.select(n.node_id, n.as_of, n.confidence).where(n.node_id.in_(node_ids)).order_by(n.as_of)
+        )
 
     def latest_snapshot(self, account_id: str) -> pd.DataFrame:
         """The account's newest improvement snapshot (zero or one row)."""
         s = t.improvement_snapshots.c
-        return self.read_frame(sa.select(t.improvement_snapshots).where(s.account_id == account_id)
-                               .order_by(s.date.desc()).limit(1))
+        return self.read_frame(
+            sa.select(t.improvement_snapshots).where(s.account_id == account_id).order_by(s.date.desc()).limit(1)
+        )
 
     def snapshot_series(self, account_id: str) -> pd.DataFrame:
         """The account's daily spend, revenue and ROAS, oldest first."""
         s = t.improvement_snapshots.c
-        return self.read_frame(sa.select(s.date, s.spend, s.revenue, s.roas).where(s.account_id == account_id)
-                               .order_by(s.date))
+        return self.read_frame(
+            sa.select(s.date, s.spend, s.revenue, s.roas).where(s.account_id == account_id).order_by(s.date)
+        )
 
     def snapshot_accounts(self) -> list[str]:
         """Every account with an improvement snapshot, sorted."""
@@ -291,8 +323,12 @@ class Store(Database):
     def published_insights(self, day: date, limit: int) -> pd.DataFrame:
         """The day's published cross-account insights, surest (highest lower bound) first."""
         c = t.cross_account_insights.c
-        return self.read_frame(sa.select(t.cross_account_insights).where(c.as_of == day, c.published.is_(True))
-                               .order_by(c.ci_low.desc()).limit(limit))
+        return self.read_frame(
+            sa.select(t.cross_account_insights)
+            .where(c.as_of == day, c.published.is_(True))
+            .order_by(c.ci_low.desc())
+            .limit(limit)
+        )
 
     # -- registry ----------------------------------------------------------------------------
     def registry(self) -> pd.DataFrame:
