@@ -12,10 +12,11 @@ web server's own threads (0.8-3 s for 7 rows with every thread, tens of ms with 
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from compound_learning import model_registry
 from compound_learning.core import ctr_model as cm
@@ -55,6 +56,12 @@ class ModelCache:
 MODELS = ModelCache()
 
 
+@lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    # Finding the loaded OpenMP/BLAS libraries takes milliseconds: do it once per process.
+    return ThreadpoolController()
+
+
 def predict_creative_ctr(store: Store, account_id: str, creative: dict, cache: ModelCache = MODELS) -> dict:
     """The serving model's CTR for a fresh creative of ``account_id`` (averaged over the days
     of the week, at age 0). Values and dimensions the model never saw fall back to its
@@ -64,7 +71,7 @@ def predict_creative_ctr(store: Store, account_id: str, creative: dict, cache: M
     spec = cm.FeatureSpec(categorical=features)
     attributes = {f: creative.get(f, stats.MISSING) for f in features if f not in ("account_id", "dow")}
     rows = pd.DataFrame([{**attributes, "account_id": account_id, "dow": d, "age_days": 0} for d in range(7)])
-    with threadpool_limits(limits=1):
+    with _threadpools().limit(limits=1):
         p = cm.predict_ctr(model, rows, spec)
     return {
         "model_version": int(row["version"]),

@@ -180,6 +180,20 @@ def test_tenant_isolation_every_endpoint_every_pair(keyed_client):
     assert all(r["evidence"].get("support", {}).get("accounts", 99) >= 5 for r in graph["relationships"])
 
 
+def test_no_answer_names_another_tenant(learned):
+    """An account without a baseline yet gets a 404 that names no other account."""
+    store, *_ = learned
+    keys = {**KEYS, "key-for-newcomer": Principal(frozenset({"acct_new"}))}
+    c = TestClient(create_app(store=store, keys=keys, launcher=fake_launcher))
+    r = c.post(
+        f"{P}/score",
+        json={"account_id": "acct_new", "creative": {"hook_type": "question"}},
+        headers={"X-API-Key": "key-for-newcomer"},
+    )
+    assert r.status_code == 404 and "acct_new" in r.json()["detail"]
+    assert not any(a in r.text for a in ACCOUNTS), r.text
+
+
 def test_openapi_no_server_error(learned):
     """Schemathesis generates requests from the OpenAPI document for every operation."""
     from hypothesis import given

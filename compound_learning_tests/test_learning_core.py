@@ -151,8 +151,9 @@ def test_dna_scores_relative_to_the_account_baseline(learned):
     assert odd["unseen_values"] == [{"dimension": "hook_type", "value": "meme"}]
     assert odd["unknown_dimensions"] == ["mood"]
     assert odd["dna_score"] == pytest.approx(100.0)
-    with pytest.raises(LookupError, match="unknown account"):
+    with pytest.raises(LookupError, match="has no baseline yet") as refused:
         score_creative(weights, "nobody", {"hook_type": "question"})
+    assert "acct_" not in str(refused.value)  # never the names of the accounts that have one
 
 
 def test_insights_need_five_accounts_and_no_dominance(learned):

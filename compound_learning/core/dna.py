@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from compound_learning.config import GLOBAL
+from compound_learning.config import GLOBAL, METRICS
 from compound_learning.core.effects import Z95
 from compound_learning.core.patterns import main_effects
 from compound_learning.core.shrinkage import posterior, prior_variance
@@ -85,49 +85,43 @@ def score_creative(weights: pd.DataFrame, account_id: str, creative: dict[str, s
     else CTR), predicted CTR / conversion rate / ROAS with 95% intervals, each attribute's
     contribution, and the values never seen (which contribute nothing and are flagged).
     """
-    if weights.empty:
-        raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
-    base = weights[(weights["dimension"] == BASELINE_VALUE) & (weights["account_id"] == account_id)]
-    if base.empty:
-        known = sorted(weights.loc[weights["dimension"] == BASELINE_VALUE, "account_id"].unique())
-        raise LookupError(f"unknown account {account_id!r}; accounts with a baseline: {known[:20]}")
-    account_w = weights[(weights["account_id"] == account_id) & (weights["dimension"] != BASELINE_VALUE)]
-    global_w = weights[(weights["account_id"] == GLOBAL)]
-    known_dims = set(global_w["dimension"])
+    # One pass over the rows into lookups; the loops below then touch no DataFrame.
+    lookup: dict[tuple[str, str, str, str], tuple[float, float]] = {
+        (r.account_id, r.metric, r.dimension, r.value): (float(r.weight), float(r.weight_se))
+        for r in weights.itertuples(index=False)
+    }
+    baselines = {
+        m: lookup[(account_id, m, BASELINE_VALUE, BASELINE_VALUE)]
+        for m in METRICS
+        if (account_id, m, BASELINE_VALUE, BASELINE_VALUE) in lookup
+    }
+    if not baselines:
+        # Never list the accounts that do have one: a caller may only know of its own.
+        raise LookupError(f"account {account_id!r} has no baseline yet: no learning cycle has seen its data")
+    known_values = {(d, v) for (a, _m, d, v) in lookup if a == GLOBAL}
+    known_dims = {d for d, _ in known_values}
     predictions, contributions, unseen, unknown_dims = {}, [], [], []
     for dim, value in sorted(creative.items()):
         if dim not in known_dims:
             unknown_dims.append(dim)
-        elif value not in set(global_w.loc[global_w["dimension"] == dim, "value"]):
+        elif (dim, value) not in known_values:
             unseen.append({"dimension": dim, "value": value})
-    for metric in ("ctr", "cvr", "roas"):
-        b = base[base["metric"] == metric]
-        if b.empty:
+    for metric in METRICS:
+        if metric not in baselines:
             continue
-        log_rate, var = float(b["weight"].iloc[0]), float(b["weight_se"].iloc[0]) ** 2
+        log_rate, base_se = baselines[metric]
+        var = base_se**2
         total = 0.0
         for dim, value in sorted(creative.items()):
-            src = (
-                account_w
-                if (
-                    (account_w["metric"] == metric) & (account_w["dimension"] == dim) & (account_w["value"] == value)
-                ).any()
-                else global_w
-            )
-            row = src[(src["metric"] == metric) & (src["dimension"] == dim) & (src["value"] == value)]
-            if row.empty:
+            source = "account" if (account_id, metric, dim, value) in lookup else "global"
+            found = lookup.get((account_id if source == "account" else GLOBAL, metric, dim, value))
+            if found is None:
                 continue
-            w, se = float(row["weight"].iloc[0]), float(row["weight_se"].iloc[0])
+            w, se = found
             total += w
             var += se**2
             contributions.append(
-                {
-                    "dimension": dim,
-                    "value": value,
-                    "metric": metric,
-                    "lift": float(np.expm1(w)),
-                    "source": "account" if src is account_w else "global",
-                }
+                {"dimension": dim, "value": value, "metric": metric, "lift": float(np.expm1(w)), "source": source}
             )
         est = log_rate + total
         sd = float(np.sqrt(var))

@@ -278,6 +278,13 @@ class Store(Database):
         stmt = stmt.order_by(c.confidence.desc(), sa.func.abs(c.log_effect).desc(), c.pattern_id).limit(limit)
         return self.read_frame(stmt)
 
+    def dna_weights_for(self, day: date, account_ids: list[str], dimensions: list[str]) -> pd.DataFrame:
+        """The day's DNA weights of some scopes (an account and ``GLOBAL``) and dimensions."""
+        c = t.creative_dna.c
+        return self.read_frame(
+            sa.select(t.creative_dna).where(c.as_of == day, c.account_id.in_(account_ids), c.dimension.in_(dimensions))
+        )
+
     def graph_nodes(self, day: date, limit: int) -> pd.DataFrame:
         """The ``limit`` most important knowledge nodes of ``day``."""
         n = t.knowledge_nodes.c
