@@ -8,7 +8,14 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from compound_learning.config import API_PORT, DEFAULT_MIN_CONFIDENCE, METRICS, STATES, load_settings
+from compound_learning.config import (
+    API_PORT,
+    DEFAULT_MIN_CONFIDENCE,
+    METRICS,
+    MIN_ACCOUNTS_FOR_SHARED,
+    STATES,
+    load_settings,
+)
 from compound_learning.core.contract import ContractError
 
 
@@ -250,7 +257,7 @@ def cmd_dashboard(args) -> int:
             )
         print("== significant patterns")
         print("\n".join(map(_fmt_pattern, d["top_patterns"])) or "  none yet")
-        print("== cross-account insights (>= 5 accounts)")
+        print(f"== cross-account insights (>= {MIN_ACCOUNTS_FOR_SHARED} accounts)")
         for i in d["cross_account_insights"]:
             print(
                 f"  {i['metric']:>4} {i['attributes']} {i['pooled_lift']:+.1%} "
@@ -435,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("knowledge-graph", cmd_knowledge_graph, "the latest knowledge graph")
     p.add_argument("--limit", type=int, default=50)
 
-    p = add("insights", cmd_insights, "cross-account insights (anonymized, >= 5 accounts)")
+    p = add("insights", cmd_insights, f"cross-account insights (anonymized, >= {MIN_ACCOUNTS_FOR_SHARED} accounts)")
     p.add_argument("--limit", type=int, default=50)
 
     p = add("trajectory", cmd_trajectory, "an account's improvement trajectory")

@@ -244,7 +244,7 @@ def knowledge_graph(context: dg.AssetExecutionContext, store: StoreResource) -> 
 @_asset("cross_account_insights", [learning_patterns], "learning", {"python", "sql"})
 def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Effects that hold across accounts (random-effects pooling), published only when at least
-    5 accounts contribute and no two dominate; relative lifts only, never an account id."""
+    MIN_ACCOUNTS_FOR_SHARED (5) accounts contribute and no two dominate; relative lifts only, never an account id."""
     return _materialize(context, store, ["candidates", "published", "withheld"])
 
 
