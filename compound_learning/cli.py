@@ -213,6 +213,39 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    from compound_learning import queries
+
+    rec = queries.recommendations(_store(), args.account, n=args.n)
+
+    def human(r):
+        print(
+            f"{r['account_id']} as of {r['as_of']}: launch next ({r['explore_picks']} of {len(r['launch'])} "
+            "picks explore little-tested values)"
+        )
+        for p in r["launch"]:
+            attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
+            lo, hi = p["roas_ci"]
+            print(f"  {p['rank']:>2}. [{p['pick']}] {attrs}")
+            print(
+                f"      expected ROAS {p['expected_roas']:.2f} (95% {lo:.2f}-{hi:.2f})"
+                + (f", CTR {p['expected_ctr']:.2%}" if p["expected_ctr"] is not None else "")
+            )
+            print(f"      why: {p['reason']}")
+        print(
+            f"tomorrow's spend over {len(r['spend'])} live creatives "
+            f"({r['spend_exploration_share']:.0%} of it beyond the best-looking creative, to keep learning):"
+        )
+        for s in r["spend"][:15]:
+            print(
+                f"  {s['share']:>6.1%}  {s['creative_id']:<28} expected ROAS {s['expected_roas']:.2f}  "
+                f"P(best) {s['p_best']:.0%}"
+            )
+
+    _print(rec, args.json, human)
+    return 0
+
+
 def cmd_models(args) -> int:
     from compound_learning import model_registry, queries
 
@@ -402,6 +435,16 @@ def cmd_benchmark_model(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_benchmark(args) -> int:
+    """Benchmarks that print figures: ``closed-loop`` (does acting on the knowledge pay?)."""
+    from compound_learning.benchmarks import closed_loop
+
+    argv = [*args.rest]
+    if args.json:
+        argv.append("--json")
+    return closed_loop.main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compound-learning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -451,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("score", cmd_score, "score a new creative for an account with the creative DNA")
     p.add_argument("--account", required=True)
     p.add_argument("--creative", required=True, help='JSON object, e.g. {"hook_type": "question"}')
+
+    p = add("recommend", cmd_recommend, "what an account should launch next and how to split its spend")
+    p.add_argument("account")
+    p.add_argument("--n", type=int, default=5, help="how many launch picks to show")
+
+    p = add("benchmark", cmd_benchmark, "run a benchmark: closed-loop [--days --seeds --effect-scale --world ...]")
+    p.add_argument("which", choices=["closed-loop"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options (see --help after its name)")
 
     p = add("models", cmd_models, "the CTR model registry: list, promote VERSION, rollback")
     p.add_argument("action", choices=["list", "promote", "rollback"])

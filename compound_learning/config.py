@@ -81,6 +81,8 @@ class CycleSettings:
     baseline_days: int = 7
     explore_share: float = DEFAULT_EXPLORE_SHARE
     recommendations_per_account: int = 10
+    spend_floor_share: float = 0.2  # of tomorrow's spend split evenly over the live creatives
+    recommendation_seed: int = 0  # with the day and the account, fixes the Thompson draws
     # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
     # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
     snapshot_daily_retention_days: int = 35

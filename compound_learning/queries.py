@@ -148,6 +148,59 @@ def score(store: Store, account_id: str, creative: dict) -> dict:
     return result
 
 
+def recommendations(store: Store, account_id: str, n: int = 5) -> dict:
+    """The account's latest recommendations: the next ``n`` creatives to launch and tomorrow's
+    spend split over its live creatives, with the share of each that is exploration."""
+    if n < 1:
+        raise QueryError(f"n must be at least 1, got {n}")
+    frame = store.latest_recommendations(account_id)
+    if frame.empty:
+        raise LookupError(f"no recommendations for account {account_id!r} yet: run a learning cycle first")
+
+    def interval(r, low, high):
+        return None if pd.isna(r[low]) else [float(r[low]), float(r[high])]
+
+    launches, spend = [], []
+    for r in frame.to_dict("records"):
+        details = json.loads(r["details"])
+        if r["kind"] == "launch":
+            launches.append(
+                {
+                    "rank": int(r["rank"]),
+                    "pick": r["pick"],
+                    "attributes": json.loads(r["attributes"]),
+                    "expected_roas": r["expected_roas"],
+                    "roas_ci": interval(r, "roas_ci_low", "roas_ci_high"),
+                    "expected_ctr": None if pd.isna(r["expected_ctr"]) else float(r["expected_ctr"]),
+                    "ctr_ci": details.get("ctr_ci"),
+                    "reason": r["reason"],
+                    "contributions": details.get("contributions", []),
+                }
+            )
+        else:
+            spend.append(
+                {
+                    "creative_id": r["creative_id"],
+                    "attributes": json.loads(r["attributes"]),
+                    "share": float(r["share"]),
+                    "p_best": float(r["p_best"]),
+                    "expected_roas": float(r["expected_roas"]),
+                    "roas_ci": interval(r, "roas_ci_low", "roas_ci_high"),
+                    "exploration": float(r["exploration"]),
+                    "reason": r["reason"],
+                }
+            )
+    picks = launches[:n]
+    return {
+        "account_id": account_id,
+        "as_of": str(pd.Timestamp(frame["as_of"].iloc[0]).date()),
+        "launch": picks,
+        "explore_picks": sum(p["pick"] == "explore" for p in picks),
+        "spend": spend,
+        "spend_exploration_share": round(sum(s["exploration"] for s in spend), 4),
+    }
+
+
 def models(store: Store) -> list[dict]:
     """The model registry, newest first."""
     reg = store.registry()

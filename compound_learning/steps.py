@@ -19,7 +19,7 @@ import pandas as pd
 
 from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
 from compound_learning.core import stats
-from compound_learning.core.dna import dna_weights
+from compound_learning.core.dna import BASELINE_VALUE, dna_weights
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import build_patterns, fit_cycle
@@ -283,6 +283,128 @@ def build_cross_account_insights(ctx: CycleContext, day: date) -> dict:
     return {"candidates": len(insights), "published": len(published), "withheld": len(insights) - len(published)}
 
 
+# -- recommendations ----------------------------------------------------------------------------
+FATIGUE_WINDOW_DAYS = 28
+
+
+def live_creatives(cells: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The creatives that ran on ``day`` with their totals so far and their attributes."""
+    if cells.empty:
+        return pd.DataFrame(columns=["account_id", "creative_id", "attributes", *stats.METRICS])
+    cells = _consistent_attributes(cells)
+    last = pd.to_datetime(cells["last_seen"]).dt.date
+    ran = cells.loc[last == day, ["account_id", "creative_id"]].drop_duplicates()
+    totals = (
+        cells.merge(ran, on=["account_id", "creative_id"])
+        .groupby(["account_id", "creative_id"], as_index=False)
+        .agg(attributes=("attributes", "last"), **{m: (m, "sum") for m in stats.METRICS})
+    )
+    totals["attributes"] = [json.loads(a) for a in totals["attributes"]]
+    return totals
+
+
+def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
+    """A generator fixed by the day, the account and the configured seed (reruns agree)."""
+    import zlib
+
+    return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
+
+
+def build_recommendations(ctx: CycleContext, day: date) -> dict:
+    """For every account with a DNA baseline: the next creatives to launch (exploit and explore
+    picks) and tomorrow's spend split over its live creatives, each with reasons."""
+    from compound_learning.core import recommend
+
+    store, cfg = ctx.store, ctx.cfg
+    weights = store.read_day(t.creative_dna, day)
+    cells = store.read_day(t.creative_cumulative_stats, day)
+    live = live_creatives(cells, day)
+    recent = store.read_range(t.creative_daily_stats, day - timedelta(days=FATIGUE_WINDOW_DAYS - 1), day)
+    fatigue = recommend.fatigue_slope(recent[["creative_id", "date", "impressions", "clicks"]]) if len(recent) else 0.0
+    rows: list[dict] = []
+    accounts = (
+        sorted(weights.loc[weights["dimension"] == BASELINE_VALUE, "account_id"].unique()) if len(weights) else []
+    )
+    accounts = [a for a in accounts if a != GLOBAL]
+    space = recommend.design_space(weights) if len(weights) else {}
+    preview = []
+    for account_id in accounts:
+        rng = _day_seed(day, account_id, cfg.recommendation_seed)
+        mine = live[live["account_id"] == account_id].reset_index(drop=True)
+        running = {json.dumps(a, sort_keys=True) for a in mine["attributes"]}
+        picks = recommend.launch_picks(
+            weights, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space, exclude=running
+        )
+        for p in picks:
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "kind": "launch",
+                    "rank": p["rank"],
+                    "creative_id": "-",
+                    "pick": p["kind"],
+                    "attributes": json.dumps(p["attributes"], sort_keys=True),
+                    "expected_roas": p["expected_roas"],
+                    "roas_ci_low": p["roas_ci"][0],
+                    "roas_ci_high": p["roas_ci"][1],
+                    "expected_ctr": p.get("expected_ctr"),
+                    "share": None,
+                    "p_best": None,
+                    "exploration": None,
+                    "reason": p["reason"],
+                    "details": json.dumps({"contributions": p["contributions"], "ctr_ci": p.get("ctr_ci")}),
+                }
+            )
+        split = recommend.spend_split(mine, weights, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
+        split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
+        for rank, r in enumerate(split.sort_values("share", ascending=False).itertuples(index=False), start=1):
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "kind": "spend",
+                    "rank": rank,
+                    "creative_id": r.creative_id,
+                    "pick": "live",
+                    "attributes": json.dumps(r.attributes, sort_keys=True),
+                    "expected_roas": float(r.expected_roas),
+                    "roas_ci_low": float(r.roas_ci_low),
+                    "roas_ci_high": float(r.roas_ci_high),
+                    "expected_ctr": None,
+                    "share": float(r.share),
+                    "p_best": float(r.p_best),
+                    "exploration": float(r.exploration),
+                    "reason": f"{r.p_best:.0%} chance of being the best live creative; "
+                    f"{int(r.impressions):,} impressions so far",
+                    "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
+                }
+            )
+        if picks:
+            top = picks[0]
+            preview.append(
+                {
+                    "account_id": account_id,
+                    "next_launch": ", ".join(f"{k}={v}" for k, v in top["attributes"].items()),
+                    "expected_roas": round(top["expected_roas"], 3),
+                    "roas_95": f"[{top['roas_ci'][0]:.2f}, {top['roas_ci'][1]:.2f}]",
+                    "explore_picks": sum(p["kind"] == "explore" for p in picks),
+                    "spend_exploration": round(float(split["exploration"].sum()), 3) if len(split) else None,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=[c.name for c in t.creative_recommendations.columns if c.name != "as_of"])
+    with store.transaction(lock_key=_lock("creative_recommendations", day)) as conn:
+        store.write_day(conn, t.creative_recommendations, day, frame)
+    launches = frame[frame["kind"] == "launch"] if len(frame) else frame
+    return {
+        "accounts": len(accounts),
+        "launch_picks": len(launches),
+        "explore_picks": int((launches["pick"] == "explore").sum()) if len(launches) else 0,
+        "live_creatives": int((frame["kind"] == "spend").sum()) if len(frame) else 0,
+        "fatigue_per_100k_impressions": round(fatigue, 4),
+        "explore_share": cfg.explore_share,
+        "top_picks": preview[:50],
+    }
+
+
 # -- improvement snapshots ----------------------------------------------------------------------
 def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
     """Per account: the day's ROAS and the trajectory fitted on every snapshot up to ``day``."""
@@ -361,6 +483,7 @@ CYCLE_STEPS: dict[str, Step] = {
     "ctr_model": train_ctr_model,
     "creative_dna": build_creative_dna,
     "cross_account_insights": build_cross_account_insights,
+    "creative_recommendations": build_recommendations,
     "improvement_snapshots": snapshot_improvement,
 }
 """Each asset of ``daily_learning_cycle`` and the step it runs, in an order that respects the

@@ -98,6 +98,13 @@ def test_every_endpoint_answers(open_client):
     assert dash["trajectory"]["account_id"] == "acct_001" and "model" in dash and "last_cycles" in dash
     score = c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {"hook_type": "question"}}).json()
     assert score["dna_score"] is not None and "model" in score
+    rec = c.get(f"{P}/recommendations/acct_001", params={"n": 4}).json()
+    assert rec["account_id"] == "acct_001" and len(rec["launch"]) == 4 and rec["spend"]
+    assert abs(sum(s["share"] for s in rec["spend"]) - 1) < 1e-6
+    assert all(p["reason"] and p["roas_ci"][0] <= p["expected_roas"] <= p["roas_ci"][1] for p in rec["launch"])
+    assert c.get(f"{P}/recommendations/nobody").status_code == 404
+    page = c.get("/dashboard/acct_001").text
+    assert "Launch next" in page and "exploit" in page
     run = c.post(f"{P}/run-cycle", json={"account_id": None, "date": "2024-01-05"})
     assert run.status_code == 202 and run.json()["run_ids"] == ["fake"]
     insights = c.get(f"{P}/cross-account-insights").json()
@@ -147,6 +154,7 @@ SCOPED = [
     ("GET", f"{P}/patterns?account_id={{a}}&min_confidence=0", None),
     ("POST", f"{P}/score", lambda a: {"account_id": a, "creative": {"hook_type": "question"}}),
     ("GET", "/dashboard/{a}", None),
+    ("GET", f"{P}/recommendations/{{a}}?n=3", None),
 ]
 
 

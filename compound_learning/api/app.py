@@ -176,6 +176,16 @@ def dashboard(
     return dash
 
 
+@router.get(f"{PREFIX}/recommendations/{{account_id}}", tags=["accounts"])
+def recommendations(
+    account_id: str, n: int = Query(5, ge=1, le=100), who: Principal = Depends(principal), db: Store = Depends(get_db)
+) -> dict:
+    """What the account should launch next (exploit and explore picks, with reasons) and
+    tomorrow's spend split over its live creatives."""
+    require(who, account_id)
+    return queries.recommendations(db, account_id, n=n)
+
+
 @router.post(f"{PREFIX}/score", tags=["accounts"])
 def score(body: ScoreRequest, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> dict:
     """Score a new creative against the account's baseline (DNA weights + the champion model)."""

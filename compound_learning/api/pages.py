@@ -39,6 +39,40 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         f"<td>{fmt(c['duration_seconds'])}</td></tr>"
         for c in dash["last_cycles"]
     )
+    try:
+        rec = queries.recommendations(db, account_id, n=5)
+    except LookupError:
+        rec = None
+    picks = (
+        ""
+        if rec is None
+        else "".join(
+            f"<tr><td>{p['rank']}</td><td>{e(p['pick'])}</td>"
+            f"<td>{e(', '.join(f'{k}={v}' for k, v in p['attributes'].items()))}</td>"
+            f"<td>{p['expected_roas']:.2f} [{p['roas_ci'][0]:.2f}, {p['roas_ci'][1]:.2f}]</td><td>{e(p['reason'])}</td></tr>"
+            for p in rec["launch"]
+        )
+    )
+    spend = (
+        ""
+        if rec is None
+        else "".join(
+            f"<tr><td>{e(s['creative_id'])}</td><td>{s['share']:.1%}</td><td>{s['p_best']:.0%}</td>"
+            f"<td>{s['expected_roas']:.2f}</td></tr>"
+            for s in rec["spend"][:10]
+        )
+    )
+    rec_html = (
+        "<p>No recommendations yet: run a learning cycle.</p>"
+        if rec is None
+        else f"<p>As of {e(rec['as_of'])}; {rec['explore_picks']} of {len(rec['launch'])} picks explore "
+        f"little-tested values; {rec['spend_exploration_share']:.0%} of tomorrow's spend goes beyond the "
+        "best-looking creative, so the others keep earning evidence.</p>"
+        "<table><tr><th>#</th><th>pick</th><th>attributes</th><th>expected ROAS [95%]</th><th>why</th></tr>"
+        f"{picks}</table><h3>Tomorrow's spend</h3>"
+        "<table><tr><th>creative</th><th>share</th><th>P(best)</th><th>expected ROAS</th></tr>"
+        f"{spend}</table>"
+    )
     model = dash["model"]
     model_html = (
         "<p>No champion model yet.</p>"
@@ -65,6 +99,7 @@ daily change {fmt(traj["daily_improvement_rate"], True)}; on track for 10x: {tra
 <h2>Top patterns</h2><img alt="patterns" src="{charts.data_uri(charts.patterns_chart(top))}">
 <table><tr><th>metric</th><th>attributes</th><th>lift</th><th>95% interval</th><th>q</th><th>creatives</th><th>accounts</th></tr>{rows}</table>
 <h2>Knowledge graph</h2><img alt="knowledge graph" src="{charts.data_uri(charts.graph_chart(graph))}">
+<h2>Launch next</h2>{rec_html}
 <h2>CTR model</h2>{model_html}
 <h2>Last cycles</h2><table><tr><th>status</th><th>days</th><th>seconds</th></tr>{cycles}</table>
 </body></html>"""

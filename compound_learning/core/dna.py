@@ -27,12 +27,12 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
     rows = []
     effects = main_effects(patterns)
     glob = effects[effects["account_id"] == GLOBAL]
-    global_means: dict[tuple, float] = {}
+    global_means: dict[tuple, tuple[float, float]] = {}
     for metric, sub in glob.groupby("metric"):
         tau2 = prior_variance(sub["log_effect"], sub["std_error"])
         mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
-            global_means[(metric, r.dimension, r.value)] = float(m)
+            global_means[(metric, r.dimension, r.value)] = (float(m), float(s))
             rows.append(
                 {
                     "account_id": GLOBAL,
@@ -46,11 +46,15 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
             )
     local = effects[effects["account_id"] != GLOBAL]
     for metric, sub in local.groupby("metric"):
-        prior = np.array(
-            [global_means.get((metric, d, v), 0.0) for d, v in zip(sub["dimension"], sub["value"], strict=True)]
-        )
+        pooled = [
+            global_means.get((metric, d, v), (0.0, 0.0)) for d, v in zip(sub["dimension"], sub["value"], strict=True)
+        ]
+        prior = np.array([m for m, _ in pooled])
+        prior_sd = np.array([s for _, s in pooled])
         tau2 = prior_variance(sub["log_effect"], sub["std_error"], prior)
-        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2, prior)
+        # The account's effect varies around a global effect that is itself uncertain: its prior
+        # variance is the between-account spread plus the global weight's own variance.
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2 + prior_sd**2, prior)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             rows.append(
                 {

@@ -318,6 +318,31 @@ def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
     return _materialize(context, store, ["weights", "global_weights", "accounts"])
 
 
+def _recommendations_preview(summary: dict) -> str:
+    return (
+        f"**Next launch per account** ({summary.get('explore_share', 0):.0%} of picks explore; "
+        f"fatigue {summary.get('fatigue_per_100k_impressions', 0):+.3f} log CTR per 100k impressions)\n\n"
+        + _md_table(
+            summary.get("top_picks", []),
+            ["account_id", "next_launch", "expected_roas", "roas_95", "explore_picks", "spend_exploration"],
+        )
+    )
+
+
+@_asset("creative_recommendations", [creative_dna, learning_patterns], "decisions", {"python", "sql"})
+def creative_recommendations(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """What each account should do next: the attribute combinations to launch (best posterior
+    mean, and a configured share of Thompson-sampled explore picks) with expected ROAS and CTR,
+    intervals and reasons; and tomorrow's spend split over its live creatives (probability of
+    being best, an even floor, learned fatigue), with the share that is exploration."""
+    return _materialize(
+        context,
+        store,
+        ["accounts", "launch_picks", "explore_picks", "live_creatives", "fatigue_per_100k_impressions"],
+        _recommendations_preview,
+    )
+
+
 @_asset("improvement_snapshots", [daily_stats], "trajectory", {"python", "statsmodels", "sql"})
 def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
@@ -353,6 +378,7 @@ CYCLE_ASSETS = [
     learning_patterns,
     knowledge_graph,
     creative_dna,
+    creative_recommendations,
     cross_account_insights,
     ctr_model,
     improvement_snapshots,

@@ -178,6 +178,27 @@ creative_dna = sa.Table(
     sa.Column("creatives", sa.Integer, nullable=False),
 )
 
+creative_recommendations = sa.Table(
+    "creative_recommendations",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),  # launch | spend
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("creative_id", sa.String(200), nullable=False),  # "-" for a creative still to launch
+    sa.Column("pick", sa.String(16), nullable=False),  # exploit | explore (launch); live (spend)
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("expected_roas", sa.Float, nullable=True),
+    sa.Column("roas_ci_low", sa.Float, nullable=True),
+    sa.Column("roas_ci_high", sa.Float, nullable=True),
+    sa.Column("expected_ctr", sa.Float, nullable=True),
+    sa.Column("share", sa.Float, nullable=True),  # of tomorrow's spend (spend rows)
+    sa.Column("p_best", sa.Float, nullable=True),
+    sa.Column("exploration", sa.Float, nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # JSON: contributions, intervals, fatigue
+)
+
 cross_account_insights = sa.Table(
     "cross_account_insights",
     metadata,

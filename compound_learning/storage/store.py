@@ -31,6 +31,7 @@ LEARNING_TABLES = [
     t.knowledge_nodes,
     t.knowledge_relationships,
     t.creative_dna,
+    t.creative_recommendations,
     t.cross_account_insights,
     t.model_registry,
     t.improvement_snapshots,
@@ -283,6 +284,18 @@ class Store(Database):
         c = t.creative_dna.c
         return self.read_frame(
             sa.select(t.creative_dna).where(c.as_of == day, c.account_id.in_(account_ids), c.dimension.in_(dimensions))
+        )
+
+    def latest_recommendations(self, account_id: str) -> pd.DataFrame:
+        """The account's newest recommendations (launches and spend split), in rank order."""
+        c = t.creative_recommendations.c
+        day = self.latest_day(t.creative_recommendations)
+        if day is None:
+            return pd.DataFrame()
+        return self.read_frame(
+            sa.select(t.creative_recommendations)
+            .where(c.as_of == day, c.account_id == account_id)
+            .order_by(c.kind, c.rank)
         )
 
     def graph_nodes(self, day: date, limit: int) -> pd.DataFrame:

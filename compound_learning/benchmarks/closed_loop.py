@@ -1,0 +1,461 @@
+"""The closed-loop benchmark: does acting on what was learned make accounts better, and by how
+much of what is attainable?
+
+Four arms live in the same world (``core.closed_loop``) with the same seed:
+
+- ``random``: random attribute combinations, even spend;
+- ``learner``: this project's own cycle on the data the arm itself generates: every day's rows
+  are ingested through the contract and rolled into daily statistics (``steps.run_day``); every
+  ``refit_days`` the patterns, the DNA weights and the recommendations are rebuilt by the same
+  steps the Dagster assets run; launches follow the recommendations (the best pick, and every
+  ``1 / explore_share``-th launch an explore pick), and every day's spend split is
+  ``core.recommend.spend_split`` on the latest DNA and the arm's own figures;
+- ``oracle``: knows the truth (best combination, best creative today);
+- ``fatigue_only``: random combinations, spend moved away from creatives its own data show as
+  fatigued (``spend_split`` without attributes or per-creative evidence).
+
+Per 30-day window: each arm's ROAS over seeds (mean, 95% t-interval), learner / random, and the
+share of the oracle's gain over random that the learner captures; a PNG of the daily ROAS with
+bands; and what the project's ``trajectory`` says of the learner's accounts next to their true
+gain over the random arm.
+
+    compound-learning benchmark closed-loop --days 90 --seeds 10 [--effect-scale 0.5] [--world default|null|change]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from compound_learning import queries, steps
+from compound_learning.config import CycleSettings, load_settings
+from compound_learning.core import recommend
+from compound_learning.core.closed_loop import Creative, LoopConfig, OraclePolicy, Policy, RandomPolicy, World, run_arm
+from compound_learning.core.trajectory import trajectory
+from compound_learning.ingestion import ingest_frame
+from compound_learning.storage import schema as t
+from compound_learning.storage.store import Store
+
+ARMS = ("random", "fatigue_only", "learner", "oracle")
+TARGETS = {"default": 0.90, "change": 0.70, "null": 0.97}
+
+
+def _live_frame(creatives: list[Creative], totals: dict[str, dict]) -> pd.DataFrame:
+    rows = []
+    for c in creatives:
+        tot = totals.get(c.creative_id, {})
+        rows.append(
+            {
+                "creative_id": c.creative_id,
+                "attributes": c.attributes,
+                "impressions": tot.get("impressions", 0.0),
+                "spend": tot.get("spend", 0.0),
+                "revenue": tot.get("revenue", 0.0),
+                "conversions": tot.get("conversions", 0.0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+class _OwnData(Policy):
+    """A policy that keeps its own creatives' totals and recent rows (for fatigue)."""
+
+    def __init__(self, world: World, rng: np.random.Generator):
+        super().__init__(world, rng)
+        self.totals: dict[str, dict] = {}
+        self.recent: list[pd.DataFrame] = []
+        self.fatigue = 0.0
+
+    def observe(self, day: int, rows: pd.DataFrame) -> None:
+        for r in rows.itertuples(index=False):
+            tot = self.totals.setdefault(
+                r.creative_id, {"impressions": 0.0, "spend": 0.0, "revenue": 0.0, "conversions": 0.0}
+            )
+            tot["impressions"] += r.impressions
+            tot["spend"] += r.spend
+            tot["revenue"] += r.revenue
+            tot["conversions"] += r.conversions
+        self.recent = [*self.recent[-(steps.FATIGUE_WINDOW_DAYS - 1) :], rows]
+        if day % 7 == 6:
+            recent = pd.concat(self.recent, ignore_index=True)
+            self.fatigue = recommend.fatigue_slope(recent[["creative_id", "date", "impressions", "clicks"]])
+
+
+class FatigueOnlyPolicy(_OwnData):
+    name = "fatigue_only"
+
+    def spend(self, account: str, creatives: list[Creative], day: int) -> np.ndarray:
+        split = recommend.spend_split(
+            _live_frame(creatives, self.totals), None, account, self.rng, self.fatigue, use_evidence=False
+        )
+        return split["share"].to_numpy()
+
+
+class LearnerPolicy(_OwnData):
+    """The project's own cycle on the arm's own data (see the module docstring)."""
+
+    name = "learner"
+
+    def __init__(
+        self,
+        world: World,
+        rng: np.random.Generator,
+        root: Path,
+        half_life_days: float = 0.0,
+        refit_days: int = 7,
+        explore_share: float | None = None,
+        **cfg_changes,
+    ):
+        super().__init__(world, rng)
+        base = load_settings()
+        self.settings = replace(
+            base,
+            database_url=f"sqlite:///{root / 'learner.db'}",
+            artifacts_dir=root / "artifacts",
+            partition_start=min(base.partition_start, world.cfg.start),
+        )
+        cfg = replace(CycleSettings.from_settings(self.settings), half_life_days=half_life_days)
+        if explore_share is not None:
+            cfg = replace(cfg, explore_share=explore_share)
+        cfg = replace(cfg, **cfg_changes)
+        self.store = Store(self.settings.database_url)
+        self.ctx = steps.CycleContext(self.store, self.settings, cfg)
+        self.refit_days = refit_days
+        self.weights = pd.DataFrame()
+        self.picks: dict[str, dict[str, list[dict]]] = {}
+        self.launched = dict.fromkeys(world.accounts, 0)
+        self.fit_seconds = 0.0
+
+    def _day(self, day: int) -> date:
+        return self.world.cfg.start + timedelta(days=day)
+
+    def observe(self, day: int, rows: pd.DataFrame) -> None:
+        super().observe(day, rows)
+        d = self._day(day)
+        ingest_frame(
+            rows, store=self.store, settings=self.settings, source=f"closed loop day {day}", today=date(2100, 1, 1)
+        )
+        steps.run_day(self.ctx, d, only=["daily_stats"])
+        if (day + 1) % self.refit_days == 0:
+            started = time.perf_counter()
+            steps.run_day(self.ctx, d, only=["learning_patterns", "creative_dna", "creative_recommendations"])
+            self.fit_seconds += time.perf_counter() - started
+            self.weights = self.store.read_day(t.creative_dna, d)
+            self.picks = {}
+            for account in self.world.accounts:
+                try:
+                    rec = queries.recommendations(self.store, account, n=100)
+                except LookupError:
+                    continue
+                self.picks[account] = {
+                    k: [p["attributes"] for p in rec["launch"] if p["pick"] == k] for k in ("exploit", "explore")
+                }
+
+    def launch(self, account: str, n: int, day: int) -> list[dict[str, str]]:
+        picks = self.picks.get(account)
+        if not picks or not picks["exploit"]:
+            return super().launch(account, n, day)  # nothing learned yet: as the account would
+        every = round(1 / self.ctx.cfg.explore_share) if self.ctx.cfg.explore_share > 0 else 0
+        out = []
+        for _ in range(n):
+            k = self.launched[account]
+            self.launched[account] += 1
+            if every and k % every == every - 1 and picks["explore"]:
+                out.append(picks["explore"][(k // every) % len(picks["explore"])])
+            else:
+                out.append(picks["exploit"][0])
+        return out
+
+    def spend(self, account: str, creatives: list[Creative], day: int) -> np.ndarray:
+        weights = self.weights if len(self.weights) else None
+        split = recommend.spend_split(
+            _live_frame(creatives, self.totals),
+            weights,
+            account,
+            self.rng,
+            self.fatigue,
+            floor_share=self.ctx.cfg.spend_floor_share,
+        )
+        return split["share"].to_numpy()
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+def run_seed(
+    cfg: LoopConfig,
+    half_life_days: float,
+    refit_days: int,
+    explore_share: float | None = None,
+    arms: tuple[str, ...] = ARMS,
+    **cfg_changes,
+) -> dict:
+    """Every arm on one world; returns each arm's rows and the learner's fit time."""
+    world = World(cfg)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="cl_loop_") as tmp:
+        for arm in arms:
+            rng = np.random.default_rng([cfg.seed, 10 + ARMS.index(arm)])
+            if arm == "random":
+                policy: Policy = RandomPolicy(world, rng)
+            elif arm == "oracle":
+                policy = OraclePolicy(world, rng)
+            elif arm == "fatigue_only":
+                policy = FatigueOnlyPolicy(world, rng)
+            else:
+                policy = LearnerPolicy(world, rng, Path(tmp), half_life_days, refit_days, explore_share, **cfg_changes)
+            started = time.perf_counter()
+            out[arm] = run_arm(world, policy)
+            out[f"{arm}_seconds"] = time.perf_counter() - started
+            if arm == "learner":
+                out["learner_fit_seconds"] = policy.fit_seconds
+                policy.close()
+    return out
+
+
+def _ci(values: np.ndarray) -> tuple[float, float, float]:
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def _roas(rows: pd.DataFrame, first: int, last: int, start: date) -> float:
+    day = (pd.to_datetime(rows["date"]) - pd.Timestamp(start)).dt.days
+    sub = rows[(day >= first) & (day <= last)]
+    return float(sub["revenue"].sum() / sub["spend"].sum())
+
+
+def windows(days: int, world: str, change_day: int) -> list[tuple[str, int, int]]:
+    out = [(f"days {a + 1}-{min(a + 30, days)}", a, min(a + 30, days) - 1) for a in range(0, days, 30)]
+    if world == "change" and days > change_day + 30:
+        out.append((f"days {change_day + 22}-{change_day + 30} (after the change)", change_day + 21, change_day + 29))
+    return out
+
+
+def summarize(results: list[dict], cfg: LoopConfig) -> dict:
+    """Per window over seeds: each arm's ROAS, learner / random, the captured share of the gain."""
+    table = []
+    for label, first, last in windows(cfg.days, cfg.world, cfg.change_day):
+        per = {arm: np.array([_roas(r[arm], first, last, cfg.start) for r in results]) for arm in ARMS}
+        gain = per["oracle"] - per["random"]
+        captured = (per["learner"] - per["random"]) / np.where(np.abs(gain) > 1e-9, gain, np.nan)
+        row = {"window": label, "first_day": first + 1, "last_day": last + 1}
+        for arm in ARMS:
+            row[arm] = dict(zip(("mean", "ci_low", "ci_high"), _ci(per[arm]), strict=True))
+        row["learner_over_random"] = dict(
+            zip(("mean", "ci_low", "ci_high"), _ci(per["learner"] / per["random"]), strict=True)
+        )
+        mean_gain = per["oracle"].mean() - per["random"].mean()
+        row["captured_share"] = float((per["learner"].mean() - per["random"].mean()) / mean_gain) if mean_gain else None
+        row["captured_share_per_seed"] = dict(zip(("mean", "ci_low", "ci_high"), _ci(captured), strict=True))
+        table.append(row)
+    return {"windows": table}
+
+
+def trajectory_report(results: list[dict], cfg: LoopConfig) -> dict:
+    """The project's own trajectory call on each learner account next to its true gain over the
+    same account in the random arm (last 30 days)."""
+    calls, gains = [], []
+    for r in results:
+        learner, rnd = r["learner"], r["random"]
+        for account, rows in learner.groupby("account_id"):
+            daily = rows.groupby("date", as_index=False)[["spend", "revenue"]].sum()
+            calls.append(trajectory(daily)["learning_status"])
+            gains.append(
+                _roas(rows, cfg.days - 30, cfg.days - 1, cfg.start)
+                / _roas(rnd[rnd["account_id"] == account], cfg.days - 30, cfg.days - 1, cfg.start)
+            )
+    calls_s = pd.Series(calls)
+    gains_a = np.array(gains)
+    return {
+        "accounts": len(calls),
+        "calls": {k: int(v) for k, v in calls_s.value_counts().items()},
+        "median_true_gain_over_random_last_30d": float(np.median(gains_a)),
+        "true_gain_by_call": {k: float(np.median(gains_a[(calls_s == k).to_numpy()])) for k in calls_s.unique()},
+    }
+
+
+def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    colors = {"random": "#888888", "fatigue_only": "#c49a2c", "learner": "#1f77b4", "oracle": "#2ca02c"}
+    for arm in ARMS:
+        daily = np.array(
+            [
+                r[arm].groupby("date")[["revenue", "spend"]].sum().pipe(lambda f: f["revenue"] / f["spend"]).to_numpy()
+                for r in results
+            ]
+        )
+        mean = daily.mean(axis=0)
+        x = np.arange(1, len(mean) + 1)
+        ax.plot(x, mean, color=colors[arm], label=arm, lw=1.6)
+        if len(results) > 1:
+            half = sps.t.ppf(0.975, len(results) - 1) * daily.std(axis=0, ddof=1) / np.sqrt(len(results))
+            ax.fill_between(x, mean - half, mean + half, color=colors[arm], alpha=0.18, lw=0)
+    if cfg.world == "change":
+        ax.axvline(cfg.change_day + 1, color="#aa3333", ls="--", lw=1)
+    ax.set_xlabel("day")
+    ax.set_ylabel("ROAS (all accounts)")
+    ax.set_title(
+        f"closed loop, {cfg.world} world, effect scale {cfg.effect_scale}, {len(results)} seeds "
+        "(bands: 95% over seeds)",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(
+    days: int = 90,
+    seeds: int = 10,
+    accounts: int = 20,
+    effect_scale: float = 0.5,
+    world: str = "default",
+    half_life_days: float | None = None,
+    refit_days: int = 7,
+    first_seed: int = 0,
+    out_dir: Path | None = None,
+    explore_share: float | None = None,
+    progress=None,
+) -> dict:
+    """Run the benchmark; returns the summary with each target's verdict (and writes the PNG)."""
+    half_life = (21.0 if world == "change" else 0.0) if half_life_days is None else half_life_days
+    started = time.perf_counter()
+    results = []
+    for i in range(seeds):
+        cfg = LoopConfig(days=days, accounts=accounts, seed=first_seed + i, effect_scale=effect_scale, world=world)
+        results.append(run_seed(cfg, half_life, refit_days, explore_share))
+        if progress:
+            elapsed = time.perf_counter() - started
+            progress(
+                f"seed {i + 1}/{seeds} done in {elapsed:.0f} s; about {elapsed / (i + 1) * (seeds - i - 1):.0f} s left"
+            )
+    summary = summarize(results, cfg)
+    out_dir = Path(out_dir or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"closed_loop_{world}.png"
+    plot(results, cfg, png)
+    verdicts = {}
+    w = summary["windows"]
+    if world == "default":
+        last = next((x for x in w if x["first_day"] == 61), w[-1])
+        verdicts[f"learner captures >= 90% of the oracle's gain over random in {last['window']}"] = (
+            last["captured_share"] is not None and last["captured_share"] >= TARGETS["default"]
+        )
+    elif world == "null":
+        whole = [
+            _roas(r["learner"], 0, days - 1, cfg.start) / _roas(r["random"], 0, days - 1, cfg.start) for r in results
+        ]
+        summary["null_learner_over_random_all_days"] = dict(
+            zip(("mean", "ci_low", "ci_high"), _ci(np.array(whole)), strict=True)
+        )
+        verdicts["null world: learner / random >= 0.97 over all days"] = float(np.mean(whole)) >= TARGETS["null"]
+    else:
+        after = [x for x in w if "after the change" in x["window"]]
+        if after:
+            verdicts[f"change world: learner back above 70% of the oracle's gain in {after[0]['window']}"] = (
+                after[0]["captured_share"] is not None and after[0]["captured_share"] >= TARGETS["change"]
+            )
+    return {
+        "config": {
+            "days": days,
+            "seeds": seeds,
+            "first_seed": first_seed,
+            "accounts": accounts,
+            "effect_scale": effect_scale,
+            "world": world,
+            "half_life_days": half_life,
+            "refit_days": refit_days,
+            "explore_share": explore_share,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_1m": os.getloadavg()[0],
+            "date": date.today().isoformat(),
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "learner_fit_seconds_per_seed": round(float(np.mean([r["learner_fit_seconds"] for r in results])), 1),
+        **summary,
+        "trajectory": trajectory_report(results, cfg),
+        "plot": str(png),
+        "targets": verdicts,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The result as a plain-text table (the CLI's output and BENCHMARKS.md's)."""
+    lines = [f"{'window':<38}" + "".join(f"{arm:>22}" for arm in ARMS) + f"{'learner/random':>22}{'captured':>10}"]
+    for row in result["windows"]:
+        cells = "".join(f"{row[a]['mean']:>8.3f} [{row[a]['ci_low']:.3f},{row[a]['ci_high']:.3f}]" for a in ARMS)
+        lr = row["learner_over_random"]
+        share = row["captured_share"]
+        lines.append(
+            f"{row['window']:<38}{cells}{lr['mean']:>8.3f} [{lr['ci_low']:.3f},{lr['ci_high']:.3f}]"
+            f"{'n/a' if share is None else f'{share:.1%}':>10}"
+        )
+    tr = result["trajectory"]
+    lines.append(
+        f"trajectory of the learner's {tr['accounts']} accounts: {tr['calls']}; median true gain over the "
+        f"random arm in the last 30 days x{tr['median_true_gain_over_random_last_30d']:.2f} "
+        f"(by call: { {k: round(v, 2) for k, v in tr['true_gain_by_call'].items()} })"
+    )
+    for target, ok in result["targets"].items():
+        lines.append(f"[{'ok' if ok else 'MISSED'}] {target}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--days", type=int, default=90)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--accounts", type=int, default=20)
+    p.add_argument("--effect-scale", type=float, default=0.5)
+    p.add_argument("--world", choices=["default", "null", "change"], default="default")
+    p.add_argument("--half-life", type=float, help="forgetting half-life in days (default: 21 in the change world)")
+    p.add_argument("--refit-days", type=int, default=7)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--out", default=".state/benchmarks", help="folder for the PNG and the JSON")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    result = run(
+        args.days,
+        args.seeds,
+        args.accounts,
+        args.effect_scale,
+        args.world,
+        args.half_life,
+        args.refit_days,
+        args.first_seed,
+        Path(args.out),
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    (Path(args.out) / f"closed_loop_{args.world}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0 if all(result["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

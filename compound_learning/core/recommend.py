@@ -1,0 +1,271 @@
+"""Decisions from what was learned: which creatives an account should launch next, and how to
+split its spend over the creatives it runs.
+
+Both read the creative DNA (shrunk log multipliers per attribute value with their posterior
+standard deviations, and the account's baseline) as an additive model of log ROAS / log CTR:
+
+- **launches**: the exploit picks are the attribute combinations with the best posterior mean
+  (an exact k-best search over the additive model); the explore picks are Thompson draws from
+  the posterior (each weight drawn from its normal posterior, the best combination of the draw
+  taken), so values with little evidence, whose posterior is wide, keep being tried. Values of
+  the design space that the DNA has never seen get the prior (mean 0, the widest sd of their
+  dimension), so they are explored rather than ignored.
+- **spend**: each live creative's log ROAS combines the DNA's prediction for its attributes
+  (prior, widened by the between-creative spread) with its own revenue and spend (normal
+  approximation, variance ~ 1 / conversions), less the learned fatigue for the impressions it
+  has had. The split is the posterior probability of being best (Thompson draws), mixed with
+  an even floor; the share spent away from the single best-looking creative is stated.
+
+Everything is deterministic for a given random generator (the caller seeds it with the day).
+Pure: no Dagster, no database.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from compound_learning.config import GLOBAL
+from compound_learning.core.dna import BASELINE_VALUE
+from compound_learning.core.effects import Z95
+
+DEFAULT_PRIOR_SD = 0.5  # an attribute value never seen: about a 1.6x multiplier either way
+CREATIVE_SD = 0.3  # spread of creatives' log ROAS beyond their attributes (quality)
+FLOOR_SHARE = 0.2  # of the spend split evenly, so every live creative keeps earning evidence
+THOMPSON_DRAWS = 2000
+
+
+@dataclass
+class MetricPosterior:
+    """One metric's additive posterior for one account: baseline and per-value weights."""
+
+    metric: str
+    base: float
+    base_sd: float
+    weights: dict[str, dict[str, tuple[float, float, int]]]  # dim -> value -> (mean, sd, creatives)
+
+    def prior_sd(self, dim: str) -> float:
+        sds = [sd for _, sd, _ in self.weights.get(dim, {}).values()]
+        return max(sds) if sds else DEFAULT_PRIOR_SD
+
+    def value(self, dim: str, value: str) -> tuple[float, float, int]:
+        return self.weights.get(dim, {}).get(value, (0.0, self.prior_sd(dim), 0))
+
+
+def posterior(weights: pd.DataFrame, account_id: str, metric: str) -> MetricPosterior | None:
+    """The account's posterior for ``metric``: its own (partially pooled) weight where it has one,
+    else the global one. None when the account has no baseline for the metric."""
+    w = weights[weights["metric"] == metric]
+    base = w[(w["account_id"] == account_id) & (w["dimension"] == BASELINE_VALUE)]
+    if base.empty:
+        return None
+    table: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for scope in (GLOBAL, account_id):  # the account's rows override the global ones
+        rows = w[(w["account_id"] == scope) & (w["dimension"] != BASELINE_VALUE)]
+        for r in rows.itertuples(index=False):
+            table.setdefault(r.dimension, {})[r.value] = (float(r.weight), float(r.weight_se), int(r.creatives))
+    return MetricPosterior(metric, float(base["weight"].iloc[0]), float(base["weight_se"].iloc[0]), table)
+
+
+def design_space(weights: pd.DataFrame, extra: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Every dimension and value the DNA knows globally, plus any the caller can produce."""
+    glob = weights[(weights["account_id"] == GLOBAL) & (weights["dimension"] != BASELINE_VALUE)]
+    space = {d: sorted(set(g["value"])) for d, g in glob.groupby("dimension")}
+    for dim, values in (extra or {}).items():
+        space[dim] = sorted(set(space.get(dim, [])) | set(values))
+    return space
+
+
+def _k_best(scores: dict[str, dict[str, float]], k: int) -> list[tuple[float, dict[str, str]]]:
+    """The k combinations with the highest sum of per-dimension scores (exact for an additive
+    model: a beam of width k over the dimensions keeps every prefix of the k best)."""
+    beam: list[tuple[float, dict[str, str]]] = [(0.0, {})]
+    for dim in sorted(scores):
+        grown = [(s + v, {**combo, dim: value}) for s, combo in beam for value, v in scores[dim].items()]
+        beam = heapq.nlargest(k, grown, key=lambda x: x[0])
+    return beam
+
+
+def _describe(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float, list[dict]]:
+    mean, var, parts = post.base, post.base_sd**2, []
+    for dim, value in sorted(attributes.items()):
+        m, sd, creatives = post.value(dim, value)
+        mean += m
+        var += sd**2
+        parts.append(
+            {
+                "dimension": dim,
+                "value": value,
+                "metric": post.metric,
+                "lift": float(np.expm1(m)),
+                "ci_low": float(np.expm1(m - Z95 * sd)),
+                "ci_high": float(np.expm1(m + Z95 * sd)),
+                "creatives": creatives,
+            }
+        )
+    return mean, float(np.sqrt(var)), parts
+
+
+def _reason(parts: list[dict], kind: str) -> str:
+    label = {"ctr": "CTR", "cvr": "conversion rate", "roas": "ROAS"}
+    strongest = sorted(parts, key=lambda p: -abs(p["lift"]))[:2]
+    words = []
+    for p in strongest:
+        if p["creatives"] == 0:
+            words.append(f"{p['dimension']}={p['value']} never tried yet")
+        else:
+            words.append(
+                f"{p['value']} {p['dimension'].replace('_', ' ')} {p['lift']:+.0%} {label[p['metric']]} "
+                f"[{p['ci_low']:+.0%}, {p['ci_high']:+.0%}], {p['creatives']} creatives"
+            )
+    lead = "best expected ROAS" if kind == "exploit" else "exploration: a plausible winner with little evidence"
+    return f"{lead}: " + "; ".join(words)
+
+
+def launch_picks(
+    weights: pd.DataFrame,
+    account_id: str,
+    n: int,
+    explore_share: float,
+    rng: np.random.Generator,
+    space: dict[str, list[str]] | None = None,
+    exclude: set[str] | None = None,
+) -> list[dict]:
+    """The next ``n`` creatives to launch for ``account_id``: ``round(n * explore_share)``
+    Thompson picks, the rest the best posterior means; each with expected ROAS and CTR, 95%
+    intervals, per-attribute contributions and a reason. ``exclude``: attribute combinations
+    (as sorted JSON) already live, not proposed again."""
+    roas = posterior(weights, account_id, "roas")
+    if roas is None or n <= 0:
+        return []
+    ctr = posterior(weights, account_id, "ctr")
+    space = space or design_space(weights)
+    exclude = set(exclude or ())
+    n_explore = round(n * explore_share)
+    means = {d: {v: roas.value(d, v)[0] for v in vals} for d, vals in space.items()}
+    picks: list[tuple[str, dict[str, str]]] = []
+    seen = set(exclude)
+    for _, combo in _k_best(means, n - n_explore + len(exclude)):
+        key = json.dumps(combo, sort_keys=True)
+        if key not in seen and len(picks) < n - n_explore:
+            picks.append(("exploit", combo))
+            seen.add(key)
+    while len(picks) < n:
+        # Thompson: one draw of every weight from its posterior; the best combination under the
+        # draw that is not proposed already (so the configured share is honoured).
+        draw = {d: {v: rng.normal(*roas.value(d, v)[:2]) for v in vals} for d, vals in space.items()}
+        fresh = [c for _, c in _k_best(draw, len(seen) + 1) if json.dumps(c, sort_keys=True) not in seen]
+        if not fresh:
+            break  # the design space is exhausted
+        picks.append(("explore", fresh[0]))
+        seen.add(json.dumps(fresh[0], sort_keys=True))
+    out = []
+    for rank, (kind, combo) in enumerate(picks, start=1):
+        mean, sd, parts = _describe(roas, combo)
+        row = {
+            "rank": rank,
+            "kind": kind,
+            "attributes": combo,
+            "expected_roas": float(np.exp(mean)),
+            "roas_ci": [float(np.exp(mean - Z95 * sd)), float(np.exp(mean + Z95 * sd))],
+            "contributions": parts,
+            "reason": _reason(parts, kind),
+        }
+        if ctr is not None:
+            cmean, csd, cparts = _describe(ctr, combo)
+            row["expected_ctr"] = float(np.exp(cmean))
+            row["ctr_ci"] = [float(np.exp(cmean - Z95 * csd)), float(np.exp(cmean + Z95 * csd))]
+            row["contributions"] = parts + cparts
+        out.append(row)
+    return out
+
+
+def fatigue_slope(daily: pd.DataFrame) -> float:
+    """Change of log CTR per 100k cumulative impressions of a creative, estimated within
+    creatives (each creative's own mean removed, so quality does not leak in), click-weighted.
+    ``daily``: creative_id, date, impressions, clicks. 0 when there is too little to tell; never
+    positive (a creative is not assumed to improve with exposure)."""
+    if daily.empty:
+        return 0.0
+    d = daily.sort_values(["creative_id", "date"])
+    cum = d.groupby("creative_id")["impressions"].cumsum() - d["impressions"]
+    y = np.log((d["clicks"].to_numpy(float) + 0.5) / (d["impressions"].to_numpy(float) + 1.0))
+    w = d["clicks"].to_numpy(float) + 0.5
+    frame = pd.DataFrame({"c": d["creative_id"].to_numpy(), "x": cum.to_numpy(float) / 1e5, "y": y, "w": w})
+    for col in ("x", "y"):
+        wm = (frame[col] * frame["w"]).groupby(frame["c"]).transform("sum") / frame.groupby("c")["w"].transform("sum")
+        frame[col] = frame[col] - wm
+    sxx = float((frame["w"] * frame["x"] ** 2).sum())
+    if sxx <= 1e-9:
+        return 0.0
+    return min(0.0, float((frame["w"] * frame["x"] * frame["y"]).sum() / sxx))
+
+
+def spend_split(
+    live: pd.DataFrame,
+    weights: pd.DataFrame | None,
+    account_id: str,
+    rng: np.random.Generator,
+    fatigue_per_100k: float = 0.0,
+    floor_share: float = FLOOR_SHARE,
+    use_evidence: bool = True,
+) -> pd.DataFrame:
+    """Shares of tomorrow's spend over the live creatives.
+
+    ``live``: creative_id, attributes (dict), impressions, spend, revenue, conversions (the
+    creative's totals so far). ``weights`` None (or ``use_evidence`` False for the creative's own
+    figures) leaves only what is given: with neither, the split is even up to fatigue. Returns
+    creative_id, share, p_best, expected_roas, its 95% interval and ``exploration`` (the part of
+    each share beyond what the best-looking creative alone would get)."""
+    if live.empty:
+        return pd.DataFrame(
+            columns=["creative_id", "share", "p_best", "expected_roas", "roas_ci_low", "roas_ci_high", "exploration"]
+        )
+    roas = posterior(weights, account_id, "roas") if weights is not None and len(weights) else None
+    n = len(live)
+    prior_mean = np.zeros(n)
+    prior_var = np.full(n, CREATIVE_SD**2 + (DEFAULT_PRIOR_SD**2 if roas is None else 0.0))
+    if roas is not None:
+        for i, attrs in enumerate(live["attributes"]):
+            mean, sd, _ = _describe(roas, attrs)
+            prior_mean[i], prior_var[i] = mean, sd**2 + CREATIVE_SD**2
+    spend = live["spend"].to_numpy(float)
+    revenue = live["revenue"].fillna(0).to_numpy(float)
+    conversions = live["conversions"].fillna(0).to_numpy(float) if "conversions" in live else np.zeros(n)
+    mean, var = prior_mean.copy(), prior_var.copy()
+    if use_evidence:
+        has = spend > 0
+        if roas is None and spend.sum() > 0 and revenue.sum() > 0:  # no DNA: the account's own pooled ROAS
+            prior_mean[:] = np.log(revenue.sum() / spend.sum())
+        # One pseudo-conversion at the prior's ROAS keeps a creative with no conversion yet finite.
+        per_conversion = spend.sum() / max(conversions.sum(), 1.0) if spend.sum() > 0 else 1.0
+        obs = np.log((revenue + np.exp(prior_mean) * per_conversion) / (spend + per_conversion))
+        obs_var = np.where(has, 1.0 / (conversions + 1.0), np.inf)
+        precision = 1.0 / prior_var + np.where(np.isfinite(obs_var), 1.0 / obs_var, 0.0)
+        mean = (prior_mean / prior_var + np.where(np.isfinite(obs_var), obs / obs_var, 0.0)) / precision
+        var = 1.0 / precision
+        # What it earned was earned at half its impressions so far, on average; tomorrow it is at all of them.
+        mean = mean + fatigue_per_100k * live["impressions"].to_numpy(float) / 2e5
+    else:
+        mean = mean + fatigue_per_100k * live["impressions"].to_numpy(float) / 1e5
+    draws = rng.normal(mean[None, :], np.sqrt(var)[None, :], size=(THOMPSON_DRAWS, n))
+    p_best = np.bincount(draws.argmax(axis=1), minlength=n) / THOMPSON_DRAWS
+    share = (1.0 - floor_share) * p_best + floor_share / n
+    greedy = np.zeros(n)
+    greedy[int(np.argmax(mean))] = 1.0
+    sd = np.sqrt(var)
+    return pd.DataFrame(
+        {
+            "creative_id": live["creative_id"].to_numpy(),
+            "share": share,
+            "p_best": p_best,
+            "expected_roas": np.exp(mean),
+            "roas_ci_low": np.exp(mean - Z95 * sd),
+            "roas_ci_high": np.exp(mean + Z95 * sd),
+            "exploration": np.clip(share - greedy, 0.0, None),
+        }
+    )

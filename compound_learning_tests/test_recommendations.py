@@ -1,0 +1,191 @@
+"""Closing the loop: the recommendation step on a tiny world, the spend split and fatigue in
+isolation, the CLI, and the closed-loop benchmark end to end on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from compound_learning import queries, steps
+from compound_learning.benchmarks import closed_loop
+from compound_learning.core import recommend
+from compound_learning.core.closed_loop import LoopConfig, World
+from compound_learning.ingestion import ingest_frame
+from compound_learning.storage import schema as t
+from compound_learning_tests.conftest import START, make_context, small_world
+
+DAYS = 14
+
+
+@pytest.fixture(scope="module")
+def recommended(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rec")
+    with pytest.MonkeyPatch.context() as mp:
+        url = f"sqlite:///{root / 'cl.db'}"
+        mp.setenv("COMPOUND_LEARNING_DATABASE_URL", url)
+        mp.setenv("COMPOUND_LEARNING_ARTIFACTS_DIR", str(root / "artifacts"))
+        ctx = make_context(url)
+        data, truth = small_world(days=DAYS, accounts=6, creatives=30, seed=8, effect_scale=1.5)
+        ingest_frame(data, store=ctx.store, settings=ctx.settings, today=date(2025, 1, 1))
+        end = START + timedelta(days=DAYS - 1)
+        steps.run_days(
+            ctx, START, end, only=["daily_stats", "learning_patterns", "creative_dna", "creative_recommendations"]
+        )
+        yield ctx, end, truth, url
+
+
+def test_exploit_picks_favour_the_largest_true_effects(recommended):
+    ctx, end, truth, _ = recommended
+    effects = pd.DataFrame(truth["effects"])
+    roas = effects[effects["metric"] == "roas"]
+    best = roas.loc[roas.groupby("dimension")["log_effect"].idxmax()].set_index("dimension")["value"]
+    strongest = roas.assign(spread=roas.groupby("dimension")["log_effect"].transform(lambda s: s.max() - s.min()))
+    top_dim = strongest.sort_values("spread").iloc[-1]["dimension"]  # the dimension that matters most
+    recs = ctx.store.read_day(t.creative_recommendations, end)
+    firsts = recs[(recs["kind"] == "launch") & (recs["rank"] == 1)]
+    assert len(firsts) == 6
+    hits = [json.loads(a)[top_dim] == best[top_dim] for a in firsts["attributes"]]
+    assert np.mean(hits) >= 0.8, (top_dim, best[top_dim], list(firsts["attributes"]))
+    assert set(firsts["pick"]) == {"exploit"}
+
+
+def test_explore_share_is_honoured_and_the_step_is_deterministic(recommended):
+    ctx, end, _, _ = recommended
+    recs = ctx.store.read_day(t.creative_recommendations, end)
+    launches = recs[recs["kind"] == "launch"]
+    per_account = launches.groupby("account_id")["pick"].value_counts().unstack(fill_value=0)
+    n = ctx.cfg.recommendations_per_account
+    assert (per_account["explore"] == round(n * ctx.cfg.explore_share)).all()
+    assert (per_account.sum(axis=1) == n).all()
+    again = steps.run_step(ctx, "creative_recommendations", end)
+    assert again["launch_picks"] == len(launches)
+    pd.testing.assert_frame_equal(
+        recs.sort_values(["account_id", "kind", "rank"]).reset_index(drop=True),
+        ctx.store.read_day(t.creative_recommendations, end)
+        .sort_values(["account_id", "kind", "rank"])
+        .reset_index(drop=True),
+    )
+    spend = recs[recs["kind"] == "spend"]
+    assert np.allclose(spend.groupby("account_id")["share"].sum(), 1.0)
+
+
+def test_explore_share_is_configurable(recommended):
+    ctx, end, _, url = recommended
+    none = steps.build_recommendations(make_context(url, explore_share=0.0), end)
+    assert none["explore_picks"] == 0 and none["launch_picks"] > 0
+    half = steps.build_recommendations(make_context(url, explore_share=0.5), end)
+    assert half["explore_picks"] == half["launch_picks"] // 2
+    steps.build_recommendations(ctx, end)  # leave the module's table as the default wrote it
+
+
+def test_spend_split_follows_evidence_floor_and_fatigue():
+    rng = np.random.default_rng(0)
+    live = pd.DataFrame(
+        {
+            "creative_id": ["a", "b", "c"],
+            "attributes": [{}, {}, {}],
+            "impressions": [50_000.0, 50_000.0, 50_000.0],
+            "spend": [400.0, 400.0, 400.0],
+            "revenue": [4000.0, 2000.0, 2000.0],
+            "conversions": [60.0, 30.0, 30.0],
+        }
+    )
+    split = recommend.spend_split(live, None, "x", rng, floor_share=0.3)
+    assert split["share"].sum() == pytest.approx(1.0)
+    assert split["share"].min() >= 0.3 / 3 - 1e-12
+    assert split.loc[0, "share"] > split.loc[1, "share"] and split.loc[0, "p_best"] > 0.9
+    # the same evidence, but the better creative has had far more impressions: fatigue moves spend
+    tired = live.assign(impressions=[900_000.0, 50_000.0, 50_000.0])
+    moved = recommend.spend_split(tired, None, "x", np.random.default_rng(0), fatigue_per_100k=-0.15, floor_share=0.3)
+    assert moved.loc[0, "share"] < split.loc[0, "share"]
+    even = recommend.spend_split(live.assign(impressions=0.0), None, "x", np.random.default_rng(0), use_evidence=False)
+    assert np.allclose(even["p_best"], 1 / 3, atol=0.05)
+
+
+def test_fatigue_slope_recovers_a_known_decline():
+    rng = np.random.default_rng(1)
+    rows = []
+    for c in range(30):
+        quality = rng.normal(0, 0.3)
+        cum = 0
+        for d in range(20):
+            impressions = 5000
+            ctr = 0.02 * np.exp(quality - 0.2 * cum / 1e5)
+            rows.append(
+                {
+                    "creative_id": f"c{c}",
+                    "date": d,
+                    "impressions": impressions,
+                    "clicks": rng.binomial(impressions, ctr),
+                }
+            )
+            cum += impressions
+    slope = recommend.fatigue_slope(pd.DataFrame(rows))
+    assert -0.3 < slope < -0.1
+
+
+def test_cli_recommend(recommended):
+    _, _, _, url = recommended
+    env = {"COMPOUND_LEARNING_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "recommend", "acct_001", "--n", "3", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert len(rec["launch"]) == 3 and rec["launch"][0]["pick"] == "exploit"
+    human = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "recommend", "acct_001"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert "expected ROAS" in human.stdout and "why:" in human.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", "recommend", "nobody"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert missing.returncode == 2 and "no recommendations for account 'nobody'" in missing.stderr
+
+
+def test_queries_validate_n(recommended):
+    ctx, *_ = recommended
+    with pytest.raises(queries.QueryError, match="n must be at least 1"):
+        queries.recommendations(ctx.store, "acct_001", n=0)
+
+
+def test_closed_loop_world_is_shared_by_arms():
+    world = World(LoopConfig(days=5, accounts=2, seed=3))
+    a = world.new_creative("acct_001", 7, {"hook_type": "story"}, 0)
+    b = world.new_creative("acct_001", 7, {"hook_type": "offer"}, 2)
+    assert (a.quality_ctr, a.quality_cvr) == (b.quality_ctr, b.quality_cvr)  # common random numbers
+    best = world.best_attributes("acct_001", 0)
+    assert all(
+        world.expected_log_roas("acct_001", best, 0) >= world.expected_log_roas("acct_001", c, 0) for c in world.combos
+    )
+
+
+def test_closed_loop_benchmark_end_to_end(tmp_path):
+    result = closed_loop.run(days=20, seeds=2, accounts=4, out_dir=tmp_path)
+    assert (tmp_path / "closed_loop_default.png").stat().st_size > 10_000
+    window = result["windows"][0]
+    for arm in closed_loop.ARMS:
+        assert window[arm]["mean"] > 0
+    assert window["oracle"]["mean"] > window["random"]["mean"]  # the oracle's knowledge is worth something
+    assert len(result["targets"]) == 1 and isinstance(next(iter(result["targets"].values())), bool)
+    table = closed_loop.format_table(result)
+    assert "learner/random" in table and ("[ok]" in table or "[MISSED]" in table)
+    assert result["trajectory"]["accounts"] == 8
