@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from compound_learning.config import DEFAULT_MIN_CONFIDENCE, GLOBAL, METRICS, STATES
-from compound_learning.core.dna import BASELINE_VALUE, score_creative
+from compound_learning.core.dna import BASELINE_VALUE, pair_dimensions, score_creative
 from compound_learning.core.patterns import patterns_to_records
 from compound_learning.storage import schema as t
 from compound_learning.storage.artifacts import ArtifactError
@@ -137,7 +137,7 @@ def score(store: Store, account_id: str, creative: dict) -> dict:
     if day is None:
         raise LookupError("no creative DNA has been learned yet: run a learning cycle first")
     # Only the rows this creative can touch: its account's and the global ones, its dimensions.
-    weights = store.dna_weights_for(day, [account_id, GLOBAL], [*creative, BASELINE_VALUE])
+    weights = store.dna_weights_for(day, [account_id, GLOBAL], [*creative, *pair_dimensions(creative), BASELINE_VALUE])
     result = {"as_of": str(day), **score_creative(weights, account_id, creative)}
     from compound_learning.serving import predict_creative_ctr  # scikit-learn loads only to score
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import pytest
@@ -112,6 +114,19 @@ def env(monkeypatch, tmp_path):
 
 def make_store(url: str) -> Store:
     return get_store(url)
+
+
+@contextmanager
+def learned_context(tmp_path_factory, name: str, **cfg_changes) -> Iterator[CycleContext]:
+    """A module-scoped store of its own: the environment points at a fresh SQLite file and
+    artifacts folder for as long as the context is open."""
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as mp:
+        url = f"sqlite:///{root / 'cl.db'}"
+        mp.setenv("COMPOUND_LEARNING_DATABASE_URL", url)
+        mp.setenv("COMPOUND_LEARNING_ARTIFACTS_DIR", str(root / "artifacts"))
+        yield make_context(url, **cfg_changes)
+        _forget(url)
 
 
 def make_context(url: str, **cfg_changes) -> CycleContext:

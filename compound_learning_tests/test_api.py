@@ -136,6 +136,8 @@ def test_bad_input_is_422_never_500(open_client):
     assert c.post(f"{P}/run-cycle", json={"start": "2024-01-05", "end": "2024-01-01"}).status_code == 422
     assert c.post(f"{P}/run-cycle", json={}).status_code == 422
     assert c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {}}).status_code == 422
+    many = {f"dim_{i}": "x" for i in range(5000)}
+    assert c.post(f"{P}/score", json={"account_id": "acct_001", "creative": many}).status_code == 422
     assert c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {"hook_type": 3}}).status_code == 422
     assert c.get(f"{P}/improvement-trajectory/nobody").status_code == 404
     assert c.post(f"{P}/score", json={"account_id": "nobody", "creative": {"a": "b"}}).status_code == 404

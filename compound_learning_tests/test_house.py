@@ -19,7 +19,7 @@ from compound_learning.definitions import defs
 from compound_learning.ingestion import ingest_frame
 from compound_learning.orchestration import launch
 from compound_learning.serving import ModelCache, predict_creative_ctr
-from compound_learning_tests.conftest import START, make_context, small_world
+from compound_learning_tests.conftest import START, learned_context, small_world
 
 PACKAGE = Path(__file__).resolve().parents[1] / "compound_learning"
 
@@ -150,12 +150,7 @@ def test_launch_goes_through_the_runner_in_the_background(monkeypatch, sqlite_ur
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    with pytest.MonkeyPatch.context() as mp:
-        url = f"sqlite:///{root / 'cl.db'}"
-        mp.setenv("COMPOUND_LEARNING_DATABASE_URL", url)
-        mp.setenv("COMPOUND_LEARNING_ARTIFACTS_DIR", str(root / "artifacts"))
-        ctx = make_context(url, calibration_tolerance=0.3, min_new_clicks=0)
+    with learned_context(tmp_path_factory, "served", calibration_tolerance=0.3, min_new_clicks=0) as ctx:
         data, _ = small_world(days=16, accounts=4, creatives=20, seed=5)
         ingest_frame(data, store=ctx.store, settings=ctx.settings, today=date(2025, 1, 1))
         steps.run_days(ctx, START, START + timedelta(days=15), only=["daily_stats", "ctr_model"])

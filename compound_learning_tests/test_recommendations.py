@@ -18,26 +18,20 @@ from compound_learning.core import recommend
 from compound_learning.core.closed_loop import LoopConfig, World
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import START, make_context, small_world
+from compound_learning_tests.conftest import START, learned_context, make_context, small_world
 
 DAYS = 14
 
 
 @pytest.fixture(scope="module")
 def recommended(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rec")
-    with pytest.MonkeyPatch.context() as mp:
-        url = f"sqlite:///{root / 'cl.db'}"
-        mp.setenv("COMPOUND_LEARNING_DATABASE_URL", url)
-        mp.setenv("COMPOUND_LEARNING_ARTIFACTS_DIR", str(root / "artifacts"))
-        ctx = make_context(url)
+    with learned_context(tmp_path_factory, "rec") as ctx:
         data, truth = small_world(days=DAYS, accounts=6, creatives=30, seed=8, effect_scale=1.5)
         ingest_frame(data, store=ctx.store, settings=ctx.settings, today=date(2025, 1, 1))
         end = START + timedelta(days=DAYS - 1)
-        steps.run_days(
-            ctx, START, end, only=["daily_stats", "learning_patterns", "creative_dna", "creative_recommendations"]
-        )
-        yield ctx, end, truth, url
+        only = ["daily_stats", "learning_patterns", "creative_dna", "creative_recommendations"]
+        steps.run_days(ctx, START, end, only=only)
+        yield ctx, end, truth, ctx.settings.database_url
 
 
 def test_exploit_picks_favour_the_largest_true_effects(recommended):

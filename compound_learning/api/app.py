@@ -26,6 +26,7 @@ from compound_learning.storage.artifacts import ArtifactError
 from compound_learning.storage.store import Store, get_store
 
 PREFIX = "/api/compound-learning"
+MAX_ATTRIBUTES = 64
 
 Metric = Enum("Metric", {m: m for m in METRICS}, type=str)
 State = Enum("State", {s: s for s in STATES}, type=str)
@@ -53,7 +54,10 @@ class RunCycleRequest(BaseModel):
 
 class ScoreRequest(BaseModel):
     account_id: str = Field(min_length=1, max_length=200)
-    creative: dict[str, str] = Field(min_length=1, description='attribute -> value, e.g. {"hook_type": "question"}')
+    # Bounded: a score touches every pair of the creative's attributes (synergies).
+    creative: dict[str, str] = Field(
+        min_length=1, max_length=MAX_ATTRIBUTES, description='attribute -> value, e.g. {"hook_type": "question"}'
+    )
 
 
 class Pattern(BaseModel):

@@ -152,6 +152,7 @@ class LearnerPolicy(_OwnData):
             steps.run_day(self.ctx, d, only=["learning_patterns", "creative_dna", "creative_recommendations"])
             self.fit_seconds += time.perf_counter() - started
             self.weights = self.store.read_day(t.creative_dna, d)
+            self.space = recommend.design_space(self.weights)
             self.picks = {}
             for account in self.world.accounts:
                 try:
@@ -171,8 +172,8 @@ class LearnerPolicy(_OwnData):
         for _ in range(n):
             k = self.launched[account]
             self.launched[account] += 1
-            if every and k % every == every - 1 and picks["explore"]:
-                out.append(picks["explore"][(k // every) % len(picks["explore"])])
+            if every and k % every == every - 1:
+                out.append(recommend.thompson_pick(self.weights, account, self.rng, self.space) or picks["exploit"][0])
             else:
                 out.append(picks["exploit"][0])
         return out

@@ -9,6 +9,9 @@ global weights shrink towards zero, an account's weights shrink towards the glob
 
 from __future__ import annotations
 
+import json
+from itertools import combinations
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +22,26 @@ from compound_learning.core.shrinkage import posterior, prior_variance
 
 WEIGHT_COLUMNS = ["account_id", "metric", "dimension", "value", "weight", "weight_se", "creatives"]
 BASELINE_VALUE = "__baseline__"
+PAIR_PREFIX = "__pair__:"
+
+
+def pair_dimension(dim_a: str, dim_b: str) -> str:
+    """The DNA row name of an interaction between two dimensions (order-free)."""
+    return PAIR_PREFIX + json.dumps(sorted([dim_a, dim_b]))
+
+
+def pair_value(attributes: dict[str, str], dim_a: str, dim_b: str) -> str:
+    a, b = sorted([dim_a, dim_b])
+    return json.dumps([attributes[a], attributes[b]])
+
+
+def pair_dimensions(dims) -> list[str]:
+    """Every pair row name a creative with these dimensions can touch."""
+    return [pair_dimension(a, b) for a, b in combinations(sorted(dims), 2)]
+
+
+def is_pair(dimension: str) -> bool:
+    return dimension.startswith(PAIR_PREFIX)
 
 
 def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +90,31 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
                     "creatives": int(r.creatives),
                 }
             )
+    # Interactions (synergy): shrunk the same way, towards no interaction; most are noise and
+    # shrink to nothing, the supported ones keep their weight.
+    inter = patterns[
+        (patterns["pattern_type"] == "interaction")
+        & (patterns["account_id"] == GLOBAL)
+        & patterns["std_error"].notna()
+        & (patterns["state"] != "insufficient_data")
+    ]
+    for metric, sub in inter.groupby("metric"):
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"])
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
+            attrs = json.loads(r.attributes)
+            da, db = sorted(attrs)
+            rows.append(
+                {
+                    "account_id": GLOBAL,
+                    "metric": metric,
+                    "dimension": pair_dimension(da, db),
+                    "value": pair_value(attrs, da, db),
+                    "weight": float(m),
+                    "weight_se": float(s),
+                    "creatives": int(json.loads(r.support).get("creatives", 0)),
+                }
+            )
     for b in baselines.itertuples():
         rows.append(
             {
@@ -102,7 +150,7 @@ def score_creative(weights: pd.DataFrame, account_id: str, creative: dict[str, s
     if not baselines:
         # Never list the accounts that do have one: a caller may only know of its own.
         raise LookupError(f"account {account_id!r} has no baseline yet: no learning cycle has seen its data")
-    known_values = {(d, v) for (a, _m, d, v) in lookup if a == GLOBAL}
+    known_values = {(d, v) for (a, _m, d, v) in lookup if a == GLOBAL and not is_pair(d)}
     known_dims = {d for d, _ in known_values}
     predictions, contributions, unseen, unknown_dims = {}, [], [], []
     for dim, value in sorted(creative.items()):
@@ -127,6 +175,21 @@ def score_creative(weights: pd.DataFrame, account_id: str, creative: dict[str, s
             contributions.append(
                 {"dimension": dim, "value": value, "metric": metric, "lift": float(np.expm1(w)), "source": source}
             )
+        for da, db in combinations(sorted(creative), 2):
+            found = lookup.get((GLOBAL, metric, pair_dimension(da, db), pair_value(creative, da, db)))
+            if found is not None:
+                w, se = found
+                total += w
+                var += se**2
+                contributions.append(
+                    {
+                        "dimension": f"{da} x {db}",
+                        "value": f"{creative[da]} x {creative[db]}",
+                        "metric": metric,
+                        "lift": float(np.expm1(w)),
+                        "source": "global synergy",
+                    }
+                )
         est = log_rate + total
         sd = float(np.sqrt(var))
         predictions[metric] = {

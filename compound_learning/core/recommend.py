@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.config import GLOBAL
-from compound_learning.core.dna import BASELINE_VALUE
+from compound_learning.core.dna import BASELINE_VALUE, is_pair, pair_dimension, pair_value
 from compound_learning.core.effects import Z95
 
 DEFAULT_PRIOR_SD = 0.5  # an attribute value never seen: about a 1.6x multiplier either way
 CREATIVE_SD = 0.3  # spread of creatives' log ROAS beyond their attributes (quality)
 FLOOR_SHARE = 0.2  # of the spend split evenly, so every live creative keeps earning evidence
 THOMPSON_DRAWS = 2000
+CANDIDATES = 200  # best combinations by main effects, re-ranked with the synergy weights
 
 
 @dataclass
@@ -47,6 +48,7 @@ class MetricPosterior:
     base: float
     base_sd: float
     weights: dict[str, dict[str, tuple[float, float, int]]]  # dim -> value -> (mean, sd, creatives)
+    pairs: dict[str, dict[str, tuple[float, float, int]]]  # pair row -> pair value -> (mean, sd, creatives)
 
     def prior_sd(self, dim: str) -> float:
         sds = [sd for _, sd, _ in self.weights.get(dim, {}).values()]
@@ -64,16 +66,33 @@ def posterior(weights: pd.DataFrame, account_id: str, metric: str) -> MetricPost
     if base.empty:
         return None
     table: dict[str, dict[str, tuple[float, float, int]]] = {}
+    pairs: dict[str, dict[str, tuple[float, float, int]]] = {}
     for scope in (GLOBAL, account_id):  # the account's rows override the global ones
         rows = w[(w["account_id"] == scope) & (w["dimension"] != BASELINE_VALUE)]
         for r in rows.itertuples(index=False):
-            table.setdefault(r.dimension, {})[r.value] = (float(r.weight), float(r.weight_se), int(r.creatives))
-    return MetricPosterior(metric, float(base["weight"].iloc[0]), float(base["weight_se"].iloc[0]), table)
+            target = pairs if is_pair(r.dimension) else table
+            target.setdefault(r.dimension, {})[r.value] = (float(r.weight), float(r.weight_se), int(r.creatives))
+    return MetricPosterior(metric, float(base["weight"].iloc[0]), float(base["weight_se"].iloc[0]), table, pairs)
+
+
+def _pair_terms(post: MetricPosterior, attributes: dict[str, str]):
+    """The synergy weights that apply to a combination: ((dim_a, dim_b, pair value), (mean, sd, creatives))."""
+    dims = sorted(attributes)
+    for i, da in enumerate(dims):
+        for db in dims[i + 1 :]:
+            value = pair_value(attributes, da, db)
+            found = post.pairs.get(pair_dimension(da, db), {}).get(value)
+            if found is not None:
+                yield (da, db, value), found
 
 
 def design_space(weights: pd.DataFrame, extra: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Every dimension and value the DNA knows globally, plus any the caller can produce."""
-    glob = weights[(weights["account_id"] == GLOBAL) & (weights["dimension"] != BASELINE_VALUE)]
+    glob = weights[
+        (weights["account_id"] == GLOBAL)
+        & (weights["dimension"] != BASELINE_VALUE)
+        & ~weights["dimension"].map(is_pair)
+    ]
     space = {d: sorted(set(g["value"])) for d, g in glob.groupby("dimension")}
     for dim, values in (extra or {}).items():
         space[dim] = sorted(set(space.get(dim, [])) | set(values))
@@ -107,7 +126,49 @@ def _describe(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float,
                 "creatives": creatives,
             }
         )
+    for (da, db, _), (m, sd, creatives) in _pair_terms(post, attributes):
+        mean += m
+        var += sd**2
+        if abs(m) > 0.01:  # a synergy worth naming
+            parts.append(
+                {
+                    "dimension": f"{da} x {db}",
+                    "value": f"{attributes[da]} x {attributes[db]}",
+                    "metric": post.metric,
+                    "lift": float(np.expm1(m)),
+                    "ci_low": float(np.expm1(m - Z95 * sd)),
+                    "ci_high": float(np.expm1(m + Z95 * sd)),
+                    "creatives": creatives,
+                }
+            )
     return mean, float(np.sqrt(var)), parts
+
+
+def _ranked(post: MetricPosterior, mains: dict[str, dict[str, float]], synergy, k: int) -> list[dict[str, str]]:
+    """The ``k`` best combinations: the best by main effects, re-ranked with the synergy terms
+    (``synergy(key, (mean, sd, creatives))`` gives each applicable one's value: mean or a draw)."""
+    candidates = _k_best(mains, max(CANDIDATES, k))
+    scored = [
+        (score + sum(synergy(key, v) for key, v in _pair_terms(post, combo)), combo) for score, combo in candidates
+    ]
+    return [c for _, c in sorted(scored, key=lambda x: -x[0])[:k]]
+
+
+def _thompson(
+    post: MetricPosterior, space: dict[str, list[str]], rng: np.random.Generator, k: int, seen: set[str]
+) -> list[dict[str, str]]:
+    """The best combinations under one posterior draw of every weight (synergies included) that
+    are not in ``seen``."""
+    draw = {d: {v: rng.normal(*post.value(d, v)[:2]) for v in vals} for d, vals in space.items()}
+    drawn: dict[tuple, float] = {}
+
+    def synergy(key, value):
+        if key not in drawn:
+            drawn[key] = float(rng.normal(value[0], value[1]))
+        return drawn[key]
+
+    ranked = _ranked(post, draw, synergy, len(seen) + k)
+    return [c for c in ranked if json.dumps(c, sort_keys=True) not in seen][:k]
 
 
 def _reason(parts: list[dict], kind: str) -> str:
@@ -124,6 +185,19 @@ def _reason(parts: list[dict], kind: str) -> str:
             )
     lead = "best expected ROAS" if kind == "exploit" else "exploration: a plausible winner with little evidence"
     return f"{lead}: " + "; ".join(words)
+
+
+def thompson_pick(
+    weights: pd.DataFrame, account_id: str, rng: np.random.Generator, space: dict[str, list[str]] | None = None
+) -> dict[str, str] | None:
+    """One Thompson draw: every weight drawn from its posterior, the best combination under the
+    draw. When the posterior is sure, this is the exploit pick; where it is not, a plausible
+    alternative, so exploration fades exactly as fast as the uncertainty does."""
+    roas = posterior(weights, account_id, "roas")
+    if roas is None:
+        return None
+    found = _thompson(roas, space or design_space(weights), rng, 1, set())
+    return found[0] if found else None
 
 
 def launch_picks(
@@ -149,7 +223,7 @@ def launch_picks(
     means = {d: {v: roas.value(d, v)[0] for v in vals} for d, vals in space.items()}
     picks: list[tuple[str, dict[str, str]]] = []
     seen = set(exclude)
-    for _, combo in _k_best(means, n - n_explore + len(exclude)):
+    for combo in _ranked(roas, means, lambda _key, v: v[0], n - n_explore + len(exclude)):
         key = json.dumps(combo, sort_keys=True)
         if key not in seen and len(picks) < n - n_explore:
             picks.append(("exploit", combo))
@@ -157,8 +231,7 @@ def launch_picks(
     while len(picks) < n:
         # Thompson: one draw of every weight from its posterior; the best combination under the
         # draw that is not proposed already (so the configured share is honoured).
-        draw = {d: {v: rng.normal(*roas.value(d, v)[:2]) for v in vals} for d, vals in space.items()}
-        fresh = [c for _, c in _k_best(draw, len(seen) + 1) if json.dumps(c, sort_keys=True) not in seen]
+        fresh = _thompson(roas, space, rng, 1, seen)
         if not fresh:
             break  # the design space is exhausted
         picks.append(("explore", fresh[0]))
