@@ -181,5 +181,5 @@ def test_closed_loop_benchmark_end_to_end(tmp_path):
     assert window["oracle"]["mean"] > window["random"]["mean"]  # the oracle's knowledge is worth something
     assert len(result["targets"]) == 1 and isinstance(next(iter(result["targets"].values())), bool)
     table = closed_loop.format_table(result)
-    assert "learner/random" in table and ("[ok]" in table or "[MISSED]" in table)
+    assert "learner / random" in table and "oracle_common" in table and ("[ok]" in table or "[MISSED]" in table)
     assert result["trajectory"]["accounts"] == 8

@@ -41,13 +41,22 @@ from scipy import stats as sps
 from compound_learning import queries, steps
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core import recommend
-from compound_learning.core.closed_loop import Creative, LoopConfig, OraclePolicy, Policy, RandomPolicy, World, run_arm
+from compound_learning.core.closed_loop import (
+    CommonOraclePolicy,
+    Creative,
+    LoopConfig,
+    OraclePolicy,
+    Policy,
+    RandomPolicy,
+    World,
+    run_arm,
+)
 from compound_learning.core.trajectory import trajectory
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store
 
-ARMS = ("random", "fatigue_only", "learner", "oracle")
+ARMS = ("random", "fatigue_only", "learner", "oracle_common", "oracle")
 TARGETS = {"default": 0.90, "change": 0.70, "null": 0.97}
 
 
@@ -212,6 +221,8 @@ def run_seed(
                 policy: Policy = RandomPolicy(world, rng)
             elif arm == "oracle":
                 policy = OraclePolicy(world, rng)
+            elif arm == "oracle_common":
+                policy = CommonOraclePolicy(world, rng)
             elif arm == "fatigue_only":
                 policy = FatigueOnlyPolicy(world, rng)
             else:
@@ -262,6 +273,10 @@ def summarize(results: list[dict], cfg: LoopConfig) -> dict:
         )
         mean_gain = per["oracle"].mean() - per["random"].mean()
         row["captured_share"] = float((per["learner"].mean() - per["random"].mean()) / mean_gain) if mean_gain else None
+        common_gain = per["oracle_common"].mean() - per["random"].mean()
+        row["captured_share_of_common"] = (
+            float((per["learner"].mean() - per["random"].mean()) / common_gain) if common_gain else None
+        )
         row["captured_share_per_seed"] = dict(zip(("mean", "ci_low", "ci_high"), _ci(captured), strict=True))
         table.append(row)
     return {"windows": table}
@@ -297,7 +312,13 @@ def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    colors = {"random": "#888888", "fatigue_only": "#c49a2c", "learner": "#1f77b4", "oracle": "#2ca02c"}
+    colors = {
+        "random": "#888888",
+        "fatigue_only": "#c49a2c",
+        "learner": "#1f77b4",
+        "oracle_common": "#98df8a",
+        "oracle": "#2ca02c",
+    }
     for arm in ARMS:
         daily = np.array(
             [
@@ -405,15 +426,22 @@ def run(
 
 
 def format_table(result: dict) -> str:
-    """The result as a plain-text table (the CLI's output and BENCHMARKS.md's)."""
-    lines = [f"{'window':<38}" + "".join(f"{arm:>22}" for arm in ARMS) + f"{'learner/random':>22}{'captured':>10}"]
+    """The result as a Markdown table (the CLI's output and BENCHMARKS.md's): ROAS per arm, mean
+    over seeds with its 95% interval, learner / random, and the captured shares of the gain."""
+    head = ["window", *ARMS, "learner / random", "captured of oracle", "captured of oracle_common"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["windows"]:
-        cells = "".join(f"{row[a]['mean']:>8.3f} [{row[a]['ci_low']:.3f},{row[a]['ci_high']:.3f}]" for a in ARMS)
+        cells = [f"{row[a]['mean']:.2f} [{row[a]['ci_low']:.2f}, {row[a]['ci_high']:.2f}]" for a in ARMS]
         lr = row["learner_over_random"]
-        share = row["captured_share"]
+        shares = [
+            ("n/a" if row.get(k) is None else f"{row[k]:.1%}") for k in ("captured_share", "captured_share_of_common")
+        ]
         lines.append(
-            f"{row['window']:<38}{cells}{lr['mean']:>8.3f} [{lr['ci_low']:.3f},{lr['ci_high']:.3f}]"
-            f"{'n/a' if share is None else f'{share:.1%}':>10}"
+            "| "
+            + " | ".join(
+                [row["window"], *cells, f"{lr['mean']:.3f} [{lr['ci_low']:.3f}, {lr['ci_high']:.3f}]", *shares]
+            )
+            + " |"
         )
     tr = result["trajectory"]
     lines.append(

@@ -97,9 +97,11 @@ class World:
     def random_attributes(self, rng: np.random.Generator) -> dict[str, str]:
         return {d: str(rng.choice(v)) for d, v in self.cfg.dimensions.items()}
 
-    def _effect(self, table: dict, metric: str, account: str, dim: str, value: str, day: int) -> float:
+    def _effect(
+        self, table: dict, metric: str, account: str, dim: str, value: str, day: int, accounts_differ: bool = True
+    ) -> float:
         values = self.cfg.dimensions[dim]
-        effect = table[dim] + self.dev[(account, dim, metric)]
+        effect = table[dim] + (self.dev[(account, dim, metric)] if accounts_differ else 0.0)
         i = values.index(value)
         if self.cfg.world == "change" and dim == "hook_type" and day >= self.cfg.change_day:
             order = np.argsort(table[dim])
@@ -107,12 +109,15 @@ class World:
             i = swap.get(i, i)
         return float(effect[i])
 
-    def log_rates(self, account: str, attributes: dict[str, str], day: int) -> tuple[float, float]:
-        """True log CTR and log conversion rate of a fresh, average-quality creative."""
+    def log_rates(
+        self, account: str, attributes: dict[str, str], day: int, accounts_differ: bool = True
+    ) -> tuple[float, float]:
+        """True log CTR and log conversion rate of a fresh, average-quality creative
+        (``accounts_differ`` False: as if the account had only the common effects)."""
         lc, lv = self.log_ctr[account], self.log_cvr[account]
         for d, v in attributes.items():
-            lc += self._effect(self.ctr_eff, "ctr", account, d, v, day)
-            lv += self._effect(self.cvr_eff, "cvr", account, d, v, day)
+            lc += self._effect(self.ctr_eff, "ctr", account, d, v, day, accounts_differ)
+            lv += self._effect(self.cvr_eff, "cvr", account, d, v, day, accounts_differ)
         for metric, mats in self.inter.items():
             for (da, db), mat in mats.items():
                 x = mat[self.cfg.dimensions[da].index(attributes[da]), self.cfg.dimensions[db].index(attributes[db])]
@@ -122,12 +127,14 @@ class World:
                     lv += x
         return lc, lv
 
-    def expected_log_roas(self, account: str, attributes: dict[str, str], day: int) -> float:
-        lc, lv = self.log_rates(account, attributes, day)
+    def expected_log_roas(
+        self, account: str, attributes: dict[str, str], day: int, accounts_differ: bool = True
+    ) -> float:
+        lc, lv = self.log_rates(account, attributes, day, accounts_differ)
         return lc + lv + np.log(self.aov[account] * 1000.0 / self.cpm[account])
 
-    def best_attributes(self, account: str, day: int) -> dict[str, str]:
-        return max(self.combos, key=lambda c: self.expected_log_roas(account, c, day))
+    def best_attributes(self, account: str, day: int, accounts_differ: bool = True) -> dict[str, str]:
+        return max(self.combos, key=lambda c: self.expected_log_roas(account, c, day, accounts_differ))
 
     def current_log_roas(self, account: str, creative: Creative, day: int) -> float:
         """What the oracle knows: the creative's true expected log ROAS today."""
@@ -217,6 +224,16 @@ class OraclePolicy(Policy):
         out = np.zeros(len(creatives))
         out[int(np.argmax(values))] = 1.0
         return out
+
+
+class CommonOraclePolicy(OraclePolicy):
+    """Knows the effects common to all accounts (not each account's own deviations) and every
+    creative's quality: the part of the oracle's gain that pooled learning can reach."""
+
+    name = "oracle_common"
+
+    def launch(self, account: str, n: int, day: int) -> list[dict[str, str]]:
+        return [self.world.best_attributes(account, day, accounts_differ=False)] * n
 
 
 def run_arm(world: World, policy: Policy, on_day=None) -> pd.DataFrame:
