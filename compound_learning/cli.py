@@ -213,36 +213,36 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _print_recommendations(r: dict, spend_rows: int = 15) -> None:
+    print(
+        f"{r['account_id']} as of {r['as_of']}: launch next ({r['explore_picks']} of {len(r['launch'])} "
+        "picks explore little-tested values)"
+    )
+    for p in r["launch"]:
+        attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
+        lo, hi = p["roas_ci"]
+        print(f"  {p['rank']:>2}. [{p['pick']}] {attrs}")
+        print(
+            f"      expected ROAS {p['expected_roas']:.2f} (95% {lo:.2f}-{hi:.2f})"
+            + (f", CTR {p['expected_ctr']:.2%}" if p["expected_ctr"] is not None else "")
+        )
+        print(f"      why: {p['reason']}")
+    print(
+        f"tomorrow's spend over {len(r['spend'])} live creatives "
+        f"({r['spend_exploration_share']:.0%} of it beyond the best-looking creative, to keep learning):"
+    )
+    for s in r["spend"][:spend_rows]:
+        print(
+            f"  {s['share']:>6.1%}  {s['creative_id']:<28} expected ROAS {s['expected_roas']:.2f}  "
+            f"P(best) {s['p_best']:.0%}"
+        )
+
+
 def cmd_recommend(args) -> int:
     from compound_learning import queries
 
     rec = queries.recommendations(_store(), args.account, n=args.n)
-
-    def human(r):
-        print(
-            f"{r['account_id']} as of {r['as_of']}: launch next ({r['explore_picks']} of {len(r['launch'])} "
-            "picks explore little-tested values)"
-        )
-        for p in r["launch"]:
-            attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
-            lo, hi = p["roas_ci"]
-            print(f"  {p['rank']:>2}. [{p['pick']}] {attrs}")
-            print(
-                f"      expected ROAS {p['expected_roas']:.2f} (95% {lo:.2f}-{hi:.2f})"
-                + (f", CTR {p['expected_ctr']:.2%}" if p["expected_ctr"] is not None else "")
-            )
-            print(f"      why: {p['reason']}")
-        print(
-            f"tomorrow's spend over {len(r['spend'])} live creatives "
-            f"({r['spend_exploration_share']:.0%} of it beyond the best-looking creative, to keep learning):"
-        )
-        for s in r["spend"][:15]:
-            print(
-                f"  {s['share']:>6.1%}  {s['creative_id']:<28} expected ROAS {s['expected_roas']:.2f}  "
-                f"P(best) {s['p_best']:.0%}"
-            )
-
-    _print(rec, args.json, human)
+    _print(rec, args.json, _print_recommendations)
     return 0
 
 
@@ -383,6 +383,8 @@ def cmd_demo(args) -> int:
         lo, hi = traj["projected_90d_roas_ci"]
         line += f"; projected in 90 days {traj['projected_90d_roas']:.2f} [95%: {lo:.2f}, {hi:.2f}]"
     print(line)
+    print(f"\nWhat {account} should do next (`compound-learning recommend {account}`):")
+    _print_recommendations(queries.recommendations(store, account, n=3), spend_rows=3)
     print("\nNext: `make dev` and open http://127.0.0.1:3000 to see the lineage graph, runs and metadata.")
     return 0
 

@@ -190,7 +190,11 @@ def recommendations(store: Store, account_id: str, n: int = 5) -> dict:
                     "reason": r["reason"],
                 }
             )
-    picks = launches[:n]
+    # The first n keep the step's explore share: the best exploit picks and the first explore ones.
+    n = min(n, len(launches))
+    n_explore = round(n * sum(p["pick"] == "explore" for p in launches) / len(launches)) if launches else 0
+    picks = [p for p in launches if p["pick"] == "exploit"][: n - n_explore]
+    picks += [p for p in launches if p["pick"] == "explore"][:n_explore]
     return {
         "account_id": account_id,
         "as_of": str(pd.Timestamp(frame["as_of"].iloc[0]).date()),

@@ -173,7 +173,11 @@ def _thompson(
 
 def _reason(parts: list[dict], kind: str) -> str:
     label = {"ctr": "CTR", "cvr": "conversion rate", "roas": "ROAS"}
-    strongest = sorted(parts, key=lambda p: -abs(p["lift"]))[:2]
+    if kind == "exploit":
+        strongest = sorted(parts, key=lambda p: -abs(p["lift"]))[:2]
+    else:  # say what is being tested: the value with the least evidence, then the strongest
+        least = min(parts, key=lambda p: (p["creatives"], -(p["ci_high"] - p["ci_low"])))
+        strongest = [least, *[p for p in sorted(parts, key=lambda p: -abs(p["lift"])) if p is not least][:1]]
     words = []
     for p in strongest:
         if p["creatives"] == 0:
