@@ -44,6 +44,18 @@ def is_pair(dimension: str) -> bool:
     return dimension.startswith(PAIR_PREFIX)
 
 
+def _row(account_id, metric, dimension, value, weight, weight_se, creatives) -> dict:
+    return {
+        "account_id": account_id,
+        "metric": metric,
+        "dimension": dimension,
+        "value": value,
+        "weight": float(weight),
+        "weight_se": float(weight_se),
+        "creatives": int(creatives),
+    }
+
+
 def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
     """Global and per-account weights from the cycle's patterns; per-account baseline log rates
     ride along as rows with ``dimension == value == "__baseline__"``."""
@@ -56,17 +68,7 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
         mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             global_means[(metric, r.dimension, r.value)] = (float(m), float(s))
-            rows.append(
-                {
-                    "account_id": GLOBAL,
-                    "metric": metric,
-                    "dimension": r.dimension,
-                    "value": r.value,
-                    "weight": float(m),
-                    "weight_se": float(s),
-                    "creatives": int(r.creatives),
-                }
-            )
+            rows.append(_row(GLOBAL, metric, r.dimension, r.value, m, s, r.creatives))
     local = effects[effects["account_id"] != GLOBAL]
     for metric, sub in local.groupby("metric"):
         pooled = [
@@ -79,17 +81,7 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
         # variance is the between-account spread plus the global weight's own variance.
         mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2 + prior_sd**2, prior)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
-            rows.append(
-                {
-                    "account_id": r.account_id,
-                    "metric": metric,
-                    "dimension": r.dimension,
-                    "value": r.value,
-                    "weight": float(m),
-                    "weight_se": float(s),
-                    "creatives": int(r.creatives),
-                }
-            )
+            rows.append(_row(r.account_id, metric, r.dimension, r.value, m, s, r.creatives))
     # Interactions (synergy): shrunk the same way, towards no interaction; most are noise and
     # shrink to nothing, the supported ones keep their weight.
     inter = patterns[
@@ -104,29 +96,11 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             attrs = json.loads(r.attributes)
             da, db = sorted(attrs)
-            rows.append(
-                {
-                    "account_id": GLOBAL,
-                    "metric": metric,
-                    "dimension": pair_dimension(da, db),
-                    "value": pair_value(attrs, da, db),
-                    "weight": float(m),
-                    "weight_se": float(s),
-                    "creatives": int(json.loads(r.support).get("creatives", 0)),
-                }
-            )
+            support = json.loads(r.support).get("creatives", 0)
+            rows.append(_row(GLOBAL, metric, pair_dimension(da, db), pair_value(attrs, da, db), m, s, support))
     for b in baselines.itertuples():
-        rows.append(
-            {
-                "account_id": b.account_id,
-                "metric": b.metric,
-                "dimension": BASELINE_VALUE,
-                "value": BASELINE_VALUE,
-                "weight": float(b.log_rate),
-                "weight_se": float(b.std_error) if np.isfinite(b.std_error) else 0.0,
-                "creatives": 0,
-            }
-        )
+        se = b.std_error if np.isfinite(b.std_error) else 0.0
+        rows.append(_row(b.account_id, b.metric, BASELINE_VALUE, BASELINE_VALUE, b.log_rate, se, 0))
     return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
 
 
