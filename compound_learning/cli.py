@@ -309,7 +309,7 @@ def cmd_dashboard(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from compound_learning.api.access import load_keys
+    from compound_learning.api.access import RedactKeys, load_keys
     from compound_learning.api.app import create_app
 
     keys = load_keys()
@@ -327,6 +327,9 @@ def cmd_serve(args) -> int:
         )
     else:
         print(f"{len(keys)} API key(s) configured: requests need the X-API-Key header", file=sys.stderr)
+    import logging
+
+    logging.getLogger("uvicorn.access").addFilter(RedactKeys())  # never write a key to the log
     uvicorn.run(create_app(keys=keys), host=args.host, port=args.port, log_level="info")
     return 0
 

@@ -190,6 +190,29 @@ def test_tenant_isolation_every_endpoint_every_pair(keyed_client):
     assert all(r["evidence"].get("support", {}).get("accounts", 99) >= 5 for r in graph["relationships"])
 
 
+def test_api_key_in_the_query_only_for_html_and_never_logged(keyed_client):
+    import logging
+
+    from compound_learning.api.access import RedactKeys
+
+    c = keyed_client
+    q = {"api_key": "key-for-acct_001"}
+    assert c.get(f"{P}/improvement-trajectory/acct_001", params=q).status_code == 401
+    assert "HTML pages only" in c.get(f"{P}/improvement-trajectory/acct_001", params=q).json()["detail"]
+    assert c.get("/dashboard/acct_001", params=q).status_code == 200
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/dashboard/acct_001?api_key=key-for-acct_001&x=1", "1.1", 200),
+        None,
+    )
+    RedactKeys().filter(record)
+    assert "key-for-acct_001" not in record.getMessage() and "api_key=[redacted]&x=1" in record.getMessage()
+
+
 def test_no_answer_names_another_tenant(learned):
     """An account without a baseline yet gets a 404 that names no other account."""
     store, *_ = learned

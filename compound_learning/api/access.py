@@ -9,6 +9,8 @@ is treated as local and trusted.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +84,16 @@ def shared_graph(graph: dict) -> dict:
         and ("support" not in r["evidence"] or is_shared(r["evidence"]["support"].get("accounts")))
     ]
     return {**graph, "nodes": nodes, "relationships": relationships}
+
+
+class RedactKeys(logging.Filter):
+    """Removes API keys from log records (uvicorn's access log writes the query string)."""
+
+    PATTERN = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(self.PATTERN.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[redacted]", record.msg)
+        return True

@@ -26,6 +26,7 @@ from compound_learning.storage.artifacts import ArtifactError
 from compound_learning.storage.store import Store, get_store
 
 PREFIX = "/api/compound-learning"
+PAGES_PREFIX = "/dashboard/"
 MAX_ATTRIBUTES = 64
 
 Metric = Enum("Metric", {m: m for m in METRICS}, type=str)
@@ -88,9 +89,12 @@ def principal(request: Request) -> Principal:
     keys = request.app.state.keys
     if keys is None:
         return Principal(None)  # no keys configured: loopback only, trusted
-    key = request.headers.get("x-api-key") or request.query_params.get("api_key")
+    key = request.headers.get("x-api-key")
+    if key is None and request.url.path.startswith(PAGES_PREFIX):
+        key = request.query_params.get("api_key")  # a browser cannot set a header on a link
     if not key or key not in keys:
-        raise HTTPException(401, "missing or unknown API key (send it as the X-API-Key header)")
+        hint = "" if request.url.path.startswith(PAGES_PREFIX) else " (?api_key= is accepted on the HTML pages only)"
+        raise HTTPException(401, "missing or unknown API key (send it as the X-API-Key header)" + hint)
     return keys[key]
 
 
@@ -212,7 +216,7 @@ def scheduler(who: Principal = Depends(principal), db: Store = Depends(get_db)) 
     return scheduler_status(db)
 
 
-@router.get("/dashboard/{account_id}", response_class=HTMLResponse, tags=["pages"])
+@router.get(PAGES_PREFIX + "{account_id}", response_class=HTMLResponse, tags=["pages"])
 def dashboard_page(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> str:
     """An HTML dashboard for one account, charts rendered on the server."""
     require(who, account_id)
