@@ -8,6 +8,8 @@ except where ``COMPOUND_LEARNING_REQUIRE_POSTGRES=1`` (CI), where they fail inst
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +112,14 @@ def env(monkeypatch, tmp_path):
         monkeypatch.setenv("COMPOUND_LEARNING_STATE_DIR", str(tmp_path / "state"))
 
     return _apply
+
+
+def run_cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    """``compound-learning ARGS`` in a child process whose only configuration is the store's URL."""
+    env = {"COMPOUND_LEARNING_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "compound_learning.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
 
 
 def make_store(url: str) -> Store:

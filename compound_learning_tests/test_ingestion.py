@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import date
 
 import pandas as pd
@@ -16,7 +14,7 @@ from compound_learning.config import load_settings
 from compound_learning.core.contract import ContractError
 from compound_learning.ingestion import ingest_file, ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import make_context, make_store
+from compound_learning_tests.conftest import make_context, make_store, run_cli
 
 TODAY = date(2024, 3, 1)
 
@@ -215,35 +213,16 @@ def test_cli_ingest_reports_json_and_refuses_unreadable_files(tmp_path, sqlite_u
     data, _ = world
     path = tmp_path / "perf.csv"
     data.head(50).assign(new_dimension="x").to_csv(path, index=False)
-    env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
-    run = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "ingest", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        env=env_vars,
-        check=False,
-    )
+    run = run_cli(sqlite_url, "ingest", str(path), "--json")
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["accepted"] == 50 and "new_dimension" in summary["attribute_columns"]
     assert summary["days_touched"]
 
     (tmp_path / "empty.csv").write_text("")
-    run = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "empty.csv")],
-        capture_output=True,
-        text=True,
-        env=env_vars,
-        check=False,
-    )
+    run = run_cli(sqlite_url, "ingest", str(tmp_path / "empty.csv"))
     assert run.returncode == 2 and "empty" in run.stderr and "nothing was written" in run.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "ingest", str(tmp_path / "nope.csv")],
-        capture_output=True,
-        text=True,
-        env=env_vars,
-        check=False,
-    )
+    run = run_cli(sqlite_url, "ingest", str(tmp_path / "nope.csv"))
     assert run.returncode == 2 and "not found" in run.stderr
 
 
@@ -252,16 +231,9 @@ def test_cli_reset_needs_yes_and_keeps_raw_data_unless_all(sqlite_url, env, worl
     _ingest(data.head(30), sqlite_url, env)
     store = make_store(sqlite_url)
     steps.compute_daily_stats(make_context(sqlite_url), date(2024, 1, 1))
-    env_vars = {"COMPOUND_LEARNING_DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "compound_learning.cli", *args],
-            capture_output=True,
-            text=True,
-            env=env_vars,
-            check=False,
-        )
+        return run_cli(sqlite_url, *args)
 
     refused = cli("reset")
     assert refused.returncode == 2 and "--yes" in refused.stderr

@@ -4,8 +4,6 @@ isolation, the CLI, and the closed-loop benchmark end to end on a tiny configura
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import date, timedelta
 
 import numpy as np
@@ -18,7 +16,7 @@ from compound_learning.core import recommend
 from compound_learning.core.closed_loop import LoopConfig, World
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import START, learned_context, make_context, small_world
+from compound_learning_tests.conftest import START, learned_context, make_context, run_cli, small_world
 
 DAYS = 14
 
@@ -126,32 +124,13 @@ def test_fatigue_slope_recovers_a_known_decline():
 
 def test_cli_recommend(recommended):
     _, _, _, url = recommended
-    env = {"COMPOUND_LEARNING_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "recommend", "acct_001", "--n", "3", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    out = run_cli(url, "recommend", "acct_001", "--n", "3", "--json")
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     assert len(rec["launch"]) == 3 and rec["launch"][0]["pick"] == "exploit"
-    human = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "recommend", "acct_001"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    human = run_cli(url, "recommend", "acct_001")
     assert "expected ROAS" in human.stdout and "why:" in human.stdout
-    missing = subprocess.run(
-        [sys.executable, "-m", "compound_learning.cli", "recommend", "nobody"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    missing = run_cli(url, "recommend", "nobody")
     assert missing.returncode == 2 and "no recommendations for account 'nobody'" in missing.stderr
 
 
