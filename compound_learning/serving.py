@@ -48,10 +48,6 @@ class ModelCache:
             self._entries[key] = resolved
         return resolved
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 MODELS = ModelCache()
 

@@ -331,9 +331,9 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
     for account_id in accounts:
         rng = _day_seed(day, account_id, cfg.recommendation_seed)
         mine = live[live["account_id"] == account_id].reset_index(drop=True)
-        running = {json.dumps(a, sort_keys=True) for a in mine["attributes"]}
+        # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
         picks = recommend.launch_picks(
-            weights, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space, exclude=running
+            weights, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space
         )
         for p in picks:
             rows.append(

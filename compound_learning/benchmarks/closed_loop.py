@@ -142,7 +142,8 @@ class LearnerPolicy(_OwnData):
         self.ctx = steps.CycleContext(self.store, self.settings, cfg)
         self.refit_days = refit_days
         self.weights = pd.DataFrame()
-        self.picks: dict[str, dict[str, list[dict]]] = {}
+        self.space: dict[str, list[str]] = {}
+        self.best: dict[str, dict[str, str]] = {}  # account -> its best recommended combination
         self.launched = dict.fromkeys(world.accounts, 0)
         self.fit_seconds = 0.0
 
@@ -162,19 +163,16 @@ class LearnerPolicy(_OwnData):
             self.fit_seconds += time.perf_counter() - started
             self.weights = self.store.read_day(t.creative_dna, d)
             self.space = recommend.design_space(self.weights)
-            self.picks = {}
+            self.best = {}
             for account in self.world.accounts:
-                try:
-                    rec = queries.recommendations(self.store, account, n=100)
+                try:  # the step's first pick is its best exploit pick
+                    self.best[account] = queries.recommendations(self.store, account, n=1)["launch"][0]["attributes"]
                 except LookupError:
                     continue
-                self.picks[account] = {
-                    k: [p["attributes"] for p in rec["launch"] if p["pick"] == k] for k in ("exploit", "explore")
-                }
 
     def launch(self, account: str, n: int, day: int) -> list[dict[str, str]]:
-        picks = self.picks.get(account)
-        if not picks or not picks["exploit"]:
+        best = self.best.get(account)
+        if best is None:
             return super().launch(account, n, day)  # nothing learned yet: as the account would
         every = round(1 / self.ctx.cfg.explore_share) if self.ctx.cfg.explore_share > 0 else 0
         out = []
@@ -182,9 +180,9 @@ class LearnerPolicy(_OwnData):
             k = self.launched[account]
             self.launched[account] += 1
             if every and k % every == every - 1:
-                out.append(recommend.thompson_pick(self.weights, account, self.rng, self.space) or picks["exploit"][0])
+                out.append(recommend.thompson_pick(self.weights, account, self.rng, self.space) or best)
             else:
-                out.append(picks["exploit"][0])
+                out.append(best)
         return out
 
     def spend(self, account: str, creatives: list[Creative], day: int) -> np.ndarray:

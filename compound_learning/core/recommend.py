@@ -86,17 +86,14 @@ def _pair_terms(post: MetricPosterior, attributes: dict[str, str]):
                 yield (da, db, value), found
 
 
-def design_space(weights: pd.DataFrame, extra: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    """Every dimension and value the DNA knows globally, plus any the caller can produce."""
+def design_space(weights: pd.DataFrame) -> dict[str, list[str]]:
+    """Every dimension and value the DNA knows globally (callers may pass a wider space)."""
     glob = weights[
         (weights["account_id"] == GLOBAL)
         & (weights["dimension"] != BASELINE_VALUE)
         & ~weights["dimension"].map(is_pair)
     ]
-    space = {d: sorted(set(g["value"])) for d, g in glob.groupby("dimension")}
-    for dim, values in (extra or {}).items():
-        space[dim] = sorted(set(space.get(dim, [])) | set(values))
-    return space
+    return {d: sorted(set(g["value"])) for d, g in glob.groupby("dimension")}
 
 
 def _k_best(scores: dict[str, dict[str, float]], k: int) -> list[tuple[float, dict[str, str]]]:
@@ -211,23 +208,20 @@ def launch_picks(
     explore_share: float,
     rng: np.random.Generator,
     space: dict[str, list[str]] | None = None,
-    exclude: set[str] | None = None,
 ) -> list[dict]:
     """The next ``n`` creatives to launch for ``account_id``: ``round(n * explore_share)``
     Thompson picks, the rest the best posterior means; each with expected ROAS and CTR, 95%
-    intervals, per-attribute contributions and a reason. ``exclude``: attribute combinations
-    (as sorted JSON) already live, not proposed again."""
+    intervals, per-attribute contributions and a reason. The picks are distinct combinations."""
     roas = posterior(weights, account_id, "roas")
     if roas is None or n <= 0:
         return []
     ctr = posterior(weights, account_id, "ctr")
     space = space or design_space(weights)
-    exclude = set(exclude or ())
     n_explore = round(n * explore_share)
     means = {d: {v: roas.value(d, v)[0] for v in vals} for d, vals in space.items()}
     picks: list[tuple[str, dict[str, str]]] = []
-    seen = set(exclude)
-    for combo in _ranked(roas, means, lambda _key, v: v[0], n - n_explore + len(exclude)):
+    seen: set[str] = set()
+    for combo in _ranked(roas, means, lambda _key, v: v[0], n - n_explore):
         key = json.dumps(combo, sort_keys=True)
         if key not in seen and len(picks) < n - n_explore:
             picks.append(("exploit", combo))
