@@ -94,7 +94,11 @@ def cmd_ingest(args) -> int:
             f"unchanged {s['unchanged']}), rejected {s['rejected']}; batch {s['batch_id']}"
         )
         for reason, n in s["rejected_by_reason"].items():
-            print(f"  rejected {n}: {reason}")
+            lines = s["rejected_lines"].get(reason, [])
+            more = ", ..." if n > len(lines) else ""
+            print(f"  rejected {n}: {reason} (line {', '.join(map(str, lines))}{more})")
+        for warning in s.get("warnings", []):
+            print(f"  warning: {warning}")
         if s["days_touched"]:
             print(f"  days touched: {s['days_touched'][0]} .. {s['days_touched'][-1]} ({len(s['days_touched'])})")
 

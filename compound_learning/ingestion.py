@@ -14,6 +14,7 @@ import pandas as pd
 from compound_learning.config import Settings, load_settings
 from compound_learning.core.contract import (
     ContractError,
+    CsvInput,
     read_csv_strict,
     validate_frame,
 )
@@ -33,15 +34,27 @@ def ingest_frame(
     """Validate ``frame`` against the contract and upsert it; returns the ingestion summary.
 
     The summary has ``accepted``, ``rejected``, ``rejected_by_reason``, ``inserted``,
-    ``replaced``, ``unchanged``, ``days_touched`` and the ``batch_id`` (the sensor's watermark).
+    ``replaced``, ``unchanged``, ``days_touched``, ``warnings`` (header names that differ from a
+    contract column only in case) and the ``batch_id`` (the sensor's watermark).
     """
-    settings = settings or load_settings()
-    store = store or get_store(settings.database_url)
-    result = validate_frame(frame, partition_start=settings.partition_start, today=today)
-    return store.ingest(result, source=source)
+    return _ingest(frame, None, store=store, settings=settings, source=source, today=today)
 
 
 def ingest_file(path: str | Path, **kwargs) -> dict:
-    """Read a CSV file (as text; the contract checks the types) and ingest it."""
-    frame = read_csv_strict(path)
-    return ingest_frame(frame, source=str(path), **kwargs)
+    """Read a CSV file (as text; the contract checks the types) and ingest it; ragged rows are
+    quarantined with the number of fields they have."""
+    read = read_csv_strict(path)
+    return _ingest(read.frame, read, source=str(path), **kwargs)
+
+
+def _ingest(frame, read: CsvInput | None, *, store=None, settings=None, source, today=None) -> dict:
+    settings = settings or load_settings()
+    store = store or get_store(settings.database_url)
+    result = validate_frame(
+        frame,
+        partition_start=settings.partition_start,
+        today=today,
+        malformed=read.malformed if read else None,
+        lines=read.lines if read else None,
+    )
+    return store.ingest(result, source=source)

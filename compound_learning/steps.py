@@ -163,12 +163,10 @@ def learn_patterns(ctx: CycleContext, day: date) -> dict:
     prev_day = store.latest_day(t.learning_patterns, on_or_before=day - timedelta(days=1))
     previous = store.read_day(t.learning_patterns, prev_day) if prev_day else None
     patterns = build_patterns(fits, day, previous, cfg.patterns) if fits else pd.DataFrame(columns=["pattern_id"])
+    fitted = [f.baselines.assign(metric=m) for m, f in (fits.global_fits.items() if fits else []) if len(f.baselines)]
     baselines = (
-        pd.concat(
-            [f.baselines.assign(metric=m) for m, f in fits.global_fits.items() if not f.baselines.empty],
-            ignore_index=True,
-        )
-        if fits and fits.global_fits
+        pd.concat(fitted, ignore_index=True)
+        if fitted
         else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
     )
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:

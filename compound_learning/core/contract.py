@@ -3,13 +3,21 @@
 Required columns: ``date, account_id, creative_id, impressions, clicks, spend``; optional
 metrics: ``conversions, revenue``; every other column is a categorical creative attribute.
 :func:`validate_frame` splits a raw frame into normalized good rows and rejected rows with a
-reason each; a frame that lacks a required column is refused whole with :class:`ContractError`.
+reason each; a frame that lacks a required column, or whose header is unusable (a blank,
+repeated, over-long or control-character name), is refused whole with :class:`ContractError`.
+
+Every bound is part of the contract and the same on SQLite and PostgreSQL: counts are whole
+numbers in [0, MAX_COUNT], money in [0, MAX_AMOUNT] (so no sum over a year of rows can overflow),
+ids at most MAX_ID_LENGTH characters, attribute names MAX_ATTRIBUTE_NAME_LENGTH and values
+MAX_ATTRIBUTE_VALUE_LENGTH, and no text may hold a control character (PostgreSQL cannot store NUL).
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
@@ -22,6 +30,14 @@ INTEGER_METRICS = ["impressions", "clicks", "conversions"]
 METRIC_COLUMNS = ["impressions", "clicks", "conversions", "spend", "revenue"]
 RESERVED_COLUMNS = set(REQUIRED_COLUMNS) | set(OPTIONAL_METRICS)
 
+MAX_COUNT = 10_000_000_000  # impressions, clicks or conversions of one creative on one day
+MAX_AMOUNT = 1_000_000_000_000.0  # spend or revenue of one creative on one day
+MAX_ID_LENGTH = 200  # account_id, creative_id (the key columns' width)
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_VALUE_LENGTH = 200
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # tab, CR and LF are whitespace, stripped or refused as such
+_CONTROL_ANY = r"[\x00-\x1f\x7f]"
+
 
 class ContractError(ValueError):
     """The input as a whole breaks the contract (unreadable, or a required column missing)."""
@@ -32,8 +48,9 @@ class ValidationResult:
     """Good rows, normalized, and rejected rows with their reasons."""
 
     good: pd.DataFrame  # KEY_COLUMNS + METRIC_COLUMNS + attributes (JSON text)
-    rejected: pd.DataFrame  # columns: reason, day (date as given), row (JSON of the raw row)
+    rejected: pd.DataFrame  # columns: reason, day (date as given), row (JSON of the raw row), line
     attribute_columns: list[str]
+    warnings: list[str] = field(default_factory=list)  # read as intended, but worth a look
 
     @property
     def rejected_by_reason(self) -> dict[str, int]:
@@ -41,22 +58,65 @@ class ValidationResult:
             return {}
         return {str(k): int(v) for k, v in self.rejected["reason"].value_counts().items()}
 
+    def rejected_lines(self, first: int = 5) -> dict[str, list[int]]:
+        """For each reason, the first ``first`` lines of the input rejected for it."""
+        if self.rejected.empty:
+            return {}
+        grouped = self.rejected.sort_values("line").groupby("reason")["line"]
+        return {str(k): [int(x) for x in v.head(first)] for k, v in grouped}
+
 
 def attribute_columns_of(columns) -> list[str]:
     """Every column that is not a key or metric is a categorical attribute dimension."""
     return [c for c in columns if c not in RESERVED_COLUMNS]
 
 
-def _clean_columns(df: pd.DataFrame) -> pd.DataFrame:
-    renamed = {c: str(c).strip() for c in df.columns}
-    df = df.rename(columns=renamed)
-    blank = [c for c in df.columns if c == "" or c.lower().startswith("unnamed:")]
+def check_header(names) -> list[str]:
+    """The column names, stripped; raises :class:`ContractError` for a header that cannot be read
+    unambiguously (a blank, repeated, over-long or control-character name)."""
+    names = [str(c).strip() for c in names]
+    blank = [i + 1 for i, c in enumerate(names) if c == "" or c.lower().startswith("unnamed:")]
     if blank:
-        raise ContractError(f"the input has a column without a name (columns: {list(df.columns)})")
-    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        raise ContractError(f"the header has a column without a name (column {blank[0]} of {names})")
+    dupes = sorted({c for c in names if names.count(c) > 1})
     if dupes:
-        raise ContractError(f"the input repeats the column(s) {dupes}")
-    return df
+        raise ContractError(f"the header repeats the column(s) {dupes}: each column must appear once")
+    for c in names:
+        if re.search(_CONTROL_ANY, c):
+            raise ContractError(f"the column name {c!r} contains a control character")
+        if c not in RESERVED_COLUMNS and len(c) > MAX_ATTRIBUTE_NAME_LENGTH:
+            raise ContractError(
+                f"the column name {c[:40]!r}... is {len(c)} characters long; "
+                f"attribute names may have at most {MAX_ATTRIBUTE_NAME_LENGTH}"
+            )
+    return names
+
+
+def header_warnings(names: list[str]) -> list[str]:
+    """Names that differ from a contract column, or from each other, only in case: they are read
+    as separate attribute dimensions, which is rarely what was meant."""
+    out = []
+    lowered: dict[str, list[str]] = {}
+    for c in names:
+        lowered.setdefault(c.lower(), []).append(c)
+    for low, group in lowered.items():
+        if len(group) < 2 and not (low in RESERVED_COLUMNS and group[0] != low):
+            continue
+        extra = [c for c in group if c not in RESERVED_COLUMNS]
+        if low in RESERVED_COLUMNS:
+            out.extend(
+                f"column {c!r} differs from the contract column {low!r} only in case; "
+                "it was read as an attribute dimension (column names are case-sensitive)"
+                for c in extra
+            )
+        else:
+            out.append(f"columns {group} differ only in case; they were read as {len(group)} separate dimensions")
+    return out
+
+
+def _missing_hint(missing: list[str], names: list[str]) -> str:
+    near = [c for c in names if c.lower() in missing and c not in missing]
+    return f" (found {near}: column names are case-sensitive)" if near else ""
 
 
 def _raw_row_json(row: pd.Series) -> str:
@@ -81,20 +141,38 @@ def attributes_json(frame: pd.DataFrame, attribute_columns: list[str]) -> pd.Ser
     return pd.Series(keys.map(encoded).to_numpy(), index=frame.index, dtype=object)
 
 
-def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | None = None) -> ValidationResult:
+def _text(column: pd.Series) -> pd.Series:
+    return column.astype(object).where(column.notna(), "").astype(str).str.strip()
+
+
+def validate_frame(
+    raw: pd.DataFrame,
+    *,
+    partition_start: date,
+    today: date | None = None,
+    malformed: dict[int, tuple[str, list[str]]] | None = None,
+    lines: pd.Series | None = None,
+) -> ValidationResult:
     """Check every row against the contract.
 
-    Rows are rejected for: a missing or non-numeric metric, a negative or fractional count,
-    clicks > impressions, an unparseable date, a date before ``partition_start`` or after
-    ``today``, a blank id, or a key repeated inside the input with different values (an exact
-    repeat keeps one copy). Raises :class:`ContractError` if a required column is missing.
+    Rows are rejected for: a missing or non-numeric metric, a negative, fractional or
+    out-of-range count, money out of range, clicks > impressions, an unparseable date, a date
+    before ``partition_start`` or after ``today``, a blank, over-long or control-character id or
+    attribute value, or a key repeated inside the input with different values (an exact repeat
+    keeps one copy). ``malformed`` maps row labels to (reason, raw fields) found before (a ragged
+    CSV row, quarantined with all its fields);
+    ``lines`` gives each row's line in its file (default: as if the frame were a CSV with a
+    header). Raises :class:`ContractError` if a required column is missing or the header is unusable.
     """
     today = today or date.today()
-    df = _clean_columns(raw.copy())
+    df = raw.copy()
+    df.columns = check_header(df.columns)
+    warnings = header_warnings(list(df.columns))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ContractError(
-            f"missing required column(s) {missing}; required are {REQUIRED_COLUMNS}, found {list(df.columns)}"
+            f"missing required column(s) {missing}{_missing_hint(missing, list(df.columns))}; "
+            f"required are {REQUIRED_COLUMNS}, found {list(df.columns)}"
         )
     attrs = attribute_columns_of(df.columns)
     reasons = pd.Series("", index=df.index, dtype=object)
@@ -103,10 +181,23 @@ def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | No
         mask = mask.fillna(False).astype(bool) & (reasons == "")
         reasons[mask] = reason
 
+    malformed = malformed or {}
+    for label, (reason, _fields) in malformed.items():
+        reasons[label] = reason
+
     for col in ["account_id", "creative_id"]:
-        text = df[col].astype(object).where(df[col].notna(), "").astype(str).str.strip()
+        text = _text(df[col])
         flag(text == "", f"{col} is blank")
+        flag(text.str.len() > MAX_ID_LENGTH, f"{col} is longer than {MAX_ID_LENGTH} characters")
+        flag(text.str.contains(_CONTROL_ANY, regex=True), f"{col} contains a control character")
         df[col] = text
+    for col in attrs:
+        text = _text(df[col])
+        flag(
+            text.str.len() > MAX_ATTRIBUTE_VALUE_LENGTH,
+            f"attribute {col} is longer than {MAX_ATTRIBUTE_VALUE_LENGTH} characters",
+        )
+        flag(text.str.contains(_CONTROL, regex=True), f"attribute {col} contains a control character")
 
     parsed_dates = pd.to_datetime(df["date"].astype(str).str.strip(), format="%Y-%m-%d", errors="coerce")
     flag(parsed_dates.isna(), "date is not a valid YYYY-MM-DD date")
@@ -121,6 +212,9 @@ def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | No
         flag(values < 0, f"{col} is negative")
         if col in INTEGER_METRICS:
             flag(values != np.floor(values), f"{col} is not a whole number")
+            flag(values > MAX_COUNT, f"{col} is above the contract's maximum of {MAX_COUNT:,}")
+        else:
+            flag(values > MAX_AMOUNT, f"{col} is above the contract's maximum of {MAX_AMOUNT:,.0f}")
         numeric[col] = values
     flag(numeric["clicks"] > numeric["impressions"], "clicks exceed impressions")
 
@@ -153,7 +247,13 @@ def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | No
             .where(df.loc[~good_mask, "date"].notna(), None)
             .map(lambda v: None if v is None else str(v).strip()[:32])
             .to_numpy(),
-            "row": [_raw_row_json(r) for _, r in df[~good_mask].iterrows()],
+            "row": [
+                json.dumps(malformed[label][1]) if label in malformed else _raw_row_json(r)
+                for label, r in df[~good_mask].iterrows()
+            ],
+            "line": (lines if lines is not None else pd.Series(np.arange(len(df)) + 2, index=df.index))[~good_mask]
+            .astype("int64")
+            .to_numpy(),
         }
     )
     gd = df[good_mask]
@@ -171,16 +271,55 @@ def validate_frame(raw: pd.DataFrame, *, partition_start: date, today: date | No
         else:
             good[col] = pd.Series(np.nan, index=gd.index, dtype=float)  # absent: unknown, not zero
     good["attributes"] = attributes_json(gd, attrs)
-    return ValidationResult(good=good.reset_index(drop=True), rejected=rejected, attribute_columns=attrs)
+    return ValidationResult(
+        good=good.reset_index(drop=True), rejected=rejected, attribute_columns=attrs, warnings=warnings
+    )
 
 
-def read_csv_strict(path) -> pd.DataFrame:
-    """Read a CSV as text (types are checked by the contract); raises ContractError if unreadable."""
+@dataclass
+class CsvInput:
+    """A CSV file read as text: the rows that have the header's shape, and the ones that do not."""
+
+    frame: pd.DataFrame  # every row, as strings (blank = missing); ragged rows cut or padded to the header
+    malformed: dict[int, tuple[str, list[str]]]  # row label -> (why it cannot be read, its fields)
+    lines: pd.Series  # row label -> the line of the file it ends on (header = line 1)
+
+
+def read_csv_strict(path) -> CsvInput:
+    """Read a CSV as text (types are checked by the contract).
+
+    A row with more or fewer fields than the header is kept as a row to quarantine, with a reason
+    that says so (pandas would shift it into an index column or pad it silently). Raises
+    :class:`ContractError` if the file cannot be read, is empty, is not UTF-8 or has an unusable
+    header; a UTF-8 byte-order mark is accepted.
+    """
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, skipinitialspace=True, strict=True)
+            header = next(reader, None)
+            if header is None:
+                raise ContractError(f"cannot read {path}: the file is empty (no header row)")
+            names = check_header(header)
+            width = len(names)
+            rows, lines, malformed = [], [], {}
+            for fields in reader:
+                if not fields:  # a blank line
+                    continue
+                if len(fields) != width:
+                    reason = f"row has {len(fields)} fields where the header has {width}"
+                    malformed[len(rows)] = (reason, fields)
+                    fields = (fields + [""] * width)[:width]
+                rows.append(fields)
+                lines.append(reader.line_num)
     except FileNotFoundError as exc:
         raise ContractError(f"cannot read {path}: file not found") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise ContractError(f"cannot read {path}: the file is empty (no header row)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ContractError(
+            f"cannot read {path}: it is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from exc
+    except (csv.Error, IsADirectoryError, PermissionError) as exc:
         raise ContractError(f"cannot read {path} as CSV: {exc}") from exc
+    frame = pd.DataFrame(rows, columns=names, dtype=object)
+    if len(frame):
+        frame = frame.where(frame.apply(lambda column: column.str.strip() != ""), None)
+    return CsvInput(frame=frame, malformed=malformed, lines=pd.Series(lines, index=frame.index, dtype="int64"))

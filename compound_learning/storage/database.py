@@ -61,6 +61,7 @@ class Database:
         self.is_postgres = self.engine.dialect.name == "postgresql"
         with self.transaction(lock_key="schema") as conn:
             metadata.create_all(conn)
+            _upgrade(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -149,6 +150,28 @@ class Database:
             for start in range(0, len(records), INSERT_CHUNK):
                 conn.execute(stmt, records[start : start + INSERT_CHUNK])
         return len(frame)
+
+
+def _upgrade(conn: Connection) -> None:
+    """Bring a database created by an earlier version up to the schema, additively: add the
+    nullable columns it lacks, and on PostgreSQL widen to ``text`` the columns that became
+    unbounded. (``create_all`` only creates missing tables.)"""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        existing = {c["name"]: c for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            quoted = conn.dialect.identifier_preparer.quote(column.name)
+            if column.name not in existing and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {quoted} {kind}")
+            elif (
+                column.name in existing
+                and conn.dialect.name == "postgresql"
+                and isinstance(column.type, sa.Text)
+                and isinstance(existing[column.name]["type"], sa.String)
+                and getattr(existing[column.name]["type"], "length", None)
+            ):
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {quoted} TYPE text")
 
 
 def _conform(table: sa.Table, frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,11 @@ the rest hold what the compound design needs: ingestion batches and quarantine, 
 cumulative sufficient statistics, the DNA weights, cross-account insights and the model registry.
 Every derived table is keyed by the day it describes (``as_of``/``date``) plus a natural key, so a
 partition is rewritten in one transaction and re-running a day gives identical rows.
+
+Columns that hold what a user sent are bounded by the contract (``core.contract``: ids 200
+characters, attribute names 64, values 200); keys composed from them (pattern, node and insight
+ids, DNA pair rows) are unbounded ``Text`` so that every input the contract accepts can be stored
+on both databases.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ ingest_batches = sa.Table(
     sa.Column("unchanged", sa.Integer, nullable=False),
     sa.Column("days_touched", sa.Text, nullable=False),  # JSON list of YYYY-MM-DD with changed rows
     sa.Column("rejected_by_reason", sa.Text, nullable=False),  # JSON object
+    sa.Column("warnings", sa.Text),  # JSON list: header names that differ from a contract column only in case
 )
 
 quarantine = sa.Table(
@@ -63,6 +69,7 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("day", sa.String(32)),  # the row's date as given, when it had one
     sa.Column("row", sa.Text, nullable=False),
+    sa.Column("line", sa.BigInteger),  # the line of the file the row ended on (header = 1)
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -109,7 +116,7 @@ learning_patterns = sa.Table(
     "learning_patterns",
     metadata,
     sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("pattern_id", sa.String(600), primary_key=True),
+    sa.Column("pattern_id", sa.Text, primary_key=True),
     sa.Column("pattern_type", sa.String(200), nullable=False),
     sa.Column("account_id", sa.String(200), nullable=False),
     sa.Column("attributes", sa.Text, nullable=False),
@@ -144,7 +151,7 @@ knowledge_nodes = sa.Table(
     "knowledge_nodes",
     metadata,
     sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("node_id", sa.String(600), primary_key=True),
+    sa.Column("node_id", sa.Text, primary_key=True),
     sa.Column("node_type", sa.String(32), nullable=False),
     sa.Column("label", sa.Text, nullable=False),
     sa.Column("properties", sa.Text, nullable=False),
@@ -156,8 +163,8 @@ knowledge_relationships = sa.Table(
     "knowledge_relationships",
     metadata,
     sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("source_id", sa.String(600), primary_key=True),
-    sa.Column("target_id", sa.String(600), primary_key=True),
+    sa.Column("source_id", sa.Text, primary_key=True),
+    sa.Column("target_id", sa.Text, primary_key=True),
     sa.Column("relationship_type", sa.String(32), primary_key=True),
     sa.Column("metric", sa.String(16), primary_key=True),
     sa.Column("strength", sa.Float, nullable=False),
@@ -171,8 +178,8 @@ creative_dna = sa.Table(
     sa.Column("as_of", sa.Date, primary_key=True),
     sa.Column("account_id", sa.String(200), primary_key=True),
     sa.Column("metric", sa.String(16), primary_key=True),
-    sa.Column("dimension", sa.String(200), primary_key=True),
-    sa.Column("value", sa.String(200), primary_key=True),
+    sa.Column("dimension", sa.Text, primary_key=True),  # a dimension, or a pair of them (JSON)
+    sa.Column("value", sa.Text, primary_key=True),
     sa.Column("weight", sa.Float, nullable=False),  # shrunk log multiplier vs the dimension mean
     sa.Column("weight_se", sa.Float, nullable=False),
     sa.Column("creatives", sa.Integer, nullable=False),
@@ -203,7 +210,7 @@ cross_account_insights = sa.Table(
     "cross_account_insights",
     metadata,
     sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("insight_id", sa.String(600), primary_key=True),
+    sa.Column("insight_id", sa.Text, primary_key=True),
     sa.Column("attributes", sa.Text, nullable=False),
     sa.Column("metric", sa.String(16), nullable=False),
     sa.Column("pooled_lift", sa.Float, nullable=False),

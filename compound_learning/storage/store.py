@@ -118,11 +118,13 @@ class Store(Database):
                 "accepted": len(good),
                 "rejected": len(result.rejected),
                 "rejected_by_reason": result.rejected_by_reason,
+                "rejected_lines": result.rejected_lines(),
                 "inserted": inserted,
                 "replaced": replaced,
                 "unchanged": unchanged,
                 "days_touched": days,
                 "attribute_columns": result.attribute_columns,
+                "warnings": result.warnings,
             }
             conn.execute(
                 t.ingest_batches.update()
@@ -135,6 +137,7 @@ class Store(Database):
                     unchanged=unchanged,
                     days_touched=json.dumps(days),
                     rejected_by_reason=json.dumps(result.rejected_by_reason),
+                    warnings=json.dumps(result.warnings),
                 )
             )
         return summary
