@@ -161,3 +161,72 @@ def test_blocking_check_fails_the_cycle_when_the_champion_is_unreadable(
         dg.AssetCheckKey(dg.AssetKey("ctr_model"), "champion_usable"), limit=1
     )
     assert checks and checks[0].status.value == "FAILED"
+
+
+def test_a_registered_artifact_with_foreign_types_is_refused_and_never_run(prepared, tmp_path):
+    """Issue 11 item 3: a pipeline holding ``functools.partial(exec, ...)``, registered with its
+    own SHA-256 as the champion, is refused before loading; the previous champion serves."""
+    import functools
+
+    import skops.io as sio
+    import sqlalchemy as sa
+
+    from compound_learning.serving import ModelCache
+    from compound_learning.storage import schema as t
+    from compound_learning.storage.artifacts import sha256_of
+
+    store, ctx = prepared
+    day = START + timedelta(days=14)
+    mr.train_ctr_model(ctx, day)
+    mr.train_ctr_model(ctx, day + timedelta(days=2), force=True)
+    mr.promote(store, 2, "test")
+    model, _row = mr.load_champion(store)
+    marker = tmp_path / "payload-ran"
+    features = model.named_steps["features"]
+    transformer = features.transformers_[1][1]
+    transformer.func = functools.partial(exec, f"open({str(marker)!r}, 'w').write('x')")
+    crafted = tmp_path / "crafted.skops"
+    sio.dump(model, crafted)
+    with store.transaction() as conn:
+        conn.execute(
+            t.model_registry.update()
+            .where(t.model_registry.c.version == 2)
+            .values(artifact_path=str(crafted), sha256=sha256_of(crafted))
+        )
+    with pytest.raises(ArtifactError, match=r"outside the allowlist: \['builtins.exec'\]"):
+        mr.load_champion(store)
+    out = predict_creative_ctr(store, "acct_001", {"hook_type": "question"}, cache=ModelCache())
+    assert not marker.exists()
+    assert out["model_version"] == 1 and 0 < out["predicted_ctr"] < 0.2
+    assert any("builtins.exec" in w for w in out["warnings"])
+    assert store.read_frame(sa.select(t.model_registry.c.status).where(t.model_registry.c.version == 2)).iloc[0, 0] == (
+        "champion"
+    )
+
+
+def test_every_type_our_pipelines_hold_is_on_the_allowlist(tmp_path):
+    """Fails when a library upgrade puts a new type in our own models (then review and add it)."""
+    import skops.io as sio
+
+    from compound_learning.storage.artifacts import ALLOWED_TYPES
+
+    rng = np.random.default_rng(0)
+    n = 300
+    rows = pd.DataFrame(
+        {
+            "hook_type": rng.choice(["a", "b", "c"], n),
+            "account_id": rng.choice(["x", "y"], n),
+            "dow": rng.integers(0, 7, n).astype(str),
+            "age_days": rng.integers(0, 30, n),
+            "impressions": 1000,
+            "clicks": rng.integers(1, 50, n),
+        }
+    )
+    spec = cm.FeatureSpec(categorical=["hook_type", "account_id", "dow"])
+    seen = set()
+    for family in cm.FAMILIES:
+        path = tmp_path / f"{family}.skops"
+        sio.dump(cm.fit_model(rows, spec, family), path)
+        seen |= set(sio.get_untrusted_types(file=path))
+    assert seen <= ALLOWED_TYPES, sorted(seen - ALLOWED_TYPES)
+    assert "functools.partial" in seen  # the list is exercised, not vacuous
