@@ -18,6 +18,7 @@ from compound_learning.core.contract import (
     read_csv_strict,
     validate_frame,
 )
+from compound_learning.storage.retry import with_retries
 from compound_learning.storage.store import Store, get_store
 
 __all__ = ["ContractError", "ingest_file", "ingest_frame"]
@@ -57,4 +58,5 @@ def _ingest(frame, read: CsvInput | None, *, store=None, settings=None, source, 
         malformed=read.malformed if read else None,
         lines=read.lines if read else None,
     )
-    return store.ingest(result, source=source)
+    # One transaction: a transient failure rolled everything back, so trying again is safe.
+    return with_retries(lambda: store.ingest(result, source=source), f"ingesting {source}")

@@ -25,6 +25,7 @@ from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import build_patterns, fit_cycle
 from compound_learning.core.trajectory import trajectory
 from compound_learning.storage import schema as t
+from compound_learning.storage.retry import with_retries
 from compound_learning.storage.store import Store, get_store
 
 
@@ -490,12 +491,16 @@ benchmarks, ``evaluate`` and the tests all go through this table."""
 
 
 def run_step(ctx: CycleContext, name: str, day: date) -> dict:
-    """One named step for one day (raises ``KeyError`` naming the unknown step)."""
+    """One named step for one day (raises ``KeyError`` naming the unknown step).
+
+    A transient database error (a dropped connection, a deadlock) re-runs the step with backoff:
+    each step's writes are one delete-and-insert transaction per partition, so a failed attempt
+    leaves nothing and a new one starts from the same state."""
     try:
         step = CYCLE_STEPS[name]
     except KeyError:
         raise KeyError(f"no cycle step {name!r}; steps: {list(CYCLE_STEPS)}") from None
-    return step(ctx, day)
+    return with_retries(lambda: step(ctx, day), f"{name} for {day}")
 
 
 def run_day(ctx: CycleContext, day: date, only: Iterable[str] | None = None) -> dict[str, dict]:
@@ -506,10 +511,10 @@ def run_day(ctx: CycleContext, day: date, only: Iterable[str] | None = None) -> 
     if unknown:
         raise KeyError(f"no cycle step(s) {sorted(unknown)}; steps: {list(CYCLE_STEPS)}")
     out: dict[str, dict] = {}
-    for name, step in CYCLE_STEPS.items():
+    for name in CYCLE_STEPS:
         if name in wanted:
             started = time.perf_counter()
-            out[name] = step(ctx, day)
+            out[name] = run_step(ctx, name, day)
             out[name]["seconds"] = round(time.perf_counter() - started, 3)
     return out
 

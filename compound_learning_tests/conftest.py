@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core.simulate import WorldConfig, simulate
 from compound_learning.steps import CycleContext
+from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store, get_store
 
 PG_ADMIN_URL = os.environ.get(
@@ -146,3 +148,26 @@ def make_context(url: str, **cfg_changes) -> CycleContext:
 
     settings = replace(load_settings(), database_url=url)
     return CycleContext(get_store(url), settings, replace(CycleSettings.from_settings(settings), **cfg_changes))
+
+
+# Every table a cycle step writes, with the column that names its day.
+DERIVED_BY_DAY = [
+    (t.creative_daily_stats, "date"),
+    (t.attribute_daily_stats, "date"),
+    (t.creative_cumulative_stats, "as_of"),
+    (t.learning_patterns, "as_of"),
+    (t.account_baselines, "as_of"),
+    (t.knowledge_nodes, "as_of"),
+    (t.knowledge_relationships, "as_of"),
+    (t.creative_dna, "as_of"),
+    (t.cross_account_insights, "as_of"),
+    (t.creative_recommendations, "as_of"),
+    (t.improvement_snapshots, "date"),
+]
+
+
+def day_rows(store, table, column, day) -> pd.DataFrame:
+    """One day's rows of ``table``, in key order (for comparing runs)."""
+    frame = store.read_frame(sa.select(table).where(table.c[column] == day))
+    keys = [c.name for c in table.primary_key.columns]
+    return frame.sort_values(keys).reset_index(drop=True)

@@ -15,31 +15,12 @@ from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import START, make_context, make_store
-
-DERIVED_BY_DAY = [
-    (t.creative_daily_stats, "date"),
-    (t.attribute_daily_stats, "date"),
-    (t.creative_cumulative_stats, "as_of"),
-    (t.learning_patterns, "as_of"),
-    (t.account_baselines, "as_of"),
-    (t.knowledge_nodes, "as_of"),
-    (t.knowledge_relationships, "as_of"),
-    (t.creative_dna, "as_of"),
-    (t.cross_account_insights, "as_of"),
-    (t.improvement_snapshots, "date"),
-]
+from compound_learning_tests.conftest import DERIVED_BY_DAY, START, day_rows, make_context, make_store
 
 
 def _load(url, env, data):
     env(url)
     return ingest_frame(data, store=make_store(url), settings=load_settings(), today=date(2025, 1, 1))
-
-
-def _day_rows(store, table, column, day) -> pd.DataFrame:
-    frame = store.read_frame(sa.select(table).where(table.c[column] == day))
-    keys = [c.name for c in table.primary_key.columns]
-    return frame.sort_values(keys).reset_index(drop=True)
 
 
 def test_range_then_day_materialize_everything(db_url, env, world, instance):
@@ -76,11 +57,11 @@ def test_same_day_twice_gives_identical_tables(sqlite_url, env, world, instance)
     day = START + timedelta(days=7)
     assert run_cycle(START, day, instance=instance)["status"] == "SUCCESS"
     store = make_store(sqlite_url)
-    before = {tb.name: _day_rows(store, tb, col, day) for tb, col in DERIVED_BY_DAY}
+    before = {tb.name: day_rows(store, tb, col, day) for tb, col in DERIVED_BY_DAY}
     registry = store.registry()
     assert run_cycle(day, day, instance=instance)["status"] == "SUCCESS"
     for tb, col in DERIVED_BY_DAY:
-        pd.testing.assert_frame_equal(before[tb.name], _day_rows(store, tb, col, day), obj=tb.name)
+        pd.testing.assert_frame_equal(before[tb.name], day_rows(store, tb, col, day), obj=tb.name)
     pd.testing.assert_frame_equal(registry, store.registry())  # no retrain without new evidence
 
 

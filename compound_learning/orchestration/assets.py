@@ -11,6 +11,7 @@ import dagster as dg
 from compound_learning import steps
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
+from compound_learning.storage.retry import is_transient
 
 # Single-run backfills are what make a range one run; the parameter is marked beta in 1.13.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -65,7 +66,12 @@ def _materialize(
     ctx = store.cycle_context()
     results = []
     for day in partition_days(context):
-        summary = steps.run_step(ctx, context.asset_key.to_user_string(), day)
+        try:
+            summary = steps.run_step(ctx, context.asset_key.to_user_string(), day)
+        except Exception as exc:
+            if is_transient(exc):
+                raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=STEP_RETRY_WAIT_SECONDS) from exc
+            raise
         context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
         results.append({"day": str(day), **summary})
     last = results[-1]
@@ -86,6 +92,14 @@ def _materialize(
     if all_checks:
         check_results = (check_results or []) + all_checks(results)
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+
+
+# Inside a step, transient database errors are retried with backoff (storage.retry, about 8 s in
+# all); when they outlast that (a database restart), Dagster retries the step after a pause;
+# any other error fails the step at once. The instance's run_retries (dagster.yaml) re-launch a
+# run whose process died.
+STEP_RETRIES = 2
+STEP_RETRY_WAIT_SECONDS = 30
 
 
 def _asset(name: str, deps: list, group: str, kinds: set[str], check_specs: list | None = None):
