@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: install demo test lint dev validate clean
+.PHONY: install demo test lint dev validate reliability clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The full tier of the fault and hostile-input tests (RELIABILITY.md); CI runs a quick tier of
+# the same tests inside `make test`.
+reliability: install
+	COMPOUND_LEARNING_KILL_TRIALS=20 COMPOUND_LEARNING_HYPOTHESIS_EXAMPLES=1000 \
+		$(BIN)/python -m pytest -q -s -m reliability
 
 lint: install
 	$(BIN)/ruff check .
