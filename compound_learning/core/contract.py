@@ -245,7 +245,8 @@ def validate_frame(
             "day": df.loc[~good_mask, "date"]
             .astype(object)
             .where(df.loc[~good_mask, "date"].notna(), None)
-            .map(lambda v: None if v is None else str(v).strip()[:32])
+            # as given, but storable: PostgreSQL text cannot hold NUL or other control characters
+            .map(lambda v: None if v is None else re.sub(_CONTROL_ANY, "\ufffd", str(v).strip()[:32]))
             .to_numpy(),
             "row": [
                 json.dumps(malformed[label][1]) if label in malformed else _raw_row_json(r)
