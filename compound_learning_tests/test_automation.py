@@ -86,12 +86,30 @@ def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, en
     result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
     days_with_data = sorted(data["date"].unique())
     assert sorted(r.partition_key for r in result.run_requests) == days_with_data
-    # Mark all but two days as materialized: only those two are requested.
+    # Every asset materialized for all but the last two days: only those two are requested.
+    from compound_learning import steps
+
+    def materialize(key, assets=tuple(steps.CYCLE_STEPS)):
+        for asset in assets:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
+
     for key in days_with_data[:-2]:
-        instance.report_runless_asset_event(dg.AssetMaterialization("improvement_snapshots", partition=key))
+        materialize(key)
     result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
     assert sorted(r.partition_key for r in result.run_requests) == days_with_data[-2:]
     assert all(r.run_key.startswith("fill:") for r in result.run_requests)
+    # A cycle whose one step failed (the last asset still materialized) is not complete.
+    materialize(days_with_data[-2], [a for a in steps.CYCLE_STEPS if a != "creative_dna"])
+    result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
+    assert sorted(r.partition_key for r in result.run_requests) == days_with_data[-2:]
+    # A day restated after its cycle is requested again (its newest data came later).
+    materialize(days_with_data[-2])
+    materialize(days_with_data[-1])
+    assert _evaluate(missing_days_sensor, sqlite_url, instance=instance).run_requests == []
+    restated = data[data["date"] == days_with_data[0]].head(3).assign(clicks=0)
+    _ingest(sqlite_url, restated)
+    result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
+    assert [r.partition_key for r in result.run_requests] == [days_with_data[0]]
 
 
 def test_schedule_tick_processes_the_previous_day():
@@ -129,3 +147,36 @@ def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world, instance
     logs = store.cycle_logs()
     assert len(logs) == 1 and logs.iloc[0]["status"] == "SUCCESS"
     assert logs.iloc[0]["run_id"] == out["run_id"] and logs.iloc[0]["duration_seconds"] > 0
+
+
+def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url, env, world, monkeypatch, instance):
+    """Issue 13 item 1: ``creative_dna`` fails, ``improvement_snapshots`` (which does not depend
+    on it) still materializes; the day is not done, so the gap filler asks for it again."""
+    import compound_learning.orchestration.sensors as sensors_module
+    from compound_learning import steps
+    from compound_learning.orchestration.launch import run_in_process
+
+    env(sqlite_url)
+    data, _ = world
+    day = date.fromisoformat(data["date"].min())
+    _ingest(sqlite_url, data[data["date"] == day.isoformat()])
+    real = sensors_module.daily_partitions.get_partition_keys
+    monkeypatch.setattr(
+        sensors_module.daily_partitions,
+        "get_partition_keys",
+        lambda current_time=None, **kw: real(
+            current_time=datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC), **kw
+        ),
+    )
+
+    def boom(*_a, **_k):
+        raise RuntimeError("simulated failure of the DNA step")
+
+    with monkeypatch.context() as failing:
+        failing.setitem(steps.CYCLE_STEPS, "creative_dna", boom)
+        assert run_in_process(day, day, instance=instance)["status"] == "FAILURE"
+    assert day.isoformat() in instance.get_materialized_partitions(dg.AssetKey("improvement_snapshots"))
+    result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
+    assert [r.partition_key for r in result.run_requests] == [day.isoformat()]
+    assert run_in_process(day, day, instance=instance)["status"] == "SUCCESS"
+    assert _evaluate(missing_days_sensor, sqlite_url, instance=instance).run_requests == []

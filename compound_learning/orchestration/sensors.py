@@ -15,9 +15,10 @@ from compound_learning.orchestration.jobs import daily_learning_cycle
 from compound_learning.orchestration.launch import record_cycle_run
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
+from compound_learning.steps import CYCLE_STEPS
 
 GAP_LOOKBACK_DAYS = 14
-GAP_MARKER_ASSET = dg.AssetKey("improvement_snapshots")  # the last asset of a complete cycle
+CYCLE_ASSETS = [dg.AssetKey(name) for name in CYCLE_STEPS]  # every asset of daily_learning_cycle
 
 
 @dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -58,14 +59,22 @@ def new_data_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
 
 @dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
 def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
-    """Fill days with data but no complete cycle in the last 14 partitions (missed ticks)."""
+    """Fill days with data but no complete cycle in the last 14 partitions (missed ticks, failed
+    steps): a day is complete only when every asset of the cycle was materialized for it after
+    its newest data arrived."""
     keys = daily_partitions.get_partition_keys()
     if not keys:
         return dg.SkipReason("no complete partition yet")
     recent = keys[-GAP_LOOKBACK_DAYS:]
-    versions = store.store().day_versions(date.fromisoformat(recent[0]), date.fromisoformat(recent[-1]))
-    done = context.instance.get_materialized_partitions(GAP_MARKER_ASSET)
-    missing = [k for k in recent if k in versions and k not in done]
+    s = store.store()
+    first, last = date.fromisoformat(recent[0]), date.fromisoformat(recent[-1])
+    versions, arrived = s.day_versions(first, last), s.day_version_times(first, last)
+    with_data = [k for k in recent if k in versions]
+    complete = set(with_data)
+    for key in CYCLE_ASSETS:
+        latest = _latest_materializations(context.instance, key, with_data)
+        complete &= {k for k in with_data if k in latest and latest[k] >= arrived[k].timestamp()}
+    missing = [k for k in with_data if k not in complete]
     if not missing:
         return dg.SkipReason(f"every day with data in {recent[0]}..{recent[-1]} has a complete cycle")
     return [
@@ -74,6 +83,20 @@ def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResourc
         )
         for k in missing
     ]
+
+
+def _latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict:
+    """Partition key -> epoch seconds of the asset's newest materialization of it."""
+    if not partitions:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=len(partitions) * 50
+    ).records
+    latest: dict[str, float] = {}
+    for record in records:
+        pk = record.partition_key
+        latest[pk] = max(latest.get(pk, 0.0), record.timestamp)
+    return latest
 
 
 @dg.run_status_sensor(

@@ -165,6 +165,21 @@ class Store(Database):
             ).all()
         return {pd.Timestamp(d).date().isoformat(): int(v) for d, v in rows}
 
+    def day_version_times(self, start: date, end: date) -> dict[str, datetime]:
+        """For each day with data in [start, end]: when the newest batch that changed it arrived."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.performance.c.date, sa.func.max(t.ingest_batches.c.ingested_at))
+                .join(t.ingest_batches, t.ingest_batches.c.batch_id == t.performance.c.batch_id)
+                .where(t.performance.c.date.between(start, end))
+                .group_by(t.performance.c.date)
+            ).all()
+        # SQLite returns naive timestamps (stored as UTC), PostgreSQL aware ones
+        return {
+            pd.Timestamp(d).date().isoformat(): (v if v.tzinfo else v.replace(tzinfo=UTC)).astimezone(UTC)
+            for d, v in rows
+        }
+
     # -- raw reads ---------------------------------------------------------------------------
     def performance_for_day(self, day: date, conn=None) -> pd.DataFrame:
         return self.read_frame(sa.select(t.performance).where(t.performance.c.date == day), conn)
