@@ -16,6 +16,8 @@ Environment variables (documented in the README's table, in the same order):
 | ``COMPOUND_LEARNING_DAGSTER_URL`` | empty (in-process) | a running Dagster webserver to launch cycles through |
 | ``COMPOUND_LEARNING_API_KEYS`` | empty (loopback only) | ``key=acct,acct;admin=*`` |
 | ``COMPOUND_LEARNING_API_KEYS_FILE`` | empty | a JSON file ``{"key": ["acct"], "admin": "*"}`` |
+| ``COMPOUND_LEARNING_NEW_DATA_SENSOR_SECONDS`` | ``60`` | how often the new-data sensor looks for ingested batches |
+| ``COMPOUND_LEARNING_GAP_FILL_SENSOR_SECONDS`` | ``3600`` | how often the gap filler looks for incomplete days |
 | ``DAGSTER_HOME`` | empty (ephemeral instance) | the Dagster instance folder (``dagster.yaml``) |
 """
 
@@ -49,6 +51,8 @@ DEFAULT_TIMEZONE = "UTC"
 DEFAULT_HALF_LIFE_DAYS = 0.0
 DEFAULT_MIN_NEW_CLICKS = 5000
 DEFAULT_EXPLORE_SHARE = 0.2
+DEFAULT_NEW_DATA_SENSOR_SECONDS = 60
+DEFAULT_GAP_FILL_SENSOR_SECONDS = 3600
 
 
 @dataclass
@@ -112,6 +116,8 @@ class Settings:
     dagster_home: Path | None = None
     api_keys: str = ""
     api_keys_file: str = ""
+    new_data_sensor_seconds: int = DEFAULT_NEW_DATA_SENSOR_SECONDS
+    gap_fill_sensor_seconds: int = DEFAULT_GAP_FILL_SENSOR_SECONDS
 
 
 def _env(name: str, default: str) -> str:
@@ -146,6 +152,16 @@ def load_settings() -> Settings:
     explore = _number("COMPOUND_LEARNING_EXPLORE_SHARE", DEFAULT_EXPLORE_SHARE, float)
     if not 0.0 <= explore <= 1.0:
         raise ValueError(f"COMPOUND_LEARNING_EXPLORE_SHARE must be within 0..1, got {explore}")
+    intervals = {
+        name: _number(f"COMPOUND_LEARNING_{name.upper()}", default, int)
+        for name, default in (
+            ("new_data_sensor_seconds", DEFAULT_NEW_DATA_SENSOR_SECONDS),
+            ("gap_fill_sensor_seconds", DEFAULT_GAP_FILL_SENSOR_SECONDS),
+        )
+    }
+    for name, value in intervals.items():
+        if value < 1:
+            raise ValueError(f"COMPOUND_LEARNING_{name.upper()} must be >= 1 second, got {value}")
     home = os.environ.get("DAGSTER_HOME", "").strip()
     return Settings(
         state_dir=state_dir,
@@ -160,4 +176,5 @@ def load_settings() -> Settings:
         dagster_home=Path(home).resolve() if home else None,
         api_keys=_env("COMPOUND_LEARNING_API_KEYS", ""),
         api_keys_file=_env("COMPOUND_LEARNING_API_KEYS_FILE", ""),
+        **intervals,
     )

@@ -7,12 +7,13 @@ new run while a duplicate file (which changes nothing) gets none.
 """
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 
+from compound_learning.config import load_settings
 from compound_learning.orchestration.jobs import daily_learning_cycle
-from compound_learning.orchestration.launch import record_cycle_run
+from compound_learning.orchestration.launch import record_cycle_run, run_partition_range
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
 from compound_learning.steps import CYCLE_STEPS
@@ -21,7 +22,14 @@ GAP_LOOKBACK_DAYS = 14
 CYCLE_ASSETS = [dg.AssetKey(name) for name in CYCLE_STEPS]  # every asset of daily_learning_cycle
 
 
-@dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+_settings = load_settings()
+
+
+@dg.sensor(
+    job=daily_learning_cycle,
+    minimum_interval_seconds=_settings.new_data_sensor_seconds,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def new_data_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
     """Request a run for every day touched by ingestion batches newer than the cursor."""
     s = store.store()
@@ -57,7 +65,11 @@ def new_data_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
     return dg.SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-@dg.sensor(job=daily_learning_cycle, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    job=daily_learning_cycle,
+    minimum_interval_seconds=_settings.gap_fill_sensor_seconds,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
     """Fill days with data but no complete cycle in the last 14 partitions (missed ticks, failed
     steps): a day is complete only when every asset of the cycle was materialized for it after
@@ -74,7 +86,8 @@ def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResourc
     for key in CYCLE_ASSETS:
         latest = _latest_materializations(context.instance, key, with_data)
         complete &= {k for k in with_data if k in latest and latest[k] >= arrived[k].timestamp()}
-    missing = [k for k in with_data if k not in complete]
+    busy = _partitions_in_flight(context.instance)
+    missing = [k for k in with_data if k not in complete and k not in busy]
     if not missing:
         return dg.SkipReason(f"every day with data in {recent[0]}..{recent[-1]} has a complete cycle")
     return [
@@ -83,6 +96,28 @@ def missing_days_sensor(context: dg.SensorEvaluationContext, store: StoreResourc
         )
         for k in missing
     ]
+
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Days a queued or running cycle already covers (the new-data sensor's, a backfill's: those
+    run as Dagster's asset job, hence no job filter): the gap filler leaves them to it."""
+    days: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT)):
+        first, last = run_partition_range(run)
+        if first and last:
+            d, end = date.fromisoformat(first), date.fromisoformat(last)
+            while d <= end:
+                days.add(d.isoformat())
+                d += timedelta(days=1)
+    return days
 
 
 def _latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict:
