@@ -150,6 +150,24 @@ def check_champion(store: Store, day: date, cfg: CycleSettings) -> dict:
     }
 
 
+FIGURES = ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")
+
+
+def _champion_figures(champ) -> dict:
+    """The serving champion's holdout figures, so a day that trains nothing still shows what
+    serves (in the UI the asset page would otherwise lose them on every skipped day)."""
+    if champ is None:
+        return {}
+    metrics = json.loads(champ["metrics"])
+    return {
+        "version": int(champ["version"]),
+        "family": champ["family"],
+        "reliability": metrics.get("reliability", []),
+        "per_account": metrics.get("per_account", {}),
+        **{k: metrics.get(k) for k in FIGURES},
+    }
+
+
 def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     """Retrain on evidence; the better family is the challenger; promote only through the gate."""
     store, settings, cfg = ctx.store, ctx.settings, ctx.cfg
@@ -175,6 +193,7 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     if not force and last is not None and since is not None and since >= day:
         return {
             **decision,
+            **_champion_figures(champ),
             "action": "skipped: already trained on this day's evidence",
             "reason": f"model v{int(last['version'])} was trained with data up to {since}",
         }
@@ -187,6 +206,7 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     ):
         return {
             **decision,
+            **_champion_figures(champ),
             "action": "skipped: not enough new evidence",
             "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old",
         }
@@ -278,5 +298,5 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
         "reason": reason,
         "reliability": metrics["reliability"],
         "per_account": metrics["per_account"],
-        **{k: metrics[k] for k in ("log_loss", "normalized_entropy", "auc", "calibration_ratio", "brier")},
+        **{k: metrics[k] for k in FIGURES},
     }

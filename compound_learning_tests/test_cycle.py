@@ -42,6 +42,15 @@ def test_range_then_day_materialize_everything(db_url, env, world, instance):
     mats = instance.fetch_materializations(dg.AssetKey("learning_patterns"), limit=100).records
     assert {m.partition_key for m in mats} == {(START + timedelta(days=i)).isoformat() for i in range(10)}
     assert len({m.run_id for m in mats}) == 1
+    # each partition carries its own figures (an observation per day: Dagster copies a range's
+    # materialization metadata to every partition)
+    for i in (0, 9):
+        key = (START + timedelta(days=i)).isoformat()
+        obs = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("performance_data"), asset_partitions=[key]), limit=1
+        ).records
+        rows = obs[0].asset_observation.metadata["rows"].value
+        assert rows == (data["date"] == key).sum()
     logs = store.cycle_logs()
     assert logs.iloc[0]["status"] == "SUCCESS" and str(logs.iloc[0]["partition_end"])[:10] == end.isoformat()
 

@@ -47,6 +47,9 @@ def test_retrain_or_skip_on_evidence(prepared):
     assert first["family"] in cm.FAMILIES and 0 < first["normalized_entropy"] < 1.2
     again = mr.train_ctr_model(ctx, day)
     assert again["action"].startswith("skipped: already trained")
+    # a skipped day still reports the serving champion's figures (the asset page keeps them)
+    assert again["version"] == 1 and again["log_loss"] == pytest.approx(first["log_loss"])
+    assert again["auc"] == pytest.approx(first["auc"]) and again["reliability"]
     strict = replace(ctx, cfg=replace(ctx.cfg, min_new_clicks=10**9))
     later = mr.train_ctr_model(strict, day + timedelta(days=1))
     assert later["action"] == "skipped: not enough new evidence"

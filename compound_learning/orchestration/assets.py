@@ -55,6 +55,21 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def _figures(summary: dict, figures: list[str]) -> dict:
+    out: dict = {}
+    for key in figures:
+        value = summary.get(key)
+        if isinstance(value, bool) or value is None:
+            out[key] = str(value)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+        else:
+            out[key] = dg.MetadataValue.json(value)
+    if summary.get("rows") == 0:
+        out["note"] = "no data for this day"
+    return out
+
+
 def _materialize(
     context: dg.AssetExecutionContext,
     store: StoreResource,
@@ -73,17 +88,27 @@ def _materialize(
                 raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=STEP_RETRY_WAIT_SECONDS) from exc
             raise
         context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
+        if summary.get("rows") == 0:
+            context.log.warning(f"{day}: no data for this day (nothing was ingested for it)")
         results.append({"day": str(day), **summary})
     last = results[-1]
-    metadata: dict = {"days_processed": len(results), "last_day": last["day"]}
-    for key in figures:
-        value = last.get(key)
-        if isinstance(value, bool) or value is None:
-            metadata[key] = str(value)
-        elif isinstance(value, (int, float)):
-            metadata[key] = value
-        else:
-            metadata[key] = dg.MetadataValue.json(value)
+    if len(results) > 1:
+        # Dagster gives every partition of a single-run range the same materialization metadata
+        # (dagster-io/dagster#18123), so each day's own figures go on an observation of its own
+        # partition; the materialization says it covers a range and shows the days as a table.
+        for result in results:
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=context.asset_key, partition=result["day"], metadata=_figures(result, figures)
+                )
+            )
+    metadata: dict = {
+        "days_processed": len(results),
+        "first_day": results[0]["day"],
+        "last_day": last["day"],
+        **({"figures_below_are_for": last["day"]} if len(results) > 1 else {}),
+        **_figures(last, figures),
+    }
     if len(results) > 1:
         metadata["per_day"] = dg.MetadataValue.md(_md_table(results[-31:], ["day", *figures]))
     if preview:
@@ -267,8 +292,15 @@ def _model_preview(summary: dict) -> str:
         return f"**{summary.get('action')}**: {summary.get('reason')}"
     rows = summary.get("reliability", [])
     accounts = [{"account_id": a, **m} for a, m in sorted(summary.get("per_account", {}).items())][:30]
+    trained = not str(summary["action"]).startswith("skipped")
+    model = f"v{summary['version']} ({summary['family']})"
+    headline = (
+        f"**{summary['action']}** {model}: {summary['reason']}"
+        if trained
+        else f"**{summary['action']}** ({summary['reason']}); serving champion {model}, its figures below"
+    )
     return (
-        f"**{summary['action']}** v{summary['version']} ({summary['family']}): {summary['reason']}\n\n"
+        headline + "\n\n"
         "Reliability on the holdout (by predicted CTR decile)\n\n"
         + _md_table(rows, ["predicted_ctr", "observed_ctr", "impressions"])
         + "\n\nPer account on the holdout\n\n"
