@@ -382,8 +382,9 @@ def cmd_demo(args) -> int:
         print("  " + _fmt_pattern(p))
     account = queries.accounts(store)[0]
     traj = queries.trajectory(store, account)
+    model = f" ({traj['model']})" if traj["model"] else ""
     line = (
-        f"\nTrajectory of {account}: {traj['learning_status']} ({traj['model']}), ROAS "
+        f"\nTrajectory of {account}: {traj['learning_status']}{model}, ROAS "
         f"{traj['initial_roas']:.2f} -> {traj['current_roas']:.2f}"
     )
     if traj["projected_90d_roas"] is not None:
@@ -543,10 +544,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_progress() -> None:
+    """Long commands (demo, cycle over a range) report their progress on stderr."""
+    import logging
+
+    progress = logging.getLogger("compound_learning.progress")
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from compound_learning.storage.artifacts import ArtifactError
 
     args = build_parser().parse_args(argv)
+    _show_progress()
     try:
         return args.fn(args)
     except (ValueError, LookupError, ArtifactError) as exc:  # bad input, unknown ids, untrusted models

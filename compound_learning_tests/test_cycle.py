@@ -158,3 +158,15 @@ def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env
     _load(sqlite_url, env, restated)
     steps.compute_daily_stats(ctx, date(2024, 1, 9))
     assert steps.learn_patterns(ctx, date(2024, 1, 9))["days_rolled_forward"] == 2
+
+
+def test_cli_cycle_over_a_range_reports_progress(sqlite_url, env, world):
+    """Long commands say where they are: each step's days on stderr, with the time left."""
+    from compound_learning_tests.conftest import run_cli
+
+    data, _ = world
+    _load(sqlite_url, env, data[data["date"] <= "2024-01-04"])
+    run = run_cli(sqlite_url, "cycle", "--start", "2024-01-01", "--end", "2024-01-04")
+    assert run.returncode == 0, run.stderr
+    for step in ("performance_data", "learning_patterns", "improvement_snapshots"):
+        assert f"{step}: day 4/4 (2024-01-04), about 0 s left in this step" in run.stderr, run.stderr

@@ -2,6 +2,8 @@
 (single-run backfills), writes its partition through ``compound_learning.steps`` and reports
 what happened as metadata, so the UI tells the story without the logs."""
 
+import logging
+import time
 import warnings
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -55,6 +57,12 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+# Progress of long ranges (the demo, a backfill from the CLI) for a person watching a terminal;
+# the CLI sends this logger to stderr, the Dagster UI shows the step's own log lines instead.
+PROGRESS = logging.getLogger("compound_learning.progress")
+PROGRESS_EVERY_SECONDS = 5.0
+
+
 def _figures(summary: dict, figures: list[str]) -> dict:
     out: dict = {}
     for key in figures:
@@ -80,9 +88,17 @@ def _materialize(
 ) -> dg.MaterializeResult:
     ctx = store.cycle_context()
     results = []
-    for day in partition_days(context):
+    days = partition_days(context)
+    name = context.asset_key.to_user_string()
+    started = last_report = time.monotonic()
+    for i, day in enumerate(days, start=1):
+        now = time.monotonic()
+        if len(days) > 1 and (now - last_report >= PROGRESS_EVERY_SECONDS or i == len(days)):
+            last_report = now
+            left = (now - started) / max(i - 1, 1) * (len(days) - i + 1)
+            PROGRESS.info("%s: day %d/%d (%s), about %.0f s left in this step", name, i, len(days), day, left)
         try:
-            summary = steps.run_step(ctx, context.asset_key.to_user_string(), day)
+            summary = steps.run_step(ctx, name, day)
         except Exception as exc:
             if is_transient(exc):
                 raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=STEP_RETRY_WAIT_SECONDS) from exc
