@@ -36,13 +36,14 @@ def trajectory_chart(series: list[dict], traj: dict) -> bytes:
         ax.plot(d, pd.Series(roas).rolling(7, min_periods=1).mean(), color="#1f4e79", label="7-day average")
         if traj.get("initial_roas"):
             ax.axhline(traj["initial_roas"], color="#888", ls="--", lw=1, label="baseline (first week)")
-        if traj.get("projected_30d_roas") is not None:
+        horizons = [h for h in (30, 90) if traj.get(f"projected_{h}d_roas") is not None]  # others withheld
+        if horizons:
             last = d.max()
-            xs = [last] + [last + pd.Timedelta(days=h) for h in (30, 90)]
+            xs = [last] + [last + pd.Timedelta(days=h) for h in horizons]
             current = traj.get("current_roas") or roas[-1]
-            mid = [current, traj["projected_30d_roas"], traj["projected_90d_roas"]]
-            lo = [current, traj["projected_30d_roas_ci"][0], traj["projected_90d_roas_ci"][0]]
-            hi = [current, traj["projected_30d_roas_ci"][1], traj["projected_90d_roas_ci"][1]]
+            mid = [current] + [traj[f"projected_{h}d_roas"] for h in horizons]
+            lo = [current] + [traj[f"projected_{h}d_roas_ci"][0] for h in horizons]
+            hi = [current] + [traj[f"projected_{h}d_roas_ci"][1] for h in horizons]
             ax.plot(xs, mid, color="#c0504d", label=f"projection ({traj.get('model')})")
             ax.fill_between(xs, lo, hi, color="#c0504d", alpha=0.15, label="95% interval")
     ax.set_ylabel("ROAS")

@@ -192,14 +192,17 @@ def cmd_trajectory(args) -> int:
     traj = queries.trajectory(_store(), args.account)
 
     def human(x):
-        print(f"{x['account_id']} as of {x['as_of']}: {x['learning_status']} (model {x['model']})")
+        print(f"{x['account_id']} as of {x['as_of']}: {x['summary']}")
         if x["initial_roas"] is not None:
-            print(f"  ROAS initial {x['initial_roas']:.3f} -> current {x['current_roas']:.3f}")
+            print(f"  ROAS first week {x['initial_roas']:.2f} -> last week {x['current_roas']:.2f}")
+        print(f"  trend: {x['learning_status']}" + (f" (model: {x['model']})" if x["model"] else ""))
         for h in (30, 90, 365):
             p, ci = x[f"projected_{h}d_roas"], x[f"projected_{h}d_roas_ci"]
             if p is not None:
-                print(f"  projected {h:>3}d ROAS {p:.3f}  95% [{ci[0]:.3f}, {ci[1]:.3f}]")
-        print(f"  on track for 10x: {x['on_track_for_10x']}")
+                print(f"  projected ROAS in {h:>3} days {p:.2f}  95% [{ci[0]:.2f}, {ci[1]:.2f}]")
+        for note in x.get("projection_notes", []):
+            print(f"  {note}")
+        print(f"  on track for 10x (lower bound of the 365-day projection): {x['on_track_for_10x']}")
 
     _print(traj, args.json, human)
     return 0
@@ -382,15 +385,16 @@ def cmd_demo(args) -> int:
         print("  " + _fmt_pattern(p))
     account = queries.accounts(store)[0]
     traj = queries.trajectory(store, account)
-    model = f" ({traj['model']})" if traj["model"] else ""
-    line = (
-        f"\nTrajectory of {account}: {traj['learning_status']}{model}, ROAS "
-        f"{traj['initial_roas']:.2f} -> {traj['current_roas']:.2f}"
+    print(
+        f"\nTrajectory of {account}: ROAS {traj['initial_roas']:.2f} (first week) -> {traj['current_roas']:.2f} "
+        f"(last week)\n  {traj['summary']}"
     )
-    if traj["projected_90d_roas"] is not None:
-        lo, hi = traj["projected_90d_roas_ci"]
-        line += f"; projected in 90 days {traj['projected_90d_roas']:.2f} [95%: {lo:.2f}, {hi:.2f}]"
-    print(line)
+    for h in (30, 90):
+        if traj[f"projected_{h}d_roas"] is not None:
+            lo, hi = traj[f"projected_{h}d_roas_ci"]
+            print(f"  projected in {h} days {traj[f'projected_{h}d_roas']:.2f} [95%: {lo:.2f}, {hi:.2f}]")
+    for note in traj.get("projection_notes", []):
+        print(f"  {note}")
     print(f"\nWhat {account} should do next (`compound-learning recommend {account}`):")
     _print_recommendations(queries.recommendations(store, account, n=3), spend_rows=3)
     print("\nNext: `make dev` and open http://127.0.0.1:3000 to see the lineage graph, runs and metadata.")

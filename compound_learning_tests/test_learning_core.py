@@ -183,10 +183,34 @@ def test_trajectory_is_honest():
     assert not any(f["on_track_for_10x"] for f in flat)
     up = trajectory(_series(60, 0.01, 0.1))
     assert up["learning_status"] == "improving" and up["daily_improvement_rate"] == pytest.approx(0.01, abs=0.004)
-    lo, hi = up["projected_90d_roas_ci"]
-    assert lo < up["projected_90d_roas"] < hi
+    lo, hi = up["projected_30d_roas_ci"]
+    assert lo < up["projected_30d_roas"] < hi
+    # A trend fitted on 60 days is not carried a year ahead: that projection is withheld (with a
+    # note), and so "on track for 10x" cannot come from an extrapolation.
     fast = trajectory(_series(60, 0.03, 0.05))
-    assert fast["on_track_for_10x"] is True
+    assert fast["learning_status"] == "improving" and fast["projected_30d_roas"] is not None
+    assert fast["projected_90d_roas"] is None and fast["projected_365d_roas"] is None
+    assert fast["on_track_for_10x"] is False
+    assert any("365-day projection withheld: 60 days of history" in n for n in fast["projection_notes"])
+    short = trajectory(_series(30, np.log(1.6) / 29, 0.1))  # a 1.6x rise over 30 days
+    assert short["projected_365d_roas"] is None and not short["on_track_for_10x"]
+    long_run = trajectory(_series(400, 0.01, 0.05))  # a year of steady growth supports a year ahead
+    assert long_run["on_track_for_10x"] is True
+
+
+def test_trajectory_states_the_change_and_agrees_with_it():
+    up = trajectory(_series(60, 0.01, 0.1))
+    change = up["change"]
+    true = np.exp(0.01 * (59 - 13)) - 1  # last two weeks' mean day against the first two weeks'
+    assert change["roas_change"] == pytest.approx(true, rel=0.25)
+    assert change["roas_change_ci"][0] > 0 and change["roas_change_ci"][0] < change["roas_change"]
+    assert f"ROAS {change['roas_change']:+.0%}" in up["summary"] and "still improving" in up["summary"]
+    flat = [trajectory(_series(60, 0.0, 0.2, seed=s)) for s in range(20)]
+    clear = [f for f in flat if f["change"]["roas_change_ci"][0] > 0 or f["change"]["roas_change_ci"][1] < 0]
+    assert len(clear) <= 2  # a 95% interval on flat worlds
+    for f in flat:
+        if f not in clear:
+            assert "not distinguishable from no change" in f["summary"]
 
 
 def test_forgetting_halves_old_evidence_per_half_life():
@@ -234,4 +258,4 @@ def test_stable_projection_keeps_the_recent_level():
     recent, overall = roas.iloc[-14:].mean(), roas.mean()
     # projected at the recent level, not at the mean of the whole history
     assert abs(out["projected_30d_roas"] - recent) < abs(out["projected_30d_roas"] - overall)
-    assert out["projected_30d_roas"] == out["projected_365d_roas"]
+    assert out["projected_90d_roas"] is None  # 60 days of history: 90 days ahead is withheld

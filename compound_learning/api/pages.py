@@ -85,15 +85,16 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         f"<li>{h} days: {fmt(traj[f'projected_{h}d_roas'])} "
         f"[{fmt(traj[f'projected_{h}d_roas_ci'][0])}, {fmt(traj[f'projected_{h}d_roas_ci'][1])}]</li>"
         for h in (30, 90, 365)
-    )
+        if traj[f"projected_{h}d_roas"] is not None
+    ) + "".join(f"<li>{e(note)}</li>" for note in traj.get("projection_notes", []))
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>compound_learning: {e(account_id)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;color:#222}}
 table{{border-collapse:collapse;font-size:0.9em}}td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}}
 .grid{{display:grid;grid-template-columns:1fr 1fr;gap:1em}} img{{max-width:100%}} h2{{margin-top:1.4em}}</style></head>
 <body><h1>{e(account_id)}</h1>
-<p><b>{e(traj["learning_status"])}</b>: ROAS {fmt(traj["initial_roas"])} (first week) → {fmt(traj["current_roas"])} (last week);
-daily change {fmt(traj["daily_improvement_rate"], True)}; on track for 10x: {traj["on_track_for_10x"]}. As of {e(traj["as_of"])}.</p>
+<p>ROAS {fmt(traj["initial_roas"])} (first week) → {fmt(traj["current_roas"])} (last week). {e(traj.get("summary", ""))}.
+Trend: <b>{e(traj["learning_status"])}</b>, daily change {fmt(traj["daily_improvement_rate"], True)}. As of {e(traj["as_of"])}.</p>
 <img alt="ROAS trajectory" src="{charts.data_uri(charts.trajectory_chart(series, traj))}">
 <ul>{proj}</ul>
 <h2>Top patterns</h2><img alt="patterns" src="{charts.data_uri(charts.patterns_chart(top))}">

@@ -9,10 +9,18 @@ of log ROAS over time are fitted, each with autocorrelation-robust (HAC, Newey-W
 the one with the lower error on the held-out last fifth of the days is used. A third, flat
 model (no growth) competes too: ``improving`` / ``declining`` need both a growth interval that
 excludes zero and a growth model that beats the flat one on the held-out days. Projections at
-30 / 90 / 365 days carry 95% intervals; ``on_track_for_10x`` only when the *lower* bound of the
-365-day projection is 10x the initial ROAS; ``learning_status`` says ``improving`` or
-``declining`` only when the growth interval excludes zero, else ``stable``. Fewer than two
-snapshots: ``insufficient_data``; fewer than ``min_days_to_judge``: ``learning``.
+30 / 90 / 365 days carry 95% intervals, and are given only as far ahead as the history is long
+(``MAX_PROJECTION_MULTIPLE`` times its span; a trend fitted on 30 days says nothing about day
+395); the ones withheld are named in ``projection_notes``. ``on_track_for_10x`` only when the
+*lower* bound of the 365-day projection is 10x the initial ROAS, so never from an extrapolation.
+``learning_status`` says ``improving`` or ``declining`` only when the growth interval excludes
+zero, else ``stable``. Fewer than two snapshots: ``insufficient_data``; fewer than
+``min_days_to_judge``: ``learning``.
+
+Beside the trend, ``change`` is what a marketer asks first: the ROAS of the last two weeks
+against the first two, with a 95% interval (day-of-week adjusted, HAC errors), and ``summary``
+says both in one sentence, so that a rise that happened early and then held ("stable" trend,
++74% change) reads as what it is.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from scipy import stats as sps
 
 HORIZONS = (30, 90, 365)
 RECENT_DAYS = 14  # the level a "stable" account is projected to keep
+CHANGE_WINDOW_DAYS = 14  # the first and the last two weeks, compared in ``change``
+MAX_PROJECTION_MULTIPLE = 1.0  # project at most as far ahead as the history is long
 TAUS = (7.0, 14.0, 30.0, 60.0, 120.0)
 
 
@@ -81,8 +91,66 @@ def _holdout_error(t, y, dow, model) -> float:
     return float(np.mean((y[cut:] - pred) ** 2))
 
 
+def window_change(t: np.ndarray, y: np.ndarray, dow: np.ndarray, window: int = CHANGE_WINDOW_DAYS) -> dict | None:
+    """Log ROAS of the last ``window`` days against the first ``window`` (day-of-week adjusted,
+    HAC errors with fixed-b critical values); None when the history cannot hold two windows."""
+    window = min(window, int((t[-1] - t[0] + 1) // 2))
+    first, last = t < t[0] + window, t > t[-1] - window
+    if window < 5 or first.sum() < 4 or last.sum() < 4:
+        return None
+    keep = first | last
+    X = np.column_stack([np.ones(keep.sum()), last[keep].astype(float)])
+    if window >= 7:  # whole weeks on both sides: day-of-week terms can be estimated
+        X = np.column_stack([X, (dow[keep][:, None] == np.arange(1, 7)[None, :]).astype(float)])
+    if keep.sum() < X.shape[1] + 4 or np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    lags = min(_hac_lags(int(keep.sum())), int(keep.sum()) - X.shape[1] - 1)
+    res = sm.OLS(y[keep], X).fit(cov_type="HAC", cov_kwds={"maxlags": max(lags, 1), "use_correction": True}, use_t=True)
+    est, se = float(res.params[1]), float(np.sqrt(res.cov_params()[1, 1]))
+    crit = fixed_b_critical_value(max(lags, 1), int(keep.sum()), float(sps.t.ppf(0.975, res.df_resid)))
+    return {
+        "days_compared": int(window),
+        "roas_change": float(np.expm1(est)),
+        "roas_change_ci": [float(np.expm1(est - crit * se)), float(np.expm1(est + crit * se))],
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.0%}"
+
+
+def summary_sentence(out: dict) -> str:
+    """The trajectory in words that agree with its numbers."""
+    status, change = out["learning_status"], out.get("change")
+    if status in ("insufficient_data", "learning") and not change:
+        return f"{status.replace('_', ' ')}: {out['snapshots']} days of history, too few to judge"
+    parts = []
+    if change:
+        lo, hi = change["roas_change_ci"]
+        clear = lo > 0 or hi < 0
+        parts.append(
+            f"ROAS {_pct(change['roas_change'])} [{_pct(lo)}, {_pct(hi)}] between the first and the last "
+            f"{change['days_compared']} days" + ("" if clear else " (not distinguishable from no change)")
+        )
+    if status == "improving":
+        parts.append("still improving: the daily trend is above zero beyond noise")
+    elif status == "declining":
+        parts.append("declining: the daily trend is below zero beyond noise")
+    elif status == "stable":
+        parts.append("no ongoing trend beyond noise, so the projection holds the recent level")
+    else:
+        parts.append(f"{status}: too few days to judge a trend")
+    return "; ".join(parts)
+
+
 def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: int = 14) -> dict:
     """Fit the trajectory of one account from its daily ``date, spend, revenue`` rows."""
+    out = _trajectory(series, baseline_days, min_days_to_judge)
+    out["summary"] = summary_sentence(out)
+    return out
+
+
+def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int) -> dict:
     s = series.copy()
     s = s[(s["spend"] > 0) & s["revenue"].notna()].sort_values("date")
     s["date"] = pd.to_datetime(s["date"])
@@ -97,6 +165,8 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         "learning_status": "insufficient_data",
         "on_track_for_10x": False,
         "holdout_mse": {},
+        "change": None,
+        "projection_notes": [],
     }
     for h in HORIZONS:
         out[f"projected_{h}d_roas"] = None
@@ -119,6 +189,7 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
     t = (positive["date"] - first).dt.days.to_numpy(float)
     y = np.log((positive["revenue"] / positive["spend"]).to_numpy(float))
     dow = positive["date"].dt.day_of_week.to_numpy()
+    out["change"] = window_change(t, y, dow)
     if len(t) < 10:  # too few points for a trend next to 6 day-of-week terms
         out["learning_status"] = "learning"
         return out
@@ -160,7 +231,14 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level (no evidence of a trend)"
     t_last = float(t[-1])
     initial = out["initial_roas"]
+    span = t_last - float(t[0]) + 1
     for h in HORIZONS:
+        if h > MAX_PROJECTION_MULTIPLE * span:
+            out["projection_notes"].append(
+                f"{h}-day projection withheld: {span:.0f} days of history support at most "
+                f"{MAX_PROJECTION_MULTIPLE * span:.0f} days ahead"
+            )
+            continue
         x = _design(np.array([t_last + h]), model, tau)[0]
         est, se = float(x @ params), float(np.sqrt(max(x @ cov @ x, 0.0)))
         proj = float(np.exp(est))
@@ -169,6 +247,6 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
         out[f"improvement_{h}d"] = float(proj / initial - 1.0) if initial and initial > 0 else None
     low_365 = out["projected_365d_roas_ci"][0]
     out["on_track_for_10x"] = bool(
-        out["learning_status"] == "improving" and initial and initial > 0 and low_365 / initial >= 10.0
+        out["learning_status"] == "improving" and initial and initial > 0 and low_365 and low_365 / initial >= 10.0
     )
     return out
