@@ -19,10 +19,21 @@ from compound_learning.config import (
 from compound_learning.core.contract import ContractError
 
 
-def _store():
+def _store(must_exist: bool = True):
+    """The configured store. Query commands refuse a SQLite file that does not exist yet rather
+    than create an empty one (run from another folder, ``.state`` resolves elsewhere)."""
+    from compound_learning.storage.database import sqlite_file
     from compound_learning.storage.store import get_store
 
-    return get_store(load_settings().database_url)
+    settings = load_settings()
+    path = sqlite_file(settings.database_url)
+    if must_exist and path is not None and not path.exists():
+        raise ValueError(
+            f"no store at {path}: nothing was ingested with this configuration (state folder "
+            f"{settings.state_dir}, resolved from the current folder {Path.cwd()}). Run from the project "
+            "folder, or set COMPOUND_LEARNING_STATE_DIR or COMPOUND_LEARNING_DATABASE_URL"
+        )
+    return get_store(settings.database_url)
 
 
 def _print(obj, as_json: bool, human=None) -> None:
@@ -346,8 +357,17 @@ def cmd_reset(args) -> int:
         what = "learning tables AND raw performance data" if args.all else "learning tables (raw data kept)"
         print(f"refusing to empty the {what} without --yes", file=sys.stderr)
         return 2
-    tables = _store().reset(include_raw=args.all)
-    _print({"emptied": tables}, args.json, lambda o: print("emptied: " + ", ".join(o["emptied"])))
+    from compound_learning.storage.artifacts import remove_artifacts
+
+    store = _store(must_exist=False)
+    models = store.registry()["artifact_path"].tolist()
+    tables = store.reset(include_raw=args.all)
+    removed = remove_artifacts(models) if "model_registry" in tables else 0
+    _print(
+        {"emptied": tables, "model_files_removed": removed},
+        args.json,
+        lambda o: print("emptied: " + ", ".join(o["emptied"]) + f"; model files removed: {o['model_files_removed']}"),
+    )
     return 0
 
 

@@ -18,7 +18,7 @@ from compound_learning.config import CycleSettings
 from compound_learning.core import ctr_model as cm
 from compound_learning.core import stats
 from compound_learning.storage import schema as t
-from compound_learning.storage.artifacts import ArtifactError, load_model, save_model
+from compound_learning.storage.artifacts import ArtifactError, load_model, remove_artifacts, save_model
 from compound_learning.storage.store import Store, utcnow
 
 if TYPE_CHECKING:
@@ -168,6 +168,24 @@ def _champion_figures(champ) -> dict:
     }
 
 
+KEEP_RETIRED = 3  # earlier champions kept for rollback and for serving's fallback
+KEEP_CHALLENGERS = 2  # the latest models that did not go live, for inspection
+
+
+def prune_artifacts(store: Store) -> int:
+    """Delete the files of models nobody can still use: the champion, the last few retired
+    champions and challengers stay; every other version keeps its registry row (its figures,
+    its reason) but not its file, so state stays bounded however often the model retrains."""
+    reg = store.registry()
+    if reg.empty:
+        return 0
+    newest = reg.sort_values("version", ascending=False)
+    keep = set(newest.loc[newest["status"] == "champion", "version"])
+    keep |= set(newest.loc[newest["status"] == "retired", "version"].head(KEEP_RETIRED))
+    keep |= set(newest.loc[newest["status"] == "challenger", "version"].head(KEEP_CHALLENGERS))
+    return remove_artifacts(reg.loc[~reg["version"].isin(keep), "artifact_path"])
+
+
 def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     """Retrain on evidence; the better family is the challenger; promote only through the gate."""
     store, settings, cfg = ctx.store, ctx.settings, ctx.cfg
@@ -292,6 +310,7 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     action = "promoted" if promote else "kept champion" if champ is not None else "rejected: no champion yet"
     return {
         **decision,
+        "artifacts_removed": prune_artifacts(store),
         "action": action,
         "version": version,
         "family": family,

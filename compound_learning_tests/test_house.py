@@ -185,3 +185,13 @@ def test_serving_cache_verifies_once_per_version(served):
     mr.promote(store, newer, "test")
     assert predict_creative_ctr(store, "acct_001", creative, cache)["model_version"] == newer
     assert cache.loads == 2
+
+
+def test_query_commands_refuse_a_store_that_does_not_exist(tmp_path):
+    """Run from another folder, a query says where it looked instead of creating an empty store."""
+    from compound_learning_tests.conftest import run_cli
+
+    missing = tmp_path / "elsewhere" / "compound_learning.db"
+    run = run_cli(f"sqlite:///{missing}", "patterns")
+    assert run.returncode == 2 and f"no store at {missing}" in run.stderr
+    assert not missing.exists()

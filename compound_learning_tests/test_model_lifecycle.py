@@ -3,6 +3,7 @@ artifacts, unseen values at scoring, and the blocking check."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -233,3 +234,37 @@ def test_every_type_our_pipelines_hold_is_on_the_allowlist(tmp_path):
         seen |= set(sio.get_untrusted_types(file=path))
     assert seen <= ALLOWED_TYPES, sorted(seen - ALLOWED_TYPES)
     assert "functools.partial" in seen  # the list is exercised, not vacuous
+
+
+def test_old_model_files_are_pruned_and_reset_removes_them(sqlite_url, env, tmp_path):
+    """State stays bounded: the champion, 3 retired champions and 2 challengers keep their
+    files; older versions keep their registry rows only. ``reset --yes`` removes the files."""
+    from datetime import UTC, datetime
+
+    from compound_learning.storage import schema as t
+    from compound_learning_tests.conftest import run_cli
+
+    env(sqlite_url)
+    store = make_store(sqlite_url)
+    statuses = ["retired"] * 5 + ["challenger"] * 3 + ["champion"]
+    rows = []
+    for version, status in enumerate(statuses, start=1):
+        path = tmp_path / f"ctr_model_v{version:04d}.skops"
+        path.write_bytes(b"model")
+        day = START + timedelta(days=version)
+        rows.append(
+            {
+                "version": version, "trained_at": datetime.now(UTC), "as_of": day, "family": "logistic",
+                "train_start": day, "train_end": day, "holdout_start": day, "holdout_end": day, "counts": "{}",
+                "metrics": "{}", "status": status, "reason": "test", "artifact_path": str(path), "sha256": "0" * 64,
+            }
+        )  # fmt: skip
+    with store.transaction() as conn:
+        store.bulk_insert(conn, t.model_registry, pd.DataFrame(rows))
+    assert mr.prune_artifacts(store) == 3
+    kept = sorted(int(p.stem[-4:]) for p in tmp_path.glob("*.skops"))
+    assert kept == [3, 4, 5, 7, 8, 9]  # retired 3-5, challengers 7-8, the champion 9
+    assert len(store.registry()) == 9  # every version's row (figures, reason) stays
+    run = run_cli(sqlite_url, "reset", "--yes", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["model_files_removed"] == 6 and not list(tmp_path.glob("*.skops"))

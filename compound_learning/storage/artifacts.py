@@ -66,3 +66,15 @@ def load_model(path: str | Path, expected_sha256: str):
         return sio.load(path, trusted=untrusted)
     except Exception as exc:  # a file that passed the checks but does not load is not a model we wrote
         raise ArtifactError(f"model artifact {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def remove_artifacts(paths) -> int:
+    """Delete model files (missing ones are skipped); returns how many were removed."""
+    removed = 0
+    for path in paths:
+        try:
+            Path(path).unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -25,6 +25,14 @@ from compound_learning.storage.schema import metadata
 INSERT_CHUNK = 5_000
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg2://...``)."""
     parsed = make_url(url)
