@@ -135,12 +135,13 @@ def _fmt_pattern(p: dict) -> str:
     attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
     lift = "n/a" if p["lift"] is None else f"{p['lift']:+.1%}"
     ci = "" if p["ci_low"] is None else f" [{p['ci_low']:+.1%}, {p['ci_high']:+.1%}]"
-    q = "" if p["q_value"] is None else f" q={p['q_value']:.3g}"
+    q = "" if p["q_value"] is None else " q<0.0001" if p["q_value"] < 1e-4 else f" q={p['q_value']:.2g}"
     sup = p["support"]
-    return (
-        f"{p['metric']:>4}  {attrs:<40} {lift:>8}{ci:<22}{q:<12} {p['state']:<17} "
-        f"creatives={sup.get('creatives')} accounts={sup.get('accounts')} clicks={sup.get('clicks')}"
+    line = (
+        f"{p['metric']:>4}  {attrs:<40} {lift:>8}{ci:<22}{q:<11} {p['state']:<13} "
+        f"{sup.get('creatives')} creatives, {sup.get('accounts')} accounts"
     )
+    return line if p["state"] == "significant" else f"{line}\n      {p['reading']}"
 
 
 def cmd_patterns(args) -> int:

@@ -259,3 +259,23 @@ def test_stable_projection_keeps_the_recent_level():
     # projected at the recent level, not at the mean of the whole history
     assert abs(out["projected_30d_roas"] - recent) < abs(out["projected_30d_roas"] - overall)
     assert out["projected_90d_roas"] is None  # 60 days of history: 90 days ahead is withheld
+
+
+def test_every_interval_says_what_it_is(learned):
+    """A 95% interval that excludes zero is not yet a claim: the record says so, and why (one
+    BH family over the whole cycle, and persistence over cycles)."""
+    from scipy import stats as sps
+
+    from compound_learning.core.patterns import TEST_FAMILY, patterns_to_records
+
+    *_, patterns, _fits, _cells, _dims = learned
+    tested = patterns["p_value"].notna()
+    expected = sps.false_discovery_control(patterns.loc[tested, "p_value"].to_numpy(), method="bh")
+    np.testing.assert_allclose(patterns.loc[tested, "q_value"].to_numpy(), expected)
+    records = patterns_to_records(patterns)
+    learning = [r for r in records if r["state"] == "learning" and r["ci_low"] is not None]
+    unclaimed = [r for r in learning if r["ci_low"] > 0 or r["ci_high"] < 0]
+    assert unclaimed  # intervals that exclude zero without a claim exist, and say why
+    assert all("excludes no change, but it is not established yet" in r["reading"] for r in unclaimed)
+    assert all(r["test_family"] == TEST_FAMILY for r in records)
+    assert all(r["reading"].startswith("established") for r in records if r["state"] == "significant")

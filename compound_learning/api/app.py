@@ -76,6 +76,8 @@ class Pattern(BaseModel):
     account_id: str | None
     first_seen: str
     last_updated: str
+    test_family: str = Field(description="the Benjamini-Hochberg family the q-value is computed in")
+    reading: str = Field(description="what the interval and the state mean, in words")
 
 
 # -- dependencies ---------------------------------------------------------------------------------
