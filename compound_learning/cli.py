@@ -295,6 +295,24 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _model_words(m: dict | None) -> str:
+    """The champion's figures in words a marketer can use."""
+    if not m:
+        return "none yet (it trains once enough clicks have arrived)"
+    family = {"hist_gradient_boosting": "gradient boosting", "logistic": "logistic regression"}.get(
+        m.get("family"), m.get("family")
+    )
+    parts = [f"v{m['version']} ({family}), trained on data up to {m.get('trained_as_of')}"]
+    if m.get("calibration_ratio") is not None:
+        parts.append(f"predicts {m['calibration_ratio']:.2f}x the clicks that happened (1.00 = calibrated)")
+    if m.get("normalized_entropy") is not None:
+        gain = 1.0 - m["normalized_entropy"]
+        parts.append(f"{gain:.0%} less surprised by clicks than the average CTR would be (normalized entropy)")
+    if m.get("auc") is not None:
+        parts.append(f"ranks a clicked impression above an unclicked one {m['auc']:.0%} of the time (AUC)")
+    return "; ".join(parts)
+
+
 def cmd_dashboard(args) -> int:
     from compound_learning import queries
 
@@ -303,23 +321,23 @@ def cmd_dashboard(args) -> int:
     def human(d):
         if d.get("trajectory"):
             tr = d["trajectory"]
-            print(
-                f"== {d['account_id']}: {tr['learning_status']}, "
-                f"ROAS {tr['initial_roas']:.3f} -> {tr['current_roas']:.3f}"
-            )
-        print("== significant patterns")
+            first, last = tr["initial_roas"], tr["current_roas"]
+            print(f"== {d['account_id']}: ROAS {first:.2f} (first week) -> {last:.2f} (last week)")
+            print(f"   {tr['summary']}")
+        print("== this account's own established patterns")
         print("\n".join(map(_fmt_pattern, d["top_patterns"])) or "  none yet")
-        print(f"== cross-account insights (>= {MIN_ACCOUNTS_FOR_SHARED} accounts)")
+        print(f"== what holds across accounts (at least {MIN_ACCOUNTS_FOR_SHARED} accounts each, no names)")
         for i in d["cross_account_insights"]:
+            attrs = ", ".join(f"{k}={v}" for k, v in i["attributes"].items())
             print(
-                f"  {i['metric']:>4} {i['attributes']} {i['pooled_lift']:+.1%} "
-                f"[{i['ci_low']:+.1%}, {i['ci_high']:+.1%}] "
-                f"accounts={i['n_accounts']}"
+                f"  {i['metric']:>4}  {attrs:<32} {i['pooled_lift']:+.0%} [{i['ci_low']:+.0%}, {i['ci_high']:+.0%}]"
+                f"  in {i['n_accounts']} accounts"
             )
-        print(f"== model: {d['model']}")
+        print(f"== CTR model: {_model_words(d['model'])}")
         print("== last cycles")
         for c in d["last_cycles"]:
-            print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']} {c['duration_seconds']}")
+            seconds = "" if c["duration_seconds"] is None else f"{float(c['duration_seconds']):.0f} s"
+            print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']}  {seconds}")
 
     _print(dash, args.json, human)
     return 0

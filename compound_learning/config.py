@@ -80,6 +80,10 @@ class CycleSettings:
     model_train_days: int = 28
     model_holdout_days: int = 7
     min_new_clicks: int = DEFAULT_MIN_NEW_CLICKS
+    # ... and at least this share of the clicks the champion was trained on: a large account
+    # passes any fixed count every day (the demo trained 53 models in 60 days), while a quarter
+    # more evidence is what can change a model
+    min_new_click_share: float = 0.25
     max_model_age_days: int = 7
     calibration_tolerance: float = 0.05
     baseline_days: int = 7

@@ -215,18 +215,19 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
             "action": "skipped: already trained on this day's evidence",
             "reason": f"model v{int(last['version'])} was trained with data up to {since}",
         }
-    if (
-        not force
-        and champ is not None
-        and new_clicks < cfg.min_new_clicks
-        and age_days is not None
-        and age_days < cfg.max_model_age_days
-    ):
+    needed = cfg.min_new_clicks
+    if champ is not None:
+        trained_on = json.loads(champ["counts"]).get("train_clicks", 0)
+        needed = max(needed, int(cfg.min_new_click_share * trained_on))
+    fresh = age_days is not None and age_days < cfg.max_model_age_days
+    if not force and champ is not None and new_clicks < needed and fresh:
         return {
             **decision,
             **_champion_figures(champ),
             "action": "skipped: not enough new evidence",
-            "reason": f"{new_clicks} new clicks < {cfg.min_new_clicks} and champion is {age_days} days old",
+            "reason": f"{new_clicks} new clicks < {needed} (the larger of {cfg.min_new_clicks} and "
+            f"{cfg.min_new_click_share:.0%} of the champion's training clicks) and the champion is "
+            f"{age_days} of at most {cfg.max_model_age_days} days old",
         }
     train = rows[rows["date"] < holdout_start] if len(rows) else rows
     hold = rows[rows["date"] >= holdout_start] if len(rows) else rows

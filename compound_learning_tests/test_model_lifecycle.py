@@ -55,6 +55,11 @@ def test_retrain_or_skip_on_evidence(prepared):
     later = mr.train_ctr_model(strict, day + timedelta(days=1))
     assert later["action"] == "skipped: not enough new evidence"
     assert later["new_clicks"] > 0 and str(later["new_clicks"]) in later["reason"]
+    # a fixed count is not enough for a big account: the evidence must also grow by a share
+    relative = replace(ctx, cfg=replace(ctx.cfg, min_new_clicks=0, min_new_click_share=10.0))
+    grown = mr.train_ctr_model(relative, day + timedelta(days=1))
+    assert grown["action"] == "skipped: not enough new evidence"
+    assert "of the champion's training clicks" in grown["reason"]
     retrained = mr.train_ctr_model(ctx, day + timedelta(days=2))
     assert retrained["action"] in ("promoted", "kept champion") and retrained["version"] == 2
     reg = store.registry()
