@@ -1,5 +1,5 @@
-"""SIGKILL of the worker at random moments of a cycle and of an ingestion (issue 11, the fault
-tests). Each trial starts from a copy of one state, kills a worker process after a random delay
+"""SIGKILL of the run worker at random moments of a cycle and of an ingestion (issue 11, the
+fault tests). Each trial starts from a copy of one state, kills a worker process after a random delay
 (drawn over the whole length of a clean run, so kills land in every step, including during the
 *first* build of the day), then checks that every table holds exactly the old or the new state
 (content hashes against a clean reference run) and that a rerun completes and equals the
@@ -46,14 +46,18 @@ pytestmark = pytest.mark.reliability
 TRIALS = int(os.environ.get("COMPOUND_LEARNING_KILL_TRIALS", "2"))
 DAY = START + timedelta(days=5)
 
+# The run worker: the Dagster job for one partition, executed in this process the way
+# `dagster api execute_run` executes a launched run (the definitions are imported before
+# "ready", so that kills land in the run, not in the imports).
 CYCLE_WORKER = """
 import sys
 from datetime import date
-from compound_learning import steps
-from compound_learning_tests.conftest import make_context
-ctx = make_context(sys.argv[1])
+import compound_learning.definitions
+from compound_learning.orchestration.launch import run_in_process
 print("ready", flush=True)
-steps.run_day(ctx, date.fromisoformat(sys.argv[2]))
+day = date.fromisoformat(sys.argv[2])
+out = run_in_process(day, day)
+assert out["status"] == "SUCCESS", out
 print("done", flush=True)
 """
 
