@@ -113,6 +113,9 @@ def test_every_endpoint_answers(open_client):
     assert status["schedule"]["cron"] == "0 3 * * *" and {s["name"] for s in status["sensors"]} >= {"new_data_sensor"}
     page = c.get("/dashboard/acct_001")
     assert page.status_code == 200 and "<img" in page.text and "acct_001" in page.text
+    missing = c.get("/dashboard/nobody")  # a browser gets a page, not JSON
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert "nobody" in missing.text
     spec = c.get("/openapi.json").json()
     for path in (
         "/run-cycle",

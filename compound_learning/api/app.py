@@ -10,6 +10,7 @@ routes through the dependencies below.
 from __future__ import annotations
 
 import datetime as dt
+import html
 from enum import Enum
 from typing import Any
 
@@ -219,10 +220,19 @@ def scheduler(who: Principal = Depends(principal), db: Store = Depends(get_db)) 
 
 
 @router.get(PAGES_PREFIX + "{account_id}", response_class=HTMLResponse, tags=["pages"])
-def dashboard_page(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> str:
-    """An HTML dashboard for one account, charts rendered on the server."""
+def dashboard_page(account_id: str, who: Principal = Depends(principal), db: Store = Depends(get_db)):
+    """An HTML dashboard for one account, charts rendered on the server (a page, also when the
+    account is unknown: a browser gets HTML, not JSON)."""
     require(who, account_id)
-    return render_dashboard(db, account_id, shared_only=who.restricted)
+    try:
+        return render_dashboard(db, account_id, shared_only=who.restricted)
+    except LookupError as exc:
+        message = html.escape(str(exc.args[0] if exc.args else exc))
+        return HTMLResponse(
+            f"<!doctype html><html lang='en'><meta charset='utf-8'><title>not found</title>"
+            f"<body style='font-family:system-ui,sans-serif'><h1>Not found</h1><p>{message}</p></body></html>",
+            status_code=404,
+        )
 
 
 # -- the app --------------------------------------------------------------------------------------
