@@ -25,7 +25,7 @@ def data_uri(png: bytes) -> str:
 
 def trajectory_chart(series: list[dict], traj: dict) -> bytes:
     """Daily ROAS, its 7-day average, the baseline, and the projection band."""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
     days = [s["date"] for s in series if s["roas"] is not None]
     roas = [s["roas"] for s in series if s["roas"] is not None]
     if days:
@@ -40,16 +40,23 @@ def trajectory_chart(series: list[dict], traj: dict) -> bytes:
         if horizons:
             last = d.max()
             xs = [last] + [last + pd.Timedelta(days=h) for h in horizons]
-            current = traj.get("current_roas") or roas[-1]
-            mid = [current] + [traj[f"projected_{h}d_roas"] for h in horizons]
-            lo = [current] + [traj[f"projected_{h}d_roas_ci"][0] for h in horizons]
-            hi = [current] + [traj[f"projected_{h}d_roas_ci"][1] for h in horizons]
-            ax.plot(xs, mid, color="#c0504d", label=f"projection ({traj.get('model')})")
+            mid = [traj[f"projected_{h}d_roas"] for h in horizons]
+            lo = [traj[f"projected_{h}d_roas_ci"][0] for h in horizons]
+            hi = [traj[f"projected_{h}d_roas_ci"][1] for h in horizons]
+            if traj.get("learning_status") == "stable":  # a level, not a path from the last week
+                start = (mid[0], lo[0], hi[0])
+            else:
+                current = traj.get("current_roas") or roas[-1]
+                start = (current, current, current)
+            mid, lo, hi = [start[0], *mid], [start[1], *lo], [start[2], *hi]
+            ax.plot(xs, mid, color="#c0504d", label="projection")
             ax.fill_between(xs, lo, hi, color="#c0504d", alpha=0.15, label="95% interval")
     ax.set_ylabel("ROAS")
-    ax.set_title(f"ROAS trajectory: {traj.get('learning_status', 'no data')}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"ROAS trajectory (trend: {traj.get('learning_status', 'no data')})")
+    # beside the plot, not over the data
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.autofmt_xdate()
+    fig.tight_layout()
     return _png(fig)
 
 
