@@ -228,8 +228,42 @@ def cmd_score(args) -> int:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--creative is not valid JSON: {exc}") from exc
     result = queries.score(_store(), args.account, creative)
-    _print(result, True)
+    _print(result, args.json, _print_score)
     return 0
+
+
+def _print_score(r: dict) -> None:
+    """A score in words: what the numbers are measured against, and which CTR to use for what."""
+    attrs = ", ".join(f"{k}={v}" for k, v in r["creative"].items())
+    print(f"{r['account_id']} as of {r['as_of']}: {attrs}")
+    print(
+        f"  DNA score {r['dna_score']:.0f}: its expected {r['dna_score_metric'].upper()} as a percentage of the "
+        "account's reference creative (100 = average value in every dimension, a fresh creative on an average day; "
+        "not the account's first or current ROAS)"
+    )
+    names = {"ctr": "CTR", "cvr": "conversion rate", "roas": "ROAS"}
+    for metric, p in r["predictions"].items():
+        pct = metric != "roas"
+        fmt = (lambda v: f"{v:.2%}") if pct else (lambda v: f"{v:.2f}")
+        print(
+            f"  {names[metric]:<16} {fmt(p['predicted'])} (95% {fmt(p['ci_low'])}-{fmt(p['ci_high'])}), "
+            f"{p['relative_to_baseline']:.2f}x the reference {fmt(p['baseline'])}"
+        )
+    model = r.get("model") or {}
+    if model.get("predicted_ctr") is not None:
+        print(
+            f"  CTR from the model v{model['model_version']}: {model['predicted_ctr']:.2%}. Use it to forecast clicks "
+            "(it also knows the day of week and the creative's age and is checked on later days); the DNA's "
+            "CTR above is the explainable one, built from the contributions below"
+        )
+    for c in r["contributions"]:
+        print(f"    {c['metric']:>4}  {c['dimension']}={c['value']}  {c['lift']:+.0%}  ({c['source']} evidence)")
+    for key, label in (
+        ("unseen_values", "values never seen (counted as average)"),
+        ("unknown_dimensions", "dimensions the DNA does not know"),
+    ):
+        if r.get(key):
+            print(f"  {label}: {r[key]}")
 
 
 def _print_recommendations(r: dict, spend_rows: int = 15) -> None:

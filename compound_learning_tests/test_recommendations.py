@@ -162,3 +162,16 @@ def test_closed_loop_benchmark_end_to_end(tmp_path):
     table = closed_loop.format_table(result)
     assert "learner / random" in table and "oracle_common" in table and ("[ok]" in table or "[MISSED]" in table)
     assert result["trajectory"]["accounts"] == 8
+
+
+def test_cli_score_explains_its_numbers(recommended):
+    _, _, _, url = recommended
+    creative = '{"hook_type": "question", "audience": "retargeting"}'
+    out = run_cli(url, "score", "--account", "acct_001", "--creative", creative, "--json")
+    assert out.returncode == 0, out.stderr
+    score = json.loads(out.stdout)
+    human = run_cli(url, "score", "--account", "acct_001", "--creative", creative)
+    assert human.returncode == 0, human.stderr
+    assert f"DNA score {score['dna_score']:.0f}: its expected ROAS as a percentage" in human.stdout
+    assert "not the account's first or current ROAS" in human.stdout
+    assert f"{score['predictions']['roas']['predicted']:.2f}" in human.stdout
