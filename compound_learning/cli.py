@@ -498,6 +498,11 @@ def cmd_evaluate(args) -> int:
             f"{s['null_world_accounts_called_improving']}/{s['null_world_accounts']}; correlated null dimension "
             f"significant: {s['correlated_null_dimension_significant']}"
         )
+        print(
+            f"trajectory calls: learning accounts called improving {s['learning_called_improving']}/"
+            f"{s['learning_accounts']}; flat-by-design accounts called improving or declining "
+            f"{s['flat_called_trending']}/{s['flat_accounts']} (over {s['worlds']} worlds)"
+        )
         for target, ok in s["targets"].items():
             print(f"  [{'ok' if ok else 'MISSED'}] {target}")
 

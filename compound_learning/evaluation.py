@@ -115,6 +115,7 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
     inter_sig = int(((patterns["pattern_type"] == "interaction") & (patterns["state"] == "significant")).sum())
     world_trend = panel_trend(data)
     per_account = list(statuses.values())
+    learns = {a["account_id"]: a["learning"] for a in truth["accounts"]}
     out = {
         "kind": spec.kind,
         "seed": spec.seed,
@@ -132,6 +133,14 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
         "world_daily_rate": world_trend["daily_rate"],
         "accounts_called_improving": sum(s == "improving" for s in per_account),
         "accounts": len(per_account),
+        # the simulator's learning accounts (their launches drift toward better attributes) and
+        # the others (flat by design): how often each is called improving / trending
+        "learning_accounts": sum(learns.values()),
+        "learning_called_improving": sum(statuses.get(a) == "improving" for a, on in learns.items() if on),
+        "flat_accounts": sum(not on for on in learns.values()),
+        "flat_called_trending": sum(
+            statuses.get(a) in ("improving", "declining") for a, on in learns.items() if not on
+        ),
     }
     if spec.kind == "drift":
         late = m[m["drifting"] & (m["metric"] == "ctr")]
@@ -176,6 +185,10 @@ def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
         ),
         "null_world_accounts": int(frame.loc[frame["kind"] == "null", "accounts"].sum()),
         "correlated_null_dimension_significant": int(frame["null_dimension_significant"].sum()),
+        "learning_accounts": int(frame["learning_accounts"].sum()),
+        "learning_called_improving": int(frame["learning_called_improving"].sum()),
+        "flat_accounts": int(frame["flat_accounts"].sum()),
+        "flat_called_trending": int(frame["flat_called_trending"].sum()),
     }
     summary["targets"] = {
         "mean_fdp <= 0.10": summary["mean_fdp"] <= 0.10,

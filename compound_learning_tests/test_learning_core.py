@@ -279,3 +279,21 @@ def test_every_interval_says_what_it_is(learned):
     assert all("excludes no change, but it is not established yet" in r["reading"] for r in unclaimed)
     assert all(r["test_family"] == TEST_FAMILY for r in records)
     assert all(r["reading"].startswith("established") for r in records if r["state"] == "significant")
+
+
+def test_a_rise_that_held_is_stated_next_to_the_trend_and_projected_at_its_level():
+    """ROAS up 60% in the first weeks, then flat: the change is stated with its interval, the
+    trend (none now) beside it, and the projection is the recent level, not the early slope."""
+    series = _series(60, 0.0, 0.1, seed=3)
+    ramp = np.clip(np.arange(60) / 20.0, 0, 1)  # +60% over the first 20 days, then level
+    series["revenue"] *= 1.6**ramp
+    out = trajectory(series)
+    change = out["change"]
+    assert change["roas_change_ci"][0] > 0.1  # the first two weeks are part of the ramp
+    assert out["summary"].startswith(f"ROAS {change['roas_change']:+.0%} [")
+    if out["learning_status"] == "stable":
+        assert "no ongoing trend beyond noise, so the projection holds the recent level" in out["summary"]
+        level = (series["revenue"] / series["spend"]).iloc[-14:]
+        assert out["projected_30d_roas"] == pytest.approx(np.exp(np.log(level).mean()), rel=0.05)
+    else:
+        assert out["learning_status"] == "improving" and "still improving" in out["summary"]
