@@ -80,7 +80,7 @@ def graph_chart(graph: dict) -> bytes:
     """The knowledge graph's attribute values around their metrics, edges by type."""
     nodes = [n for n in graph["nodes"] if n["node_type"] in ("attribute_value", "metric")][:30]
     ids = {n["node_id"] for n in nodes}
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, ax = plt.subplots(figsize=(9, 7))
     pos = {}
     metrics = [n for n in nodes if n["node_type"] == "metric"]
     values = [n for n in nodes if n["node_type"] != "metric"]
@@ -97,9 +97,8 @@ def graph_chart(graph: dict) -> bytes:
         "hurts": "#c62828",
         "synergy": "#1565c0",
         "antagonism": "#ef6c00",
-        "co_occurs": "#bdbdbd",
         "contradicts": "#6a1b9a",
-    }
+    }  # co-occurrence edges are left out: they say what was launched together, not what works
     for r in graph["relationships"]:
         if r["source"] in ids and r["target"] in ids and r["type"] in colors:
             (x1, y1), (x2, y2) = pos[r["source"]], pos[r["target"]]
@@ -109,12 +108,25 @@ def graph_chart(graph: dict) -> bytes:
         ax.scatter(
             [x],
             [y],
-            s=80 + 400 * n["importance"],
+            s=(900 if n["node_type"] == "metric" else 80 + 400 * n["importance"]),
             color="#1f4e79" if n["node_type"] == "metric" else "#90caf9",
             zorder=3,
             edgecolors="white",
         )
-        ax.annotate(n["label"], (x, y), fontsize=7, ha="center", va="bottom", xytext=(0, 8), textcoords="offset points")
+        if n["node_type"] == "metric":  # the metric's name inside its node
+            name = {"ctr": "CTR", "cvr": "CVR", "roas": "ROAS"}.get(n["label"], n["label"])
+            ax.annotate(name, (x, y), fontsize=8, ha="center", va="center", color="white", weight="bold", zorder=4)
+        else:  # outside the ring, away from the centre, so labels do not sit on edges or each other
+            sx, sy = (0 if abs(c) <= 0.05 else (1 if c > 0 else -1) for c in (x, y))
+            ax.annotate(
+                n["label"],
+                (x, y),
+                fontsize=7,
+                ha={1: "left", -1: "right", 0: "center"}[sx],
+                va={1: "bottom", -1: "top", 0: "center"}[sy],
+                xytext=(8 * sx, 8 * sy),
+                textcoords="offset points",
+            )
     for kind, color in colors.items():
         ax.plot([], [], color=color, label=kind)
     ax.legend(fontsize=7, loc="lower right")
