@@ -171,3 +171,11 @@ def day_rows(store, table, column, day) -> pd.DataFrame:
     frame = store.read_frame(sa.select(table).where(table.c[column] == day))
     keys = [c.name for c in table.primary_key.columns]
     return frame.sort_values(keys).reset_index(drop=True)
+
+
+def table_digest(frame: pd.DataFrame) -> str:
+    """A content hash of a table's rows (timestamps of when a row was written left out)."""
+    import hashlib
+
+    frame = frame.drop(columns=[col for col in frame.columns if col.endswith("_at")])
+    return hashlib.sha256(pd.util.hash_pandas_object(frame.astype(str), index=False).values.tobytes()).hexdigest()

@@ -29,6 +29,19 @@ def _evaluate(sensor, url, cursor=None, instance=None):
     return sensor.evaluate_tick(context)
 
 
+def _pretend_today(monkeypatch, today: date) -> None:
+    """The sensors see the partitions as they are on ``today`` (the worlds are in 2024)."""
+    import compound_learning.orchestration.sensors as sensors_module
+
+    real = sensors_module.daily_partitions.get_partition_keys
+    now = datetime.combine(today, datetime.min.time(), tzinfo=UTC)
+    monkeypatch.setattr(
+        sensors_module.daily_partitions,
+        "get_partition_keys",
+        lambda current_time=None, **kw: real(current_time=now, **kw),
+    )
+
+
 @pytest.fixture
 def loaded(sqlite_url, env, world):
     env(sqlite_url)
@@ -72,17 +85,7 @@ def test_missing_days_sensor_requests_days_with_data_but_no_cycle(sqlite_url, en
     data, _ = world
     _ingest(sqlite_url, data)
     # Pretend today is the day after the world ends so its days are the recent partitions.
-    last = date.fromisoformat(data["date"].max())
-    import compound_learning.orchestration.sensors as sensors_module
-
-    real = sensors_module.daily_partitions.get_partition_keys
-    monkeypatch.setattr(
-        sensors_module.daily_partitions,
-        "get_partition_keys",
-        lambda current_time=None, **kw: real(
-            current_time=datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC), **kw
-        ),
-    )
+    _pretend_today(monkeypatch, date.fromisoformat(data["date"].max()) + timedelta(days=1))
     result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)
     days_with_data = sorted(data["date"].unique())
     assert sorted(r.partition_key for r in result.run_requests) == days_with_data
@@ -152,7 +155,6 @@ def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world, instance
 def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url, env, world, monkeypatch, instance):
     """Issue 13 item 1: ``creative_dna`` fails, ``improvement_snapshots`` (which does not depend
     on it) still materializes; the day is not done, so the gap filler asks for it again."""
-    import compound_learning.orchestration.sensors as sensors_module
     from compound_learning import steps
     from compound_learning.orchestration.launch import run_in_process
 
@@ -160,14 +162,7 @@ def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url
     data, _ = world
     day = date.fromisoformat(data["date"].min())
     _ingest(sqlite_url, data[data["date"] == day.isoformat()])
-    real = sensors_module.daily_partitions.get_partition_keys
-    monkeypatch.setattr(
-        sensors_module.daily_partitions,
-        "get_partition_keys",
-        lambda current_time=None, **kw: real(
-            current_time=datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC), **kw
-        ),
-    )
+    _pretend_today(monkeypatch, day + timedelta(days=1))
 
     def boom(*_a, **_k):
         raise RuntimeError("simulated failure of the DNA step")

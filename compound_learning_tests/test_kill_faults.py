@@ -11,7 +11,6 @@ Full tier: ``make reliability`` (20 trials each, and prints the figures for RELI
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -23,7 +22,6 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -39,6 +37,7 @@ from compound_learning_tests.conftest import (
     make_context,
     make_store,
     small_world,
+    table_digest,
 )
 
 pytestmark = pytest.mark.reliability
@@ -74,18 +73,15 @@ print("done", flush=True)
 """
 
 
-def _hash(frame: pd.DataFrame) -> str:
-    frame = frame.drop(columns=[c for c in frame.columns if c.endswith("_at")])
-    return hashlib.sha256(pd.util.hash_pandas_object(frame.astype(str), index=False).values.tobytes()).hexdigest()
-
-
 def _state(url: str) -> dict[str, str]:
     """Content hash of every table the cycle writes for DAY, and of the raw and model tables."""
     store = make_store(url)
-    out = {tb.name: _hash(day_rows(store, tb, col, DAY)) for tb, col in DERIVED_BY_DAY}
-    out["model_registry"] = _hash(store.read_frame(sa.select(t.model_registry.c.version, t.model_registry.c.status)))
+    out = {tb.name: table_digest(day_rows(store, tb, col, DAY)) for tb, col in DERIVED_BY_DAY}
+    out["model_registry"] = table_digest(
+        store.read_frame(sa.select(t.model_registry.c.version, t.model_registry.c.status))
+    )
     perf = store.read_frame(sa.select(t.performance).order_by(*t.performance.primary_key.columns))
-    out[t.performance.name] = _hash(perf.drop(columns=["batch_id"]))
+    out[t.performance.name] = table_digest(perf.drop(columns=["batch_id"]))
     _forget(url)
     return out
 

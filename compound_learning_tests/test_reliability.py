@@ -7,7 +7,6 @@ up identical to a clean run's; errors that a retry cannot fix fail at once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from datetime import date, timedelta
@@ -22,7 +21,15 @@ from compound_learning import steps
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
 from compound_learning.storage.retry import is_transient, with_retries
-from compound_learning_tests.conftest import DERIVED_BY_DAY, START, day_rows, make_context, make_store, small_world
+from compound_learning_tests.conftest import (
+    DERIVED_BY_DAY,
+    START,
+    day_rows,
+    make_context,
+    make_store,
+    small_world,
+    table_digest,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -68,6 +75,17 @@ def test_transient_errors_are_told_from_permanent_ones():
     assert len(calls) == 1  # not retried
 
 
+def _built(url: str, env, seed: int):
+    """A small world ingested and its six days built (the cheap steps); returns the last day."""
+    data, _ = small_world(days=6, accounts=3, creatives=15, seed=seed)
+    env(url)
+    store, ctx = make_store(url), make_context(url)
+    ingest_frame(data, store=store, settings=ctx.settings, today=START + timedelta(days=30))
+    day = START + timedelta(days=5)
+    steps.run_days(ctx, START, day, only=CHEAP_STEPS)
+    return store, ctx, day
+
+
 def _tables(store, day) -> dict[str, pd.DataFrame]:
     return {tb.name: day_rows(store, tb, col, day) for tb, col in DERIVED_BY_DAY}
 
@@ -87,12 +105,7 @@ KILL_CASES = (
 def test_connection_killed_during_a_step_is_retried_and_matches_the_reference(pg_url, env, step, victim):
     """The ``victim``-th statement of the day's ``step`` finds its backend terminated; the step
     retries and every table of the day equals the clean run's."""
-    data, _ = small_world(days=6, accounts=3, creatives=15, seed=3)
-    env(pg_url)
-    store, ctx = make_store(pg_url), make_context(pg_url)
-    ingest_frame(data, store=store, settings=ctx.settings, today=START + timedelta(days=30))
-    day = START + timedelta(days=5)
-    steps.run_days(ctx, START, day, only=CHEAP_STEPS)
+    store, ctx, day = _built(pg_url, env, seed=3)
     reference = _tables(store, day)
 
     admin = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT")
@@ -159,22 +172,13 @@ REPEATS = int(os.environ.get("COMPOUND_LEARNING_REPEAT_TRIALS", "3"))
 
 def test_the_same_day_rematerialized_gives_the_same_hashes(db_url, env):
     """``COMPOUND_LEARNING_REPEAT_TRIALS`` re-runs of one day (3 in CI, 20 in the full tier)."""
-    data, _ = small_world(days=6, accounts=3, creatives=15, seed=4)
-    env(db_url)
-    store, ctx = make_store(db_url), make_context(db_url)
-    ingest_frame(data, store=store, settings=ctx.settings, today=START + timedelta(days=30))
-    day = START + timedelta(days=5)
-    steps.run_days(ctx, START, day, only=CHEAP_STEPS)
-    reference = {name: _digest(frame) for name, frame in _tables(store, day).items()}
+    store, ctx, day = _built(db_url, env, seed=4)
+    reference = {name: table_digest(frame) for name, frame in _tables(store, day).items()}
     for trial in range(REPEATS):
         steps.run_day(ctx, day, only=CHEAP_STEPS)
-        again = {name: _digest(frame) for name, frame in _tables(store, day).items()}
+        again = {name: table_digest(frame) for name, frame in _tables(store, day).items()}
         assert again == reference, f"re-run {trial + 1}: {[k for k in again if again[k] != reference[k]]} changed"
     print(f"\n[repeat] {db_url.split(':')[0]}: {REPEATS} re-runs of one day, every table hash equal")
-
-
-def _digest(frame: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(frame.astype(str), index=False).values.tobytes()).hexdigest()
 
 
 def test_concurrent_runs_of_one_day_and_overlapping_ingests_on_postgresql(pg_url, env):
