@@ -7,7 +7,7 @@ new run while a duplicate file (which changes nothing) gets none.
 """
 
 import json
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 
@@ -16,7 +16,7 @@ from compound_learning.orchestration.jobs import daily_learning_cycle
 from compound_learning.orchestration.launch import record_cycle_run, run_partition_range
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
-from compound_learning.steps import CYCLE_STEPS
+from compound_learning.steps import CYCLE_STEPS, days_between
 
 GAP_LOOKBACK_DAYS = 14
 CYCLE_ASSETS = [dg.AssetKey(name) for name in CYCLE_STEPS]  # every asset of daily_learning_cycle
@@ -113,10 +113,7 @@ def _partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT)):
         first, last = run_partition_range(run)
         if first and last:
-            d, end = date.fromisoformat(first), date.fromisoformat(last)
-            while d <= end:
-                days.add(d.isoformat())
-                d += timedelta(days=1)
+            days |= {d.isoformat() for d in days_between(date.fromisoformat(first), date.fromisoformat(last))}
     return days
 
 
