@@ -175,3 +175,23 @@ def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url
     assert [r.partition_key for r in result.run_requests] == [day.isoformat()]
     assert run_in_process(day, day, instance=instance)["status"] == "SUCCESS"
     assert _evaluate(missing_days_sensor, sqlite_url, instance=instance).run_requests == []
+
+
+def test_the_gap_filler_leaves_days_a_queued_or_running_cycle_covers(sqlite_url, env, world, monkeypatch, instance):
+    """A day already in a queued run (a new-data run, a backfill's range) is not requested twice."""
+    from dagster._core.storage.dagster_run import DagsterRun  # a run record, as the daemon's queue holds it
+    from dagster._core.utils import make_new_run_id
+
+    env(sqlite_url)
+    data, _ = world
+    _ingest(sqlite_url, data)
+    days = sorted(data["date"].unique())
+    _pretend_today(monkeypatch, date.fromisoformat(days[-1]) + timedelta(days=1))
+    waiting = {"dagster/partition": days[0]}
+    ranged = {"dagster/asset_partition_range_start": days[2], "dagster/asset_partition_range_end": days[4]}
+    for tags, status in ((waiting, dg.DagsterRunStatus.NOT_STARTED), (ranged, dg.DagsterRunStatus.STARTED)):
+        instance.add_run(DagsterRun(job_name="__ASSET_JOB", run_id=make_new_run_id(), status=status, tags=tags))
+    requested = sorted(
+        r.partition_key for r in _evaluate(missing_days_sensor, sqlite_url, instance=instance).run_requests
+    )
+    assert requested == [d for d in days if d not in {days[0], days[2], days[3], days[4]}]
