@@ -9,6 +9,7 @@ deadlocks) and the file runs in WAL mode so the UI can read while a run writes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from compound_learning.storage.schema import metadata
 
-INSERT_CHUNK = 5_000
+INSERT_CHUNK = 100_000  # rows per executemany call on SQLite
+BULK_SORT_ROWS = 10_000  # frames at least this long are written in primary-key order
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -94,18 +96,76 @@ class Database:
             return self.read_frame(stmt, own, params)
 
     # -- writes ---------------------------------------------------------------------------
-    def bulk_insert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
-        """Insert every row of ``frame`` (columns named as the table's); COPY on PostgreSQL."""
+    def bulk_insert(
+        self, conn: Connection, table: sa.Table | str, frame: pd.DataFrame, like: sa.Table | None = None
+    ) -> int:
+        """Insert every row of ``frame`` (columns named as the table's): COPY on PostgreSQL, the
+        driver's own ``executemany`` on SQLite. ``table`` may name a staging table shaped
+        ``like`` a real one."""
         if frame.empty:
             return 0
-        frame = _conform(table, frame)
+        shape = like if like is not None else table
+        name = table if isinstance(table, str) else table.name
+        frame = _in_key_order(shape, _conform(shape, frame))
         if self.is_postgres:
-            _copy_into(conn, table.name, frame, table)
+            _copy_into(conn, name, frame, shape)
         else:
-            records = _records(frame)
-            for start in range(0, len(records), INSERT_CHUNK):
-                conn.execute(table.insert(), records[start : start + INSERT_CHUNK])
+            cols = ", ".join(f'"{c}"' for c in frame.columns)
+            marks = ", ".join("?" for _ in frame.columns)
+            rows = _driver_rows(conn, shape, frame)
+            raw = conn.connection.driver_connection
+            for start in range(0, len(rows), INSERT_CHUNK):
+                raw.executemany(f'INSERT INTO "{name}" ({cols}) VALUES ({marks})', rows[start : start + INSERT_CHUNK])
         return len(frame)
+
+    def merge_rows(
+        self, conn: Connection, table: sa.Table, frame: pd.DataFrame, compare: Sequence[str], by: str
+    ) -> pd.DataFrame:
+        """Upsert ``frame`` into ``table`` by primary key, writing only rows that are new or whose
+        ``compare`` columns differ from the stored ones (NULL equal to NULL).
+
+        The rows are staged in a temporary table and classified and merged by the database, so no
+        stored row comes back to Python. Returns, per value of ``by``, how many rows were
+        ``inserted`` and how many ``replaced``."""
+        keys = [c.name for c in table.primary_key.columns]
+        stage = f"stage_{table.name}"
+        if self.is_postgres:
+            conn.exec_driver_sql(
+                f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+            )
+            conn.exec_driver_sql(f'TRUNCATE "{stage}"')
+        else:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS temp."{stage}"')
+            conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" AS SELECT * FROM "{table.name}" WHERE 0')
+        self.bulk_insert(conn, stage, frame, like=table)
+        distinct = " OR ".join(f'p."{c}" IS DISTINCT FROM s."{c}"' for c in compare)
+        join = " AND ".join(f'p."{k}" = s."{k}"' for k in keys)
+        counts = pd.DataFrame(
+            conn.exec_driver_sql(
+                f'SELECT s."{by}", p."{keys[0]}" IS NULL AS is_new, count(*) FROM "{stage}" s '
+                f'LEFT JOIN "{table.name}" p ON {join} WHERE p."{keys[0]}" IS NULL OR {distinct} '
+                f'GROUP BY s."{by}", p."{keys[0]}" IS NULL'
+            ).all(),
+            columns=[by, "is_new", "n"],
+        )
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in frame.columns if c not in keys)
+        changed = " OR ".join(f'"{table.name}"."{c}" IS DISTINCT FROM excluded."{c}"' for c in compare)
+        if not counts.empty:
+            # WHERE true: SQLite needs it to tell the SELECT from the upsert clause
+            conn.exec_driver_sql(
+                f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{stage}" WHERE true '
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} WHERE {changed}"
+            )
+        if not self.is_postgres:
+            conn.exec_driver_sql(f'DROP TABLE temp."{stage}"')
+        if counts.empty:
+            return pd.DataFrame({"inserted": [], "replaced": []}, dtype="int64")
+        counts["is_new"] = counts["is_new"].astype(bool)
+        out = counts.pivot_table(index=by, columns="is_new", values="n", aggfunc="sum", fill_value=0)
+        return pd.DataFrame({"inserted": out.get(True, 0), "replaced": out.get(False, 0)}, index=out.index).astype(
+            "int64"
+        )
 
     def replace_partition(
         self,
@@ -130,40 +190,26 @@ class Database:
         return self.bulk_insert(conn, table, frame)
 
     def upsert(self, conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
-        """Insert or replace by primary key (``ON CONFLICT DO UPDATE``), COPY-staged on PostgreSQL."""
+        """Insert or replace rows by primary key (few rows: the registry, the cycle log)."""
         if frame.empty:
             return 0
         frame = _conform(table, frame)
         keys = [c.name for c in table.primary_key.columns]
         others = [c for c in frame.columns if c not in keys]
         if self.is_postgres:
-            stage = f"stage_{table.name}"
-            conn.exec_driver_sql(
-                f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
-            )
-            conn.exec_driver_sql(f'TRUNCATE "{stage}"')
-            _copy_into(conn, stage, frame, table)
-            cols = ", ".join(f'"{c}"' for c in frame.columns)
-            updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in others)
-            conn.exec_driver_sql(
-                f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{stage}" '
-                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-            )
+            from sqlalchemy.dialects.postgresql import insert
         else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(table)
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in others})
-            records = _records(frame)
-            for start in range(0, len(records), INSERT_CHUNK):
-                conn.execute(stmt, records[start : start + INSERT_CHUNK])
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table)
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in others})
+        conn.execute(stmt, _records(frame))
         return len(frame)
 
 
 def _upgrade(conn: Connection) -> None:
-    """Bring a database created by an earlier version up to the schema, additively: add the
-    nullable columns it lacks, and on PostgreSQL widen to ``text`` the columns that became
-    unbounded. (``create_all`` only creates missing tables.)"""
+    """Bring a database created by an earlier version up to the schema: add the nullable columns
+    it lacks, on PostgreSQL widen to ``text`` the columns that became unbounded, and drop the
+    index that is no longer kept. (``create_all`` only creates missing tables.)"""
     inspector = sa.inspect(conn)
     for table in metadata.sorted_tables:
         existing = {c["name"]: c for c in inspector.get_columns(table.name)}
@@ -180,6 +226,34 @@ def _upgrade(conn: Connection) -> None:
                 and getattr(existing[column.name]["type"], "length", None)
             ):
                 conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN {quoted} TYPE text")
+    # an index earlier versions kept on every raw row, which no query used and every ingest paid for
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_compound_performance_data_batch_id")
+    _move_attributes_to_sets(conn)
+
+
+def _move_attributes_to_sets(conn: Connection) -> None:
+    """Earlier versions stored each raw row's attributes as JSON on the row; they now live once
+    per distinct set in ``attribute_sets``. Moved in SQL, in the start-up transaction."""
+    from compound_learning.storage.schema import attribute_sets, performance
+
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(performance.name)}
+    if "attributes" not in columns:
+        return
+    texts = conn.exec_driver_sql(f"SELECT DISTINCT attributes FROM {performance.name}").scalars().all()
+    if texts:
+        conn.execute(
+            attribute_sets.insert(),
+            [{"sha256": hashlib.sha256(x.encode()).hexdigest(), "attributes": x} for x in texts],
+        )
+    if "attribute_set_id" not in columns:
+        conn.exec_driver_sql(f"ALTER TABLE {performance.name} ADD COLUMN attribute_set_id INTEGER")
+    conn.exec_driver_sql(
+        f"UPDATE {performance.name} SET attribute_set_id = (SELECT s.attribute_set_id FROM attribute_sets s "
+        f"WHERE s.attributes = {performance.name}.attributes)"
+    )
+    conn.exec_driver_sql(f"ALTER TABLE {performance.name} DROP COLUMN attributes")
+    if conn.dialect.name == "postgresql":  # SQLite cannot add the constraint to an existing column
+        conn.exec_driver_sql(f"ALTER TABLE {performance.name} ALTER COLUMN attribute_set_id SET NOT NULL")
 
 
 def _conform(table: sa.Table, frame: pd.DataFrame) -> pd.DataFrame:
@@ -187,11 +261,29 @@ def _conform(table: sa.Table, frame: pd.DataFrame) -> pd.DataFrame:
     unknown = [c for c in frame.columns if c not in table.c]
     if unknown:
         raise ValueError(f"columns {unknown} are not in table {table.name}")
-    out = frame.copy()
+    out = frame.copy(deep=False)
     for col in out.columns:
-        if isinstance(table.c[col].type, (sa.Integer, sa.BigInteger, sa.SmallInteger)):
+        is_int_column = isinstance(table.c[col].type, (sa.Integer, sa.BigInteger, sa.SmallInteger))
+        if is_int_column and not pd.api.types.is_integer_dtype(out[col]):
             out[col] = pd.to_numeric(out[col]).round().astype("Int64")
     return out
+
+
+def _in_key_order(table: sa.Table, frame: pd.DataFrame) -> pd.DataFrame:
+    """A large frame sorted by the table's primary key: B-tree inserts then append instead of
+    landing all over the index (a 1M-row COPY into PostgreSQL takes 40% less time)."""
+    keys = [c.name for c in table.primary_key.columns if c.name in frame.columns]
+    if len(frame) < BULK_SORT_ROWS or not keys:
+        return frame
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        columns = pa.table({k: pa.array(frame[k]) for k in keys})
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # keys of mixed types: leave the order alone
+        return frame
+    order = pc.sort_indices(columns, sort_keys=[(k, "ascending") for k in keys]).to_numpy()
+    return frame.take(order)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -199,10 +291,91 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return obj.to_dict("records")
 
 
+def _driver_rows(conn: Connection, table: sa.Table, frame: pd.DataFrame) -> list[tuple]:
+    """The frame as the driver's parameter tuples, each value as SQLAlchemy would bind it.
+
+    Numbers and text go as they are; other types (dates, timestamps) through the column type's
+    own bind processor, once per distinct value (a bulk write holds few distinct dates)."""
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        kind = table.c[name].type
+        if pd.api.types.is_bool_dtype(series) or isinstance(kind, sa.Boolean):
+            values = series.astype(object).where(series.notna(), None).map(lambda v: None if v is None else bool(v))
+            columns.append(values.tolist())
+        elif (pd.api.types.is_numeric_dtype(series) and not isinstance(kind, (sa.Date, sa.DateTime))) or (
+            isinstance(kind, (sa.String, sa.Text)) and not isinstance(kind, sa.Enum)
+        ):
+            columns.append(series.astype(object).where(series.notna(), None).tolist())
+        else:
+            process = kind.bind_processor(conn.dialect) or (lambda v: v)
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            bound = np.array([process(_python(v)) for v in uniques] + [None], dtype=object)
+            columns.append(bound[codes].tolist())  # code -1 (missing) takes the trailing None
+    return list(zip(*columns, strict=True))
+
+
+def _python(value):
+    """A pandas or numpy scalar as the plain Python value a bind processor expects."""
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _CsvStream(io.RawIOBase):
+    """The frame as CSV, written by Arrow (C++, about 10x pandas' ``to_csv``) a slice at a time
+    as COPY reads it, so the server parses one slice while the next is written."""
+
+    SLICE_ROWS = 20_000
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame, self.next_row, self.pending = frame, 0, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self.pending) < size) and self.next_row < len(self.frame):
+            part = self.frame.iloc[self.next_row : self.next_row + self.SLICE_ROWS]
+            self.next_row += self.SLICE_ROWS
+            self.pending += _csv_bytes(part)
+        out, self.pending = (self.pending, b"") if size < 0 else (self.pending[:size], self.pending[size:])
+        return out
+
+
+def _timestamps_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timestamp columns as ISO text, formatted once per distinct value: Arrow's CSV writer
+    formats timestamps at a tenth of the speed of everything else, and a bulk write holds few."""
+    import pyarrow as pa
+
+    out = frame
+    for name in frame.columns:
+        if isinstance(frame[name].dtype, pd.DatetimeTZDtype):
+            codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
+            text = pa.array([v.isoformat() for v in uniques], pa.string())
+            column = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32(), mask=codes < 0), text)
+            out = out.assign(**{name: pd.arrays.ArrowExtensionArray(column.cast(pa.string()))})
+    return out
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        buffer = pa.BufferOutputStream()
+        pacsv.write_csv(
+            pa.Table.from_pandas(frame, preserve_index=False), buffer, pacsv.WriteOptions(include_header=False)
+        )
+        return buffer.getvalue().to_pybytes()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # a column of mixed objects
+        return frame.to_csv(index=False, header=False, na_rep="").encode()
+
+
 def _copy_into(conn: Connection, target: str, frame: pd.DataFrame, table: sa.Table) -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="")
-    buffer.seek(0)
+    data = _CsvStream(_timestamps_as_text(frame))
     not_null_text = [
         c.name
         for c in table.columns
@@ -214,7 +387,7 @@ def _copy_into(conn: Connection, target: str, frame: pd.DataFrame, table: sa.Tab
     cols = ", ".join(f'"{c}"' for c in frame.columns)
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor:
-        cursor.copy_expert(f'COPY "{target}" ({cols}) FROM STDIN WITH ({options})', buffer)
+        cursor.copy_expert(f'COPY "{target}" ({cols}) FROM STDIN WITH ({options})', data, size=1 << 18)
 
 
 def in_list(values: Sequence) -> list:

@@ -38,10 +38,20 @@ performance = sa.Table(
     sa.Column("creative_id", sa.String(200), primary_key=True),
     sa.Column("date", sa.Date, primary_key=True),
     *_metrics(),
-    sa.Column("attributes", sa.Text, nullable=False),
-    sa.Column("batch_id", sa.Integer, nullable=False, index=True),
+    # the row's attributes, stored once per distinct combination (a creative repeats its own
+    # every day): a 1M-row day holds a few thousand; Store.performance_rows joins them back
+    sa.Column("attribute_set_id", sa.Integer, nullable=False),
+    sa.Column("batch_id", sa.Integer, nullable=False),  # no index: nothing looks rows up by it
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_performance_date", "date"),
+)
+
+attribute_sets = sa.Table(
+    "attribute_sets",
+    metadata,
+    sa.Column("attribute_set_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),  # of the JSON: an index can hold it
+    sa.Column("attributes", sa.Text, nullable=False),  # canonical JSON (sorted keys, blanks left out)
 )
 
 ingest_batches = sa.Table(
@@ -59,6 +69,9 @@ ingest_batches = sa.Table(
     sa.Column("days_touched", sa.Text, nullable=False),  # JSON list of YYYY-MM-DD with changed rows
     sa.Column("rejected_by_reason", sa.Text, nullable=False),  # JSON object
     sa.Column("warnings", sa.Text),  # JSON list: header names that differ from a contract column only in case
+    sa.Column("sha256", sa.String(64), index=True),  # of the file read (NULL for a DataFrame)
+    sa.Column("days_in_input", sa.Text),  # JSON list of the days the accepted rows gave
+    sa.Column("attribute_columns", sa.Text),  # JSON list
 )
 
 quarantine = sa.Table(

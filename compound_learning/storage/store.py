@@ -6,6 +6,7 @@ these methods and never write SQL themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -15,7 +16,6 @@ import pandas as pd
 import sqlalchemy as sa
 
 from compound_learning.core.contract import (
-    KEY_COLUMNS,
     METRIC_COLUMNS,
     ValidationResult,
 )
@@ -37,110 +37,193 @@ LEARNING_TABLES = [
     t.improvement_snapshots,
     t.learning_cycle_logs,
 ]
-RAW_TABLES = [t.performance, t.ingest_batches, t.quarantine]
+RAW_TABLES = [t.performance, t.attribute_sets, t.ingest_batches, t.quarantine]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _same(a: pd.Series, b: pd.Series) -> pd.Series:
-    """Element-wise equality where NaN equals NaN and floats compare to 1e-9 relative."""
-    both_nan = a.isna() & b.isna()
-    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
-        close = np.isclose(a.astype(float), b.astype(float), rtol=1e-9, atol=1e-12)
-        return both_nan | pd.Series(close, index=a.index)
-    return both_nan | (a.astype(str) == b.astype(str))
+def _summary(batch_id: int, source: str, record: dict, rejected_lines: dict) -> dict:
+    """The ingestion summary the CLI prints and the API returns."""
+    return {
+        "batch_id": int(batch_id),
+        "source": source,
+        "rows_in_input": record["accepted"] + record["rejected"],
+        "accepted": record["accepted"],
+        "rejected": record["rejected"],
+        "rejected_by_reason": record["rejected_by_reason"],
+        "rejected_lines": rejected_lines,
+        "inserted": record["inserted"],
+        "replaced": record["replaced"],
+        "unchanged": record["unchanged"],
+        "days_touched": record["days_touched"],
+        "attribute_columns": record["attribute_columns"],
+        "warnings": record["warnings"],
+    }
 
 
 class Store(Database):
     """The project's storage API over one database URL."""
 
     # -- ingestion --------------------------------------------------------------------------
-    def ingest(self, result: ValidationResult, source: str) -> dict:
+    def _has_rows_on(self, conn, days) -> bool:
+        p = t.performance.c
+        return conn.execute(sa.select(p.date).where(p.date.in_(in_list(days))).limit(1)).first() is not None
+
+    def _attribute_set_ids(self, conn, attributes: pd.Series) -> np.ndarray:
+        """The id of each row's attribute set, registering the sets not seen before (inside the
+        ingest lock, so two loads cannot register one set twice)."""
+        codes, uniques = pd.factorize(attributes)
+        texts = [str(u) for u in uniques]
+        digests = [hashlib.sha256(x.encode()).hexdigest() for x in texts]
+        a = t.attribute_sets.c
+
+        def known() -> dict[str, int]:
+            found = {}
+            for start in range(0, len(digests), 10_000):  # SQLite caps the parameters of a statement
+                part = digests[start : start + 10_000]
+                found.update(conn.execute(sa.select(a.sha256, a.attribute_set_id).where(a.sha256.in_(part))).all())
+            return found
+
+        ids = known()
+        new = [{"sha256": d, "attributes": x} for d, x in zip(digests, texts, strict=True) if d not in ids]
+        if new:
+            conn.execute(t.attribute_sets.insert(), new)
+            ids = known()
+        return np.array([ids[d] for d in digests], dtype="int64")[codes]
+
+    def ingest(self, result: ValidationResult, source: str, input_sha256: str | None = None) -> dict:
         """Upsert the good rows, quarantine the bad ones, record the batch; one transaction.
 
         A row whose key exists with identical values is left alone (``unchanged``), so the same
         file twice changes nothing; a key with different values is replaced (``replaced``).
-        ``days_touched`` lists the days whose stored data changed.
+        ``days_touched`` lists the days whose stored data changed. ``input_sha256`` identifies
+        the input read under this contract, so that :meth:`ingest_repeat` can recognise it.
         """
         good = result.good
         now = utcnow()
         with self.transaction(lock_key="ingest") as conn:
-            batch_id = conn.execute(
-                t.ingest_batches.insert().returning(t.ingest_batches.c.batch_id),
-                {
-                    "source": source,
-                    "ingested_at": now,
-                    "rows_in_input": len(good) + len(result.rejected),
-                    "accepted": 0,
-                    "rejected": 0,
-                    "inserted": 0,
-                    "replaced": 0,
-                    "unchanged": 0,
-                    "days_touched": "[]",
-                    "rejected_by_reason": "{}",
-                },
-            ).scalar_one()
-            inserted = replaced = unchanged = 0
+            batch_id = self._open_batch(conn, source, now, len(good) + len(result.rejected))
+            inserted = replaced = 0
             days: list[str] = []
+            file_days = sorted(good["date"].unique()) if not good.empty else []
             if not good.empty:
-                existing = self.read_frame(
-                    sa.select(*[t.performance.c[c] for c in KEY_COLUMNS + METRIC_COLUMNS + ["attributes"]]).where(
-                        t.performance.c.date.in_(in_list(sorted(good["date"].unique())))
-                    ),
-                    conn,
+                write = good.drop(columns="attributes").assign(
+                    attribute_set_id=self._attribute_set_ids(conn, good["attributes"]),
+                    batch_id=batch_id,
+                    updated_at=now,
                 )
-                if not existing.empty:
-                    existing["date"] = pd.to_datetime(existing["date"]).dt.date
-                merged = good.merge(existing, on=KEY_COLUMNS, how="left", suffixes=("", "_old"), indicator=True)
-                is_new = (merged["_merge"] == "left_only").to_numpy()
-                same = np.ones(len(merged), dtype=bool)
-                for col in [*METRIC_COLUMNS, "attributes"]:
-                    same &= _same(merged[col], merged[f"{col}_old"]).to_numpy()
-                is_changed = ~is_new & ~same
-                write = good[is_new | is_changed].copy()
-                write["batch_id"] = batch_id
-                write["updated_at"] = now
-                self.upsert(conn, t.performance, write)
-                inserted, replaced = int(is_new.sum()), int(is_changed.sum())
-                unchanged = len(good) - inserted - replaced
-                days = sorted({d.isoformat() for d in write["date"]})
+                if self._has_rows_on(conn, file_days):
+                    counts = self.merge_rows(
+                        conn, t.performance, write, compare=[*METRIC_COLUMNS, "attribute_set_id"], by="date"
+                    )
+                else:  # a new day (the daily case): nothing to compare with, so straight in
+                    self.bulk_insert(conn, t.performance, write)
+                    counts = pd.DataFrame({"inserted": write.groupby("date").size(), "replaced": 0})
+                inserted, replaced = int(counts["inserted"].sum()), int(counts["replaced"].sum())
+                days = sorted(pd.Timestamp(d).date().isoformat() for d in counts.index)
             if not result.rejected.empty:
                 q = result.rejected.copy()
                 q["batch_id"] = batch_id
                 q["created_at"] = now
                 self.bulk_insert(conn, t.quarantine, q)
-            summary = {
-                "batch_id": int(batch_id),
-                "source": source,
-                "rows_in_input": len(good) + len(result.rejected),
+            record = {
                 "accepted": len(good),
                 "rejected": len(result.rejected),
-                "rejected_by_reason": result.rejected_by_reason,
-                "rejected_lines": result.rejected_lines(),
                 "inserted": inserted,
                 "replaced": replaced,
-                "unchanged": unchanged,
+                "unchanged": len(good) - inserted - replaced,
                 "days_touched": days,
-                "attribute_columns": result.attribute_columns,
+                "rejected_by_reason": result.rejected_by_reason,
                 "warnings": result.warnings,
+                "attribute_columns": result.attribute_columns,
+                "days_in_input": [pd.Timestamp(d).date().isoformat() for d in file_days],
+                "sha256": input_sha256,
             }
+            self._close_batch(conn, batch_id, record)
+        return _summary(batch_id, source, record, result.rejected_lines())
+
+    def ingest_repeat(self, input_sha256: str, source: str) -> dict | None:
+        """Record a load of an input that was loaded before, without reading it again, when
+        nothing can have changed since: the same bytes under the same contract
+        (``input_sha256``), no later batch changed any of its days, and no row of it was refused
+        only for a date in the future (today has moved on). Returns the summary (every accepted
+        row ``unchanged``, the refused rows quarantined again), or None to load it in full."""
+        b = t.ingest_batches.c
+        with self.transaction(lock_key="ingest") as conn:
+            before = (
+                conn.execute(
+                    sa.select(t.ingest_batches).where(b.sha256 == input_sha256).order_by(b.batch_id.desc()).limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if before is None or before["days_in_input"] is None:
+                return None
+            reasons = json.loads(before["rejected_by_reason"])
+            if any(reason.startswith("date is in the future") for reason in reasons):
+                return None
+            days = set(json.loads(before["days_in_input"]))
+            since = conn.execute(sa.select(b.days_touched).where(b.batch_id > before["batch_id"])).scalars()
+            if any(days & set(json.loads(touched)) for touched in since):
+                return None
+            now = utcnow()
+            batch_id = self._open_batch(conn, source, now, before["rows_in_input"])
+            q = t.quarantine.c
+            copied = [c for c in t.quarantine.c if c.name not in ("id", "batch_id", "created_at")]
             conn.execute(
-                t.ingest_batches.update()
-                .where(t.ingest_batches.c.batch_id == batch_id)
-                .values(
-                    accepted=len(good),
-                    rejected=len(result.rejected),
-                    inserted=inserted,
-                    replaced=replaced,
-                    unchanged=unchanged,
-                    days_touched=json.dumps(days),
-                    rejected_by_reason=json.dumps(result.rejected_by_reason),
-                    warnings=json.dumps(result.warnings),
+                t.quarantine.insert().from_select(
+                    [*[c.name for c in copied], "batch_id", "created_at"],
+                    sa.select(*copied, sa.literal(batch_id), sa.literal(now, t.quarantine.c.created_at.type)).where(
+                        q.batch_id == before["batch_id"]
+                    ),
                 )
             )
-        return summary
+            record = {
+                "accepted": before["accepted"],
+                "rejected": before["rejected"],
+                "inserted": 0,
+                "replaced": 0,
+                "unchanged": before["accepted"],
+                "days_touched": [],
+                "rejected_by_reason": reasons,
+                "warnings": json.loads(before["warnings"] or "[]"),
+                "attribute_columns": json.loads(before["attribute_columns"] or "[]"),
+                "days_in_input": sorted(days),
+                "sha256": input_sha256,
+            }
+            self._close_batch(conn, batch_id, record)
+            lines = self.read_frame(sa.select(q.reason, q.line).where(q.batch_id == batch_id), conn)
+        rejected_lines = {
+            str(reason): sorted(int(x) for x in group["line"])[:5] for reason, group in lines.groupby("reason")
+        }
+        return _summary(batch_id, source, record, rejected_lines)
+
+    def _open_batch(self, conn, source: str, now: datetime, rows_in_input: int) -> int:
+        return conn.execute(
+            t.ingest_batches.insert().returning(t.ingest_batches.c.batch_id),
+            {
+                "source": source,
+                "ingested_at": now,
+                "rows_in_input": rows_in_input,
+                "accepted": 0,
+                "rejected": 0,
+                "inserted": 0,
+                "replaced": 0,
+                "unchanged": 0,
+                "days_touched": "[]",
+                "rejected_by_reason": "{}",
+            },
+        ).scalar_one()
+
+    def _close_batch(self, conn, batch_id: int, record: dict) -> None:
+        as_json = ("days_touched", "rejected_by_reason", "warnings", "attribute_columns", "days_in_input")
+        conn.execute(
+            t.ingest_batches.update()
+            .where(t.ingest_batches.c.batch_id == batch_id)
+            .values(**{k: json.dumps(v) if k in as_json else v for k, v in record.items()})
+        )
 
     def batches_after(self, batch_id: int) -> pd.DataFrame:
         """Ingestion batches newer than ``batch_id`` (the sensor's cursor), oldest first."""
@@ -181,8 +264,19 @@ class Store(Database):
         }
 
     # -- raw reads ---------------------------------------------------------------------------
+    def performance_rows(self, *where, conn=None) -> pd.DataFrame:
+        """Raw performance rows matching ``where`` (clauses on ``t.performance``), each with its
+        attributes as canonical JSON text (the column ``attributes``)."""
+        p, a = t.performance, t.attribute_sets
+        stmt = (
+            sa.select(*[c for c in p.c if c.name != "attribute_set_id"], a.c.attributes)
+            .join(a, a.c.attribute_set_id == p.c.attribute_set_id)
+            .where(*where)
+        )
+        return self.read_frame(stmt, conn)
+
     def performance_for_day(self, day: date, conn=None) -> pd.DataFrame:
-        return self.read_frame(sa.select(t.performance).where(t.performance.c.date == day), conn)
+        return self.performance_rows(t.performance.c.date == day, conn=conn)
 
     def quarantined_count(self, day: date) -> int:
         """Rows ever refused for ``day`` (by the date they gave)."""
