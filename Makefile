@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: install demo test lint dev validate reliability clean
+.PHONY: install demo test lint dev validate reliability bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: install
 reliability: install
 	COMPOUND_LEARNING_KILL_TRIALS=20 COMPOUND_LEARNING_HYPOTHESIS_EXAMPLES=1000 \
 		$(BIN)/python -m pytest -q -s -m reliability
+
+# Scale figures beside their bare baselines (BENCHMARKS.md holds the last table); minutes, not a test.
+BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+bench: install
+	$(BIN)/python -m compound_learning.benchmarks.scale --pg-url $(BENCH_PG_URL) --write BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ from compound_learning.core.contract import (
     CsvInput,
     file_sha256,
     read_csv_strict,
-    validate_frame,
+    validate_in_parts,
 )
 from compound_learning.storage.retry import with_retries
 from compound_learning.storage.store import Store, get_store
@@ -70,7 +70,7 @@ def _input_key(file_digest: str, settings: Settings) -> str:
 def _ingest(frame, read: CsvInput | None, *, store=None, settings=None, source, today=None, input_sha256=None) -> dict:
     settings = settings or load_settings()
     store = store or get_store(settings.database_url)
-    result = validate_frame(
+    parts = validate_in_parts(
         frame,
         partition_start=settings.partition_start,
         today=today,
@@ -78,4 +78,4 @@ def _ingest(frame, read: CsvInput | None, *, store=None, settings=None, source, 
         lines=read.lines if read else None,
     )
     # One transaction: a transient failure rolled everything back, so trying again is safe.
-    return with_retries(lambda: store.ingest(result, source=source, input_sha256=input_sha256), f"ingesting {source}")
+    return with_retries(lambda: store.ingest(parts, source=source, input_sha256=input_sha256), f"ingesting {source}")

@@ -216,3 +216,47 @@ def test_rows_stored_with_their_attributes_as_json_are_moved_to_attribute_sets(d
     env(db_url)
     out = ingest_frame(again, store=store, settings=load_settings(), today=date(2024, 3, 1))
     assert out["unchanged"] == 5 and out["inserted"] == out["replaced"] == 0
+
+
+# -- validated a part at a time ------------------------------------------------------------------
+def _messy(world) -> pd.DataFrame:
+    """A world's rows in file order with a few broken ones among them."""
+    data = world[0].sample(frac=1.0, random_state=3).reset_index(drop=True).astype(object)
+    data.loc[5, "clicks"] = "many"
+    data.loc[17, "impressions"] = -4
+    data.loc[40, "date"] = "2024-02-30"
+    data.loc[41, "account_id"] = " "
+    return data
+
+
+def _stored_state(url) -> tuple:
+    store = make_store(url)
+    perf = store.performance_rows().drop(columns=["batch_id", "updated_at"])
+    perf = perf.sort_values(["account_id", "creative_id", "date"]).reset_index(drop=True)
+    quarantine = store.read_frame(sa.select(t.quarantine.c.reason, t.quarantine.c.line, t.quarantine.c.row))
+    return perf, quarantine.sort_values("line").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("repeat_a_key", [False, True])
+def test_parts_give_the_verdict_of_one_pass(tmp_path, db_url, env, world, monkeypatch, repeat_a_key):
+    """Validated 7 rows at a time (so a day spans many parts, written in key order) or in one
+    pass, an input gives the same summary and stores the same rows and quarantine; an input
+    that repeats a key is validated in one part, so the repeat is still found."""
+    data = _messy(world)
+    if repeat_a_key:
+        data = pd.concat([data, data.iloc[[60]]], ignore_index=True)
+    path = tmp_path / "messy.csv"
+    data.to_csv(path, index=False)
+    summaries, states = [], []
+    for rows_per_part in (1_000_000, 7):
+        monkeypatch.setattr(contract, "ROWS_PER_PART", rows_per_part)
+        make_store(db_url).reset(include_raw=True)
+        out = _load(path, db_url, env)
+        summaries.append({k: v for k, v in out.items() if k != "batch_id"})
+        states.append(_stored_state(db_url))
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["rejected"] == 4 + repeat_a_key
+    if repeat_a_key:
+        assert summaries[0]["rejected_by_reason"]["exact duplicate row in the same input"] == 1
+    for first, second in zip(states[0], states[1], strict=True):
+        pd.testing.assert_frame_equal(first, second)

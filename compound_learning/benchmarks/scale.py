@@ -1,7 +1,7 @@
 """``make bench``: ingestion at 10k / 100k / 1M rows, each figure beside its bare baseline.
 
-Every measurement is a separate process timed from outside (interpreter start and imports
-included, as a user runs it), its peak memory read from the kernel (``wait4``); the candidates
+Every measurement is a separate process timed from outside by GNU ``time`` (interpreter start
+and imports included, as a user runs it), with its peak resident memory; the candidates
 and their baselines alternate, ``--repeats`` times (median reported). The files are written by
 ``scale_data`` (plain numpy, not the project's simulator).
 
@@ -28,11 +28,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
-
-import sqlalchemy as sa
+from urllib.parse import urlsplit, urlunsplit
 
 from compound_learning.benchmarks.scale_data import ATTRIBUTES, write_days
 
@@ -47,45 +46,53 @@ BARE_COLUMNS = (
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of one child process (and what it waited for)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    proc.stderr.close()
-    return seconds, usage.ru_maxrss / 1024
+    """Wall seconds and peak resident MB of one command, both by GNU ``time`` (a fresh small
+    process: a child forked from this one would start with this interpreter's pages)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", out.name, *cmd],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
+        seconds, kilobytes = out.read().split()[-2:]
+    return float(seconds), float(kilobytes) / 1024
 
 
 class Postgres:
-    """Fresh databases on one server, made and dropped outside the timed part."""
+    """Fresh databases on one server, made and dropped (by ``psql``) outside the timed part."""
 
     def __init__(self, url: str):
-        self.url = sa.engine.make_url(url)
-        self.engine = sa.create_engine(self.url.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT")
+        self.url = urlsplit(url.replace("postgresql+psycopg2://", "postgresql://"))
+
+    def url_of(self, database: str) -> str:
+        return urlunsplit(self.url._replace(path=f"/{database}"))
+
+    def admin(self, sql: str) -> str:
+        cmd = self.psql(urlunsplit(self.url), sql)
+        return subprocess.run([*cmd, "-t", "-A"], check=True, capture_output=True, text=True).stdout.strip()
 
     def fresh(self, name: str) -> str:
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        return self.url.set(database=name).render_as_string(hide_password=False)
+        self.drop(name)
+        self.admin(f'CREATE DATABASE "{name}"')
+        return self.url_of(name)
 
     def drop(self, name: str) -> None:
-        with self.engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        self.admin(f'DROP DATABASE IF EXISTS "{name}"')
 
-    def psql(self, url: str, *sql: str) -> list[str]:
-        u = sa.engine.make_url(url)
-        cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", u.host or "127.0.0.1", "-p", str(u.port or 5432)]
-        cmd += ["-U", u.username or "postgres", u.database]
+    @staticmethod
+    def psql(url: str, *sql: str) -> list[str]:
+        u = urlsplit(url)
+        cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 5432)]
+        cmd += ["-U", u.username or "postgres", u.path.lstrip("/") or "postgres"]
         for s in sql:
             cmd += ["-c", s]
         return cmd
 
     def version(self) -> str:
-        with self.engine.connect() as conn:
-            return conn.exec_driver_sql("SHOW server_version").scalar()
+        return self.admin("SHOW server_version")
 
 
 def _ours(url: str, path: Path, state: Path) -> list[str]:
@@ -175,6 +182,7 @@ def measure(sizes: list[int], repeats: int, pg_url: str | None, root: Path) -> l
     return results
 
 
+TARGET_ROWS = 1_000_000
 RATIOS = [  # (figure, baseline, how the ratio reads, target)
     ("pg ingest", "pg bare COPY", "bare / ours (≥ 0.8)", 0.8),
     ("pg same file again", "pg ingest", "again / first (≤ 0.3)", 0.3),
@@ -202,7 +210,8 @@ def table(results: list[dict]) -> str:
             else:
                 ratio = a["seconds"] / b["seconds"]
                 ok = target is None or ratio <= target
-            verdict = "—" if target is None else ("met" if ok else "**missed**")
+            # the targets are set at 1M rows; below, a process start (~0.6 s) is most of a load
+            verdict = "—" if target is None or rows < TARGET_ROWS else ("met" if ok else "**missed**")
             out.append(
                 f"| {rows:,} | {what} | {a['seconds']:.2f} | {a['peak_mb']:.0f} | {base} | {b['seconds']:.2f} "
                 f"| {b['peak_mb']:.0f} | {ratio:.2f} ({reads}) | {verdict} |"
@@ -219,7 +228,7 @@ def machine(pg_url: str | None) -> str:
         f"Python {platform.python_version()}",
         f"pandas {pandas.__version__}",
         f"pyarrow {pyarrow.__version__}",
-        f"SQLAlchemy {sa.__version__}",
+        f"SQLAlchemy {version('sqlalchemy')}",
         f"SQLite {__import__('sqlite3').sqlite_version}",
     ]
     if pg_url:

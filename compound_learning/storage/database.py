@@ -9,9 +9,9 @@ deadlocks) and the file runs in WAL mode so the UI can read while a run writes.
 
 from __future__ import annotations
 
-import hashlib
 import io
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,31 +97,46 @@ class Database:
 
     # -- writes ---------------------------------------------------------------------------
     def bulk_insert(
-        self, conn: Connection, table: sa.Table | str, frame: pd.DataFrame, like: sa.Table | None = None
+        self,
+        conn: Connection,
+        table: sa.Table | str,
+        frames: pd.DataFrame | Iterable[pd.DataFrame],
+        like: sa.Table | None = None,
     ) -> int:
-        """Insert every row of ``frame`` (columns named as the table's): COPY on PostgreSQL, the
+        """Insert every row of ``frames`` (one DataFrame, or an iterable of them with the same
+        columns, named as the table's): one COPY on PostgreSQL, fed as the iterable yields, the
         driver's own ``executemany`` on SQLite. ``table`` may name a staging table shaped
-        ``like`` a real one."""
-        if frame.empty:
-            return 0
+        ``like`` a real one. Returns the number of rows."""
         shape = like if like is not None else table
         name = table if isinstance(table, str) else table.name
-        frame = _in_key_order(shape, _conform(shape, frame))
+        parts = [frames] if isinstance(frames, pd.DataFrame) else frames
+        ready = (_in_key_order(shape, _conform(shape, f)) for f in parts if not f.empty)
+        first = next(ready, None)
+        if first is None:
+            return 0
+        stream = itertools.chain([first], ready)
+        columns = list(first.columns)
         if self.is_postgres:
-            _copy_into(conn, name, frame, shape)
-        else:
-            cols = ", ".join(f'"{c}"' for c in frame.columns)
-            marks = ", ".join("?" for _ in frame.columns)
+            return _copy_into(conn, name, columns, stream, shape)
+        quoted, marks = ", ".join(f'"{c}"' for c in columns), ", ".join("?" for _ in columns)
+        sql = f'INSERT INTO "{name}" ({quoted}) VALUES ({marks})'
+        raw, written = conn.connection.driver_connection, 0
+        for frame in stream:
             rows = _driver_rows(conn, shape, frame)
-            raw = conn.connection.driver_connection
             for start in range(0, len(rows), INSERT_CHUNK):
-                raw.executemany(f'INSERT INTO "{name}" ({cols}) VALUES ({marks})', rows[start : start + INSERT_CHUNK])
-        return len(frame)
+                raw.executemany(sql, rows[start : start + INSERT_CHUNK])
+            written += len(rows)
+        return written
 
     def merge_rows(
-        self, conn: Connection, table: sa.Table, frame: pd.DataFrame, compare: Sequence[str], by: str
+        self,
+        conn: Connection,
+        table: sa.Table,
+        frames: pd.DataFrame | Iterable[pd.DataFrame],
+        compare: Sequence[str],
+        by: str,
     ) -> pd.DataFrame:
-        """Upsert ``frame`` into ``table`` by primary key, writing only rows that are new or whose
+        """Upsert ``frames`` into ``table`` by primary key, writing only rows that are new or whose
         ``compare`` columns differ from the stored ones (NULL equal to NULL).
 
         The rows are staged in a temporary table and classified and merged by the database, so no
@@ -137,7 +152,7 @@ class Database:
         else:
             conn.exec_driver_sql(f'DROP TABLE IF EXISTS temp."{stage}"')
             conn.exec_driver_sql(f'CREATE TEMP TABLE "{stage}" AS SELECT * FROM "{table.name}" WHERE 0')
-        self.bulk_insert(conn, stage, frame, like=table)
+        self.bulk_insert(conn, stage, frames, like=table)
         distinct = " OR ".join(f'p."{c}" IS DISTINCT FROM s."{c}"' for c in compare)
         join = " AND ".join(f'p."{k}" = s."{k}"' for k in keys)
         counts = pd.DataFrame(
@@ -148,8 +163,8 @@ class Database:
             ).all(),
             columns=[by, "is_new", "n"],
         )
-        cols = ", ".join(f'"{c}"' for c in frame.columns)
-        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in frame.columns if c not in keys)
+        cols = ", ".join(f'"{c.name}"' for c in table.columns)
+        updates = ", ".join(f'"{c.name}" = excluded."{c.name}"' for c in table.columns if c.name not in keys)
         changed = " OR ".join(f'"{table.name}"."{c}" IS DISTINCT FROM excluded."{c}"' for c in compare)
         if not counts.empty:
             # WHERE true: SQLite needs it to tell the SELECT from the upsert clause
@@ -234,19 +249,20 @@ def _upgrade(conn: Connection) -> None:
 def _move_attributes_to_sets(conn: Connection) -> None:
     """Earlier versions stored each raw row's attributes as JSON on the row; they now live once
     per distinct set in ``attribute_sets``. Moved in SQL, in the start-up transaction."""
-    from compound_learning.storage.schema import attribute_sets, performance
+    from compound_learning.storage.schema import attribute_set_key, attribute_sets, performance
 
     columns = {c["name"] for c in sa.inspect(conn).get_columns(performance.name)}
     if "attributes" not in columns:
         return
     texts = conn.exec_driver_sql(f"SELECT DISTINCT attributes FROM {performance.name}").scalars().all()
     if texts:
+        keys = [attribute_set_key(x) for x in texts]
         conn.execute(
             attribute_sets.insert(),
-            [{"sha256": hashlib.sha256(x.encode()).hexdigest(), "attributes": x} for x in texts],
+            [{"attribute_set_id": i, "sha256": d, "attributes": x} for (i, d), x in zip(keys, texts, strict=True)],
         )
     if "attribute_set_id" not in columns:
-        conn.exec_driver_sql(f"ALTER TABLE {performance.name} ADD COLUMN attribute_set_id INTEGER")
+        conn.exec_driver_sql(f"ALTER TABLE {performance.name} ADD COLUMN attribute_set_id BIGINT")
     conn.exec_driver_sql(
         f"UPDATE {performance.name} SET attribute_set_id = (SELECT s.attribute_set_id FROM attribute_sets s "
         f"WHERE s.attributes = {performance.name}.attributes)"
@@ -325,22 +341,39 @@ def _python(value):
 
 
 class _CsvStream(io.RawIOBase):
-    """The frame as CSV, written by Arrow (C++, about 10x pandas' ``to_csv``) a slice at a time
-    as COPY reads it, so the server parses one slice while the next is written."""
+    """Frames as CSV, written by Arrow (C++, about 10x pandas' ``to_csv``) a slice at a time as
+    COPY reads them, so the server parses what was sent while the next frame is produced
+    (validated, when an ingest feeds it) and written. A writer thread was tried: with the GIL
+    it gained under 5%, so the simpler form stays."""
 
     SLICE_ROWS = 20_000
 
-    def __init__(self, frame: pd.DataFrame):
-        self.frame, self.next_row, self.pending = frame, 0, b""
+    def __init__(self, frames: Iterator[pd.DataFrame]):
+        self.frames, self.pending, self.rows, self.error = frames, b"", 0, None
+        self.frame, self.next_row = None, 0
 
     def readable(self) -> bool:
         return True
 
+    def _more(self) -> bool:
+        while self.frame is None or self.next_row >= len(self.frame):
+            self.frame = next(self.frames, None)
+            if self.frame is None:
+                return False
+            self.frame, self.next_row = _timestamps_as_text(self.frame), 0
+        part = self.frame.iloc[self.next_row : self.next_row + self.SLICE_ROWS]
+        self.next_row += self.SLICE_ROWS
+        self.rows += len(part)
+        self.pending += _csv_bytes(part)
+        return True
+
     def read(self, size: int = -1) -> bytes:
-        while (size < 0 or len(self.pending) < size) and self.next_row < len(self.frame):
-            part = self.frame.iloc[self.next_row : self.next_row + self.SLICE_ROWS]
-            self.next_row += self.SLICE_ROWS
-            self.pending += _csv_bytes(part)
+        try:
+            while (size < 0 or len(self.pending) < size) and self._more():
+                pass
+        except Exception as exc:
+            self.error = exc
+            raise
         out, self.pending = (self.pending, b"") if size < 0 else (self.pending[:size], self.pending[size:])
         return out
 
@@ -374,20 +407,25 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
         return frame.to_csv(index=False, header=False, na_rep="").encode()
 
 
-def _copy_into(conn: Connection, target: str, frame: pd.DataFrame, table: sa.Table) -> None:
-    data = _CsvStream(_timestamps_as_text(frame))
+def _copy_into(conn: Connection, target: str, columns: list[str], frames: Iterator[pd.DataFrame], table) -> int:
+    data = _CsvStream(frames)
+    text_types = (sa.String, sa.Text)
     not_null_text = [
-        c.name
-        for c in table.columns
-        if c.name in frame.columns and not c.nullable and isinstance(c.type, (sa.String, sa.Text))
+        c.name for c in table.columns if c.name in columns and not c.nullable and isinstance(c.type, text_types)
     ]
     options = "FORMAT csv"
     if not_null_text:
         options += ", FORCE_NOT_NULL (" + ", ".join(f'"{c}"' for c in not_null_text) + ")"
-    cols = ", ".join(f'"{c}"' for c in frame.columns)
+    cols = ", ".join(f'"{c}"' for c in columns)
     raw = conn.connection.driver_connection
-    with raw.cursor() as cursor:
-        cursor.copy_expert(f'COPY "{target}" ({cols}) FROM STDIN WITH ({options})', data, size=1 << 18)
+    try:
+        with raw.cursor() as cursor:
+            cursor.copy_expert(f'COPY "{target}" ({cols}) FROM STDIN WITH ({options})', data, size=1 << 18)
+    except Exception:
+        if data.error is not None:  # the driver reports a failed read as a cancelled COPY
+            raise data.error from None
+        raise
+    return data.rows
 
 
 def in_list(values: Sequence) -> list:

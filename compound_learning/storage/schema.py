@@ -15,6 +15,8 @@ on both databases.
 
 from __future__ import annotations
 
+import hashlib
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -40,7 +42,7 @@ performance = sa.Table(
     *_metrics(),
     # the row's attributes, stored once per distinct combination (a creative repeats its own
     # every day): a 1M-row day holds a few thousand; Store.performance_rows joins them back
-    sa.Column("attribute_set_id", sa.Integer, nullable=False),
+    sa.Column("attribute_set_id", sa.BigInteger, nullable=False),
     sa.Column("batch_id", sa.Integer, nullable=False),  # no index: nothing looks rows up by it
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_performance_date", "date"),
@@ -49,10 +51,18 @@ performance = sa.Table(
 attribute_sets = sa.Table(
     "attribute_sets",
     metadata,
-    sa.Column("attribute_set_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("sha256", sa.String(64), nullable=False, unique=True),  # of the JSON: an index can hold it
+    # the first 63 bits of the JSON's SHA-256 (so a row's id is known before the set is stored)
+    sa.Column("attribute_set_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("attributes", sa.Text, nullable=False),  # canonical JSON (sorted keys, blanks left out)
 )
+
+
+def attribute_set_key(attributes_json: str) -> tuple[int, str]:
+    """The id and the SHA-256 of an attribute set, from its canonical JSON."""
+    digest = hashlib.sha256(attributes_json.encode()).hexdigest()
+    return int(digest[:16], 16) >> 1, digest
+
 
 ingest_batches = sa.Table(
     "ingest_batches",

@@ -6,8 +6,8 @@ these methods and never write SQL themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
@@ -17,7 +17,10 @@ import sqlalchemy as sa
 
 from compound_learning.core.contract import (
     METRIC_COLUMNS,
+    ValidatedParts,
     ValidationResult,
+    rejected_by_reason,
+    rejected_lines,
 )
 from compound_learning.storage import schema as t
 from compound_learning.storage.database import Database, in_list
@@ -42,6 +45,33 @@ RAW_TABLES = [t.performance, t.attribute_sets, t.ingest_batches, t.quarantine]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Tally:
+    """What an ingest has seen of its parts: counts, rejected rows, attribute sets, rows per day."""
+
+    def __init__(self):
+        self.accepted = 0
+        self.rejected: list[pd.DataFrame] = []
+        self.sets: dict[int, tuple[str, str]] = {}
+        self.per_day = pd.Series(dtype="int64")
+
+    def add(self, part: ValidationResult) -> pd.DataFrame:
+        """Count the part; return its good rows with an attribute set id instead of the JSON."""
+        if not part.rejected.empty:
+            self.rejected.append(part.rejected)
+        good = part.good
+        self.accepted += len(good)
+        if good.empty:
+            return good
+        codes, texts = pd.factorize(good["attributes"])
+        ids = []
+        for text in texts:
+            set_id, digest = t.attribute_set_key(str(text))
+            ids.append(set_id)
+            self.sets[set_id] = (digest, str(text))
+        self.per_day = self.per_day.add(good.groupby("date").size(), fill_value=0).astype("int64")
+        return good.drop(columns="attributes").assign(attribute_set_id=np.asarray(ids, dtype="int64")[codes])
 
 
 def _summary(batch_id: int, source: str, record: dict, rejected_lines: dict) -> dict:
@@ -71,78 +101,73 @@ class Store(Database):
         p = t.performance.c
         return conn.execute(sa.select(p.date).where(p.date.in_(in_list(days))).limit(1)).first() is not None
 
-    def _attribute_set_ids(self, conn, attributes: pd.Series) -> np.ndarray:
-        """The id of each row's attribute set, registering the sets not seen before (inside the
-        ingest lock, so two loads cannot register one set twice)."""
-        codes, uniques = pd.factorize(attributes)
-        texts = [str(u) for u in uniques]
-        digests = [hashlib.sha256(x.encode()).hexdigest() for x in texts]
+    def _register_attribute_sets(self, conn, sets: dict[int, tuple[str, str]]) -> None:
+        """Store the attribute sets not stored yet (id -> (sha256, JSON)), and refuse the load if
+        an id already names another set (two sets whose SHA-256 share 63 bits: never seen, but
+        checked rather than assumed)."""
         a = t.attribute_sets.c
-
-        def known() -> dict[str, int]:
-            found = {}
-            for start in range(0, len(digests), 10_000):  # SQLite caps the parameters of a statement
-                part = digests[start : start + 10_000]
-                found.update(conn.execute(sa.select(a.sha256, a.attribute_set_id).where(a.sha256.in_(part))).all())
-            return found
-
-        ids = known()
-        new = [{"sha256": d, "attributes": x} for d, x in zip(digests, texts, strict=True) if d not in ids]
+        stored: dict[int, str] = {}
+        ids = list(sets)
+        for start in range(0, len(ids), 10_000):  # SQLite caps the parameters of a statement
+            part = ids[start : start + 10_000]
+            stored.update(
+                conn.execute(sa.select(a.attribute_set_id, a.sha256).where(a.attribute_set_id.in_(part))).all()
+            )
+        clash = [i for i, digest in stored.items() if digest != sets[i][0]]
+        if clash:
+            raise RuntimeError(f"attribute set id {clash[0]} already names another set; nothing was loaded")
+        new = [{"attribute_set_id": i, "sha256": d, "attributes": x} for i, (d, x) in sets.items() if i not in stored]
         if new:
             conn.execute(t.attribute_sets.insert(), new)
-            ids = known()
-        return np.array([ids[d] for d in digests], dtype="int64")[codes]
 
-    def ingest(self, result: ValidationResult, source: str, input_sha256: str | None = None) -> dict:
+    def ingest(self, parts: ValidatedParts, source: str, input_sha256: str | None = None) -> dict:
         """Upsert the good rows, quarantine the bad ones, record the batch; one transaction.
 
         A row whose key exists with identical values is left alone (``unchanged``), so the same
         file twice changes nothing; a key with different values is replaced (``replaced``).
-        ``days_touched`` lists the days whose stored data changed. ``input_sha256`` identifies
-        the input read under this contract, so that :meth:`ingest_repeat` can recognise it.
+        ``days_touched`` lists the days whose stored data changed. The parts are validated as
+        the write consumes them. ``input_sha256`` identifies the input read under this
+        contract, so that :meth:`ingest_repeat` can recognise it.
         """
-        good = result.good
         now = utcnow()
         with self.transaction(lock_key="ingest") as conn:
-            batch_id = self._open_batch(conn, source, now, len(good) + len(result.rejected))
-            inserted = replaced = 0
-            days: list[str] = []
-            file_days = sorted(good["date"].unique()) if not good.empty else []
-            if not good.empty:
-                write = good.drop(columns="attributes").assign(
-                    attribute_set_id=self._attribute_set_ids(conn, good["attributes"]),
-                    batch_id=batch_id,
-                    updated_at=now,
-                )
-                if self._has_rows_on(conn, file_days):
-                    counts = self.merge_rows(
-                        conn, t.performance, write, compare=[*METRIC_COLUMNS, "attribute_set_id"], by="date"
-                    )
-                else:  # a new day (the daily case): nothing to compare with, so straight in
-                    self.bulk_insert(conn, t.performance, write)
-                    counts = pd.DataFrame({"inserted": write.groupby("date").size(), "replaced": 0})
-                inserted, replaced = int(counts["inserted"].sum()), int(counts["replaced"].sum())
-                days = sorted(pd.Timestamp(d).date().isoformat() for d in counts.index)
-            if not result.rejected.empty:
-                q = result.rejected.copy()
-                q["batch_id"] = batch_id
-                q["created_at"] = now
-                self.bulk_insert(conn, t.quarantine, q)
+            batch_id = self._open_batch(conn, source, now, parts.rows_in_input)
+            seen = _Tally()
+
+            def rows() -> Iterator[pd.DataFrame]:
+                for part in parts:
+                    good = seen.add(part)
+                    if not good.empty:
+                        yield good.assign(batch_id=batch_id, updated_at=now)
+
+            if parts.days and self._has_rows_on(conn, parts.days):
+                compare = [*METRIC_COLUMNS, "attribute_set_id"]
+                counts = self.merge_rows(conn, t.performance, rows(), compare=compare, by="date")
+            else:  # new days (the daily case): nothing to compare with, so straight in
+                self.bulk_insert(conn, t.performance, rows())
+                counts = pd.DataFrame({"inserted": seen.per_day, "replaced": 0})
+            self._register_attribute_sets(conn, seen.sets)
+            rejected = pd.concat(seen.rejected, ignore_index=True) if seen.rejected else pd.DataFrame()
+            if not rejected.empty:
+                self.bulk_insert(conn, t.quarantine, rejected.assign(batch_id=batch_id, created_at=now))
+            inserted, replaced = int(counts["inserted"].sum()), int(counts["replaced"].sum())
             record = {
-                "accepted": len(good),
-                "rejected": len(result.rejected),
+                "accepted": seen.accepted,
+                "rejected": len(rejected),
                 "inserted": inserted,
                 "replaced": replaced,
-                "unchanged": len(good) - inserted - replaced,
-                "days_touched": days,
-                "rejected_by_reason": result.rejected_by_reason,
-                "warnings": result.warnings,
-                "attribute_columns": result.attribute_columns,
-                "days_in_input": [pd.Timestamp(d).date().isoformat() for d in file_days],
+                "unchanged": seen.accepted - inserted - replaced,
+                "days_touched": sorted(
+                    pd.Timestamp(d).date().isoformat() for d in counts.index[counts.sum(axis=1) > 0]
+                ),
+                "rejected_by_reason": rejected_by_reason(rejected),
+                "warnings": parts.warnings,
+                "attribute_columns": parts.attribute_columns,
+                "days_in_input": [d.isoformat() for d in parts.days],
                 "sha256": input_sha256,
             }
             self._close_batch(conn, batch_id, record)
-        return _summary(batch_id, source, record, result.rejected_lines())
+        return _summary(batch_id, source, record, rejected_lines(rejected))
 
     def ingest_repeat(self, input_sha256: str, source: str) -> dict | None:
         """Record a load of an input that was loaded before, without reading it again, when
