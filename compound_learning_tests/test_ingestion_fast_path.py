@@ -260,3 +260,30 @@ def test_parts_give_the_verdict_of_one_pass(tmp_path, db_url, env, world, monkey
         assert summaries[0]["rejected_by_reason"]["exact duplicate row in the same input"] == 1
     for first, second in zip(states[0], states[1], strict=True):
         pd.testing.assert_frame_equal(first, second)
+
+
+def test_a_failure_while_the_rows_stream_in_stores_nothing_and_names_itself(tmp_path, db_url, env, world, monkeypatch):
+    """An error raised while a later part is produced (the first already sent to COPY or
+    inserted) reaches the caller as itself, and the transaction leaves the store as it was."""
+    from compound_learning.storage import store as store_module
+
+    data = world[0]
+    path = tmp_path / "day.csv"
+    data.to_csv(path, index=False)
+    monkeypatch.setattr(contract, "ROWS_PER_PART", 50)
+    real_add, seen = store_module._Tally.add, []
+
+    def failing_add(self, part):
+        seen.append(len(part.good))
+        if len(seen) == 3:
+            raise RuntimeError("the third part broke")
+        return real_add(self, part)
+
+    monkeypatch.setattr(store_module._Tally, "add", failing_add)
+    with pytest.raises(RuntimeError, match="the third part broke"):
+        _load(path, db_url, env)
+    store = make_store(db_url)
+    assert store.count_rows(t.performance) == 0 and store.count_rows(t.ingest_batches) == 0
+    assert store.count_rows(t.attribute_sets) == 0
+    monkeypatch.setattr(store_module._Tally, "add", real_add)
+    assert _load(path, db_url, env)["inserted"] == len(data)

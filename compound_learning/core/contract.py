@@ -15,6 +15,7 @@ MAX_ATTRIBUTE_VALUE_LENGTH, and no text may hold a control character (PostgreSQL
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -83,7 +84,7 @@ def rejected_lines(rejected: pd.DataFrame, first: int = 5) -> dict[str, list[int
     return {str(k): [int(x) for x in v.head(first)] for k, v in grouped}
 
 
-ROWS_PER_PART = 25_000  # small enough that the server never waits long for the next part
+ROWS_PER_PART = 50_000  # small enough that the server never waits long for the next part
 
 
 @dataclass
@@ -145,6 +146,7 @@ def validate_in_parts(
                 today=today,
                 malformed={k: v for k, v in malformed.items() if k in part.index},
                 lines=lines.iloc[start : start + step],
+                keys_known_unique=step < len(frame),
             )
 
     return ValidatedParts(
@@ -236,17 +238,18 @@ def attributes_json(texts: dict[str, pd.Series], index: pd.Index) -> pd.Series:
     frame = pd.DataFrame(texts, index=index)
     codes = frame.groupby(list(texts), sort=False, dropna=False).ngroup().to_numpy()
     first = np.unique(codes, return_index=True)[1]
-    names = list(texts)
-    encoded = pa.array(
-        [
-            json.dumps({c: v for c, v in zip(names, record, strict=True) if v}, sort_keys=True)
-            for record in frame.iloc[first].itertuples(index=False, name=None)
-        ],
-        pa.string(),
-    )
+    values = [pa.array(texts[c]).take(pa.array(first)).to_pylist() for c in texts]
+    names = tuple(texts)
+    encoded = pa.array([_attributes_text(names, record) for record in zip(*values, strict=True)], pa.string())
     # decoded in Arrow: a million rows of JSON text without a million Python strings
     column = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), encoded).cast(pa.string())
     return pd.Series(pd.arrays.ArrowExtensionArray(column), index=index)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _attributes_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """The canonical JSON of one combination (cached: the parts of one input share them)."""
+    return json.dumps({c: v for c, v in zip(names, values, strict=True) if v}, sort_keys=True)
 
 
 def _text(column: pd.Series) -> pd.Series:
@@ -298,6 +301,7 @@ def validate_frame(
     today: date | None = None,
     malformed: dict[int, tuple[str, list[str]]] | None = None,
     lines: pd.Series | None = None,
+    keys_known_unique: bool = False,
 ) -> ValidationResult:
     """Check every row against the contract.
 
@@ -308,7 +312,9 @@ def validate_frame(
     keeps one copy). ``malformed`` maps row labels to (reason, raw fields) found before (a ragged
     CSV row, quarantined with all its fields);
     ``lines`` gives each row's line in its file (default: as if the frame were a CSV with a
-    header). Raises :class:`ContractError` if a required column is missing or the header is unusable.
+    header); ``keys_known_unique`` says the caller found no key repeated in the input (the
+    parts of :func:`validate_in_parts`). Raises :class:`ContractError` if a required column is
+    missing or the header is unusable.
     """
     today = today or date.today()
     df = raw.copy(deep=False)  # columns are replaced, never changed in place
@@ -367,7 +373,7 @@ def validate_frame(
     # Duplicated keys inside one input: an exact repeat keeps one copy, conflicting copies all go.
     keyed = pd.DataFrame({"account_id": df["account_id"], "creative_id": df["creative_id"], "date": parsed_dates})
     candidates = keyed[good_mask]
-    if _has_repeats(candidates):
+    if not keys_known_unique and _has_repeats(candidates):
         dup_any = candidates.duplicated(keep=False)
         if dup_any.any():
             dup_index = candidates.index[dup_any]

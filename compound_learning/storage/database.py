@@ -340,42 +340,94 @@ def _python(value):
     return value
 
 
-class _CsvStream(io.RawIOBase):
-    """Frames as CSV, written by Arrow (C++, about 10x pandas' ``to_csv``) a slice at a time as
-    COPY reads them, so the server parses what was sent while the next frame is produced
-    (validated, when an ingest feeds it) and written. A writer thread was tried: with the GIL
-    it gained under 5%, so the simpler form stays."""
+class _CopyStream(io.RawIOBase):
+    """COPY's input, produced as the driver reads it: while the server parses what was sent,
+    the next frame is produced (validated, when an ingest feeds it) and encoded. A writer thread
+    was tried: with the GIL it gained under 5%, so this simpler form stays. An error raised
+    while producing is kept, so that it, not the driver's "COPY failed", reaches the caller."""
 
-    SLICE_ROWS = 20_000
-
-    def __init__(self, frames: Iterator[pd.DataFrame]):
-        self.frames, self.pending, self.rows, self.error = frames, b"", 0, None
-        self.frame, self.next_row = None, 0
+    def __init__(self, chunks: Iterator[tuple[int, bytes]]):
+        self.chunks, self.pending, self.rows, self.error = chunks, b"", 0, None
 
     def readable(self) -> bool:
         return True
 
-    def _more(self) -> bool:
-        while self.frame is None or self.next_row >= len(self.frame):
-            self.frame = next(self.frames, None)
-            if self.frame is None:
-                return False
-            self.frame, self.next_row = _timestamps_as_text(self.frame), 0
-        part = self.frame.iloc[self.next_row : self.next_row + self.SLICE_ROWS]
-        self.next_row += self.SLICE_ROWS
-        self.rows += len(part)
-        self.pending += _csv_bytes(part)
-        return True
-
     def read(self, size: int = -1) -> bytes:
         try:
-            while (size < 0 or len(self.pending) < size) and self._more():
-                pass
+            while size < 0 or len(self.pending) < size:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.rows += chunk[0]
+                self.pending += chunk[1]
         except Exception as exc:
             self.error = exc
             raise
         out, self.pending = (self.pending, b"") if size < 0 else (self.pending[:size], self.pending[size:])
         return out
+
+
+SLICE_ROWS = 20_000  # rows encoded at a time for COPY (a few MB)
+
+
+def _arrow_schema(table: sa.Table, columns: list[str]):
+    """The Arrow types whose PostgreSQL binary encoding is each column's type."""
+    import pyarrow as pa
+
+    def arrow(kind) -> pa.DataType:
+        if isinstance(kind, sa.Boolean):
+            return pa.bool_()
+        if isinstance(kind, sa.SmallInteger):
+            return pa.int16()
+        if isinstance(kind, sa.BigInteger):
+            return pa.int64()
+        if isinstance(kind, sa.Integer):
+            return pa.int32()
+        if isinstance(kind, sa.Float):
+            return pa.float64()
+        if isinstance(kind, sa.DateTime):
+            return pa.timestamp("us", tz="UTC")
+        if isinstance(kind, sa.Date):
+            return pa.date32()
+        if isinstance(kind, (sa.String, sa.Text)):
+            return pa.string()
+        raise TypeError(f"no binary COPY encoding for {kind!r}")
+
+    return pa.schema([(c, arrow(table.c[c].type)) for c in columns])
+
+
+def _to_arrow(frame: pd.DataFrame, schema):
+    """The frame as an Arrow table of exactly ``schema`` (integers checked for overflow,
+    timestamps to microseconds); raises an Arrow error when a column cannot be so typed."""
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        array = pa.array(frame[field.name], from_pandas=True)
+        safe = not pa.types.is_timestamp(field.type)  # nanoseconds cut to the microseconds PostgreSQL keeps
+        columns.append(array.cast(field.type, safe=safe) if array.type != field.type else array)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _binary_chunks(first, rest: Iterator[pd.DataFrame], schema) -> Iterator[tuple[int, bytes]]:
+    """PostgreSQL's binary COPY format, encoded from Arrow by pgpq (Rust): a third of the
+    server's parsing work of CSV, and a quarter of the client's writing."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    encoder = ArrowToPostgresBinaryEncoder(schema)
+    yield 0, bytes(encoder.write_header())
+    for table in itertools.chain([first], (_to_arrow(f, schema) for f in rest)):
+        for batch in table.to_batches(max_chunksize=SLICE_ROWS):
+            yield batch.num_rows, bytes(encoder.write_batch(batch))
+    yield 0, bytes(encoder.finish())
+
+
+def _csv_chunks(frames: Iterator[pd.DataFrame]) -> Iterator[tuple[int, bytes]]:
+    for frame in frames:
+        frame = _timestamps_as_text(frame)
+        for start in range(0, len(frame), SLICE_ROWS):
+            part = frame.iloc[start : start + SLICE_ROWS]
+            yield len(part), _csv_bytes(part)
 
 
 def _timestamps_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -408,14 +460,25 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _copy_into(conn: Connection, target: str, columns: list[str], frames: Iterator[pd.DataFrame], table) -> int:
-    data = _CsvStream(frames)
-    text_types = (sa.String, sa.Text)
-    not_null_text = [
-        c.name for c in table.columns if c.name in columns and not c.nullable and isinstance(c.type, text_types)
-    ]
-    options = "FORMAT csv"
-    if not_null_text:
-        options += ", FORCE_NOT_NULL (" + ", ".join(f'"{c}"' for c in not_null_text) + ")"
+    """COPY the frames in: binary when the first frame types exactly as the table's columns
+    (every frame the project writes), else CSV (a frame of mixed objects)."""
+    import pyarrow as pa
+
+    first = next(frames)
+    try:
+        schema = _arrow_schema(table, columns)
+        chunks = _binary_chunks(_to_arrow(first, schema), frames, schema)
+        options = "FORMAT binary"
+    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        chunks = _csv_chunks(itertools.chain([first], frames))
+        text_types = (sa.String, sa.Text)
+        not_null_text = [
+            c.name for c in table.columns if c.name in columns and not c.nullable and isinstance(c.type, text_types)
+        ]
+        options = "FORMAT csv" + (
+            ", FORCE_NOT_NULL (" + ", ".join(f'"{c}"' for c in not_null_text) + ")" if not_null_text else ""
+        )
+    data = _CopyStream(chunks)
     cols = ", ".join(f'"{c}"' for c in columns)
     raw = conn.connection.driver_connection
     try:
