@@ -98,12 +98,11 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
         today["age_bucket"] = age_bucket(today["age_days"])
         today["days"] = 1
         today["last_seen"] = day
-        today = today.groupby(CELL_KEYS, as_index=False).agg(
-            **{m: (m, lambda s: s.sum(min_count=1)) for m in METRICS},
-            days=("days", "sum"),
-            attributes=("attributes", "last"),
-            last_seen=("last_seen", "max"),
-        )
+        g = today.groupby(CELL_KEYS)
+        # sum(min_count=1): a metric no row gave stays unknown (NaN), not zero
+        sums = g[METRICS].sum(min_count=1)
+        rest = g.agg(days=("days", "sum"), attributes=("attributes", "last"), last_seen=("last_seen", "max"))
+        today = sums.join(rest).reset_index()
     prev = previous[cols].copy() if not previous.empty else pd.DataFrame(columns=cols)
     if not prev.empty and decay != 1.0:
         prev[METRICS] = prev[METRICS].astype(float) * decay
