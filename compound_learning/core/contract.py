@@ -375,24 +375,23 @@ def validate_frame(
     candidates = keyed[good_mask]
     if not keys_known_unique and _has_repeats(candidates):
         dup_any = candidates.duplicated(keep=False)
-        if dup_any.any():
-            dup_index = candidates.index[dup_any]
-            content = df.loc[dup_index].astype(object)  # the rows (ids stripped), NaN-safe
-            groups = pd.DataFrame(
-                {
-                    "k": pd.util.hash_pandas_object(candidates.loc[dup_index], index=False),
-                    "c": pd.util.hash_pandas_object(content.where(content.notna(), None), index=False),
-                }
-            )
-            n_contents = groups.groupby("k")["c"].transform("nunique")
-            conflicting = groups.index[n_contents > 1]
-            exact = groups.index[(n_contents == 1) & groups.duplicated(subset="k", keep="first")]
-            flag(
-                pd.Series(reasons.index.isin(conflicting), index=reasons.index),
-                "duplicate key (account_id, creative_id, date) with different values in the same input",
-            )
-            flag(pd.Series(reasons.index.isin(exact), index=reasons.index), "exact duplicate row in the same input")
-            good_mask = pd.Series(still_good, index=df.index)
+        dup_index = candidates.index[dup_any]
+        content = df.loc[dup_index].astype(object)  # the rows (ids stripped), NaN-safe
+        groups = pd.DataFrame(
+            {
+                "k": pd.util.hash_pandas_object(candidates.loc[dup_index], index=False),
+                "c": pd.util.hash_pandas_object(content.where(content.notna(), None), index=False),
+            }
+        )
+        n_contents = groups.groupby("k")["c"].transform("nunique")
+        conflicting = groups.index[n_contents > 1]
+        exact = groups.index[(n_contents == 1) & groups.duplicated(subset="k", keep="first")]
+        flag(
+            pd.Series(reasons.index.isin(conflicting), index=reasons.index),
+            "duplicate key (account_id, creative_id, date) with different values in the same input",
+        )
+        flag(pd.Series(reasons.index.isin(exact), index=reasons.index), "exact duplicate row in the same input")
+        good_mask = pd.Series(still_good, index=df.index)
 
     rejected = pd.DataFrame(
         {
