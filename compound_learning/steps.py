@@ -326,13 +326,18 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
     )
     accounts = [a for a in accounts if a != GLOBAL]
     space = recommend.design_space(weights) if len(weights) else {}
+    # Split once: each account's picks need only the global weights and its own.
+    weights_of = dict(tuple(weights.groupby("account_id"))) if len(weights) else {}
+    live_of = dict(tuple(live.groupby("account_id")))
+    no_live = live.iloc[:0]
     preview = []
     for account_id in accounts:
         rng = _day_seed(day, account_id, cfg.recommendation_seed)
-        mine = live[live["account_id"] == account_id].reset_index(drop=True)
+        mine = live_of.get(account_id, no_live).reset_index(drop=True)
+        scoped = pd.concat([weights_of.get(GLOBAL, weights.iloc[:0]), weights_of[account_id]], ignore_index=True)
         # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
         picks = recommend.launch_picks(
-            weights, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space
+            scoped, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space
         )
         for p in picks:
             rows.append(
@@ -354,7 +359,7 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
                     "details": json.dumps({"contributions": p["contributions"], "ctr_ci": p.get("ctr_ci")}),
                 }
             )
-        split = recommend.spend_split(mine, weights, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
+        split = recommend.spend_split(mine, scoped, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
         split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
         for rank, r in enumerate(split.sort_values("share", ascending=False).itertuples(index=False), start=1):
             rows.append(

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from compound_learning.config import GLOBAL, PatternSettings
-from compound_learning.core.effects import METRIC_SPECS, EffectFit, fit_effects
+from compound_learning.core.effects import METRIC_SPECS, CodedCells, EffectFit, fit_coded
 
 PATTERN_COLUMNS = [
     "pattern_id",
@@ -111,11 +111,11 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
 def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -> CycleFits:
     """All GLM fits of one cycle: global (with interactions) and per account."""
     pairs = list(combinations(dims, 2)) if settings.interactions else []
+    coded = CodedCells(cells, dims)
     global_fits = {}
     for metric in METRIC_SPECS:
-        fit = fit_effects(
-            cells,
-            dims,
+        fit = fit_coded(
+            coded,
             metric,
             interaction_pairs=pairs,
             inference=settings.global_inference,
@@ -125,13 +125,13 @@ def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -
             global_fits[metric] = fit
     account_fits = {}
     if settings.per_account:
-        for account_id, sub in cells.groupby("account_id"):
-            if sub["creative_id"].nunique() < settings.min_creatives:
+        for account_id, rows in coded.rows_by_account().items():
+            if len(np.unique(coded.creative[rows])) < settings.min_creatives:
                 continue
             for metric in METRIC_SPECS:
-                fit = fit_effects(sub, dims, metric, inference="creative")
+                fit = fit_coded(coded, metric, rows, inference="creative")
                 if fit is not None:
-                    account_fits[(str(account_id), metric)] = fit
+                    account_fits[(account_id, metric)] = fit
     return CycleFits(global_fits, account_fits)
 
 

@@ -1,0 +1,107 @@
+"""The daily cycle at agency scale: one day of ``--rows`` rows after ``--days`` days of history.
+
+The history is ``scale_data`` days (plain numpy, not the simulator) ingested into a fresh
+database; the daily statistics of every history day are computed, and the cumulative evidence is
+rolled forward to the day before the measured one in one pass (what a backfill leaves). Then the
+measured days run every step of the cycle in order, as the daily schedule would; each step's
+seconds and the process's peak memory are printed as JSON.
+
+    python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 \\
+        [--url postgresql://postgres@127.0.0.1/bench_cycle] [--measure 2] [--half-life 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+from compound_learning import steps
+from compound_learning.benchmarks.scale_data import day_frame
+from compound_learning.config import CycleSettings, load_settings
+from compound_learning.ingestion import ingest_frame
+from compound_learning.storage.store import Store
+
+FIRST_DAY = date(2026, 1, 1)
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_history(ctx: steps.CycleContext, rows: int, days: int) -> dict:
+    """Ingest ``days`` days, compute their daily statistics, roll the evidence to the last one."""
+    started = time.perf_counter()
+    for i in range(days):
+        day = FIRST_DAY + timedelta(days=i)
+        ingest_frame(day_frame(rows, day), store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
+        steps.run_day(ctx, day, only=["daily_stats"])
+    ingested = time.perf_counter() - started
+    last = FIRST_DAY + timedelta(days=days - 1)
+    started = time.perf_counter()
+    steps.run_day(ctx, last, only=["learning_patterns"])
+    return {"history_seconds": round(ingested, 1), "first_learning_seconds": round(time.perf_counter() - started, 1)}
+
+
+def measure(ctx: steps.CycleContext, rows: int, days: int, measure_days: int, profile: str | None = None) -> list[dict]:
+    """Ingest and run the full cycle for the ``measure_days`` days after the history (the last
+    one under cProfile into ``profile``, if given)."""
+    out = []
+    for i in range(measure_days):
+        day = FIRST_DAY + timedelta(days=days + i)
+        started = time.perf_counter()
+        ingest_frame(day_frame(rows, day), store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
+        ingest_seconds = time.perf_counter() - started
+        if profile and i == measure_days - 1:
+            import cProfile
+
+            with cProfile.Profile() as profiler:
+                result = steps.run_day(ctx, day)
+            profiler.dump_stats(profile)
+        else:
+            result = steps.run_day(ctx, day)
+        timing = {name: summary["seconds"] for name, summary in result.items()}
+        out.append(
+            {
+                "day": days + i + 1,
+                "rows": rows,
+                "ingest_seconds": round(ingest_seconds, 2),
+                "cycle_seconds": round(sum(timing.values()), 2),
+                "cumulative_cells": result["learning_patterns"]["cumulative_cells"],
+                "peak_mb": round(_peak_mb()),
+                **timing,
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per day (200 creatives per account)")
+    parser.add_argument("--days", type=int, default=90, help="days of history before the measured day")
+    parser.add_argument("--measure", type=int, default=2, help="days measured after the history")
+    parser.add_argument("--url", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--profile", help="write a cProfile of the last measured day to this file")
+    parser.add_argument("--half-life", type=float, help="forgetting half-life in days (0: off)")
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="cycle_scale_")
+    settings = replace(
+        load_settings(), database_url=args.url or f"sqlite:///{tmp}/bench.db", artifacts_dir=Path(tmp) / "art"
+    )
+    if args.half_life is not None:
+        settings = replace(settings, half_life_days=args.half_life)
+    store = Store(settings.database_url)
+    ctx = steps.CycleContext(store, settings, CycleSettings.from_settings(settings))
+    print(json.dumps({"rows": args.rows, "history_days": args.days, **build_history(ctx, args.rows, args.days)}))
+    measure(ctx, args.rows, args.days, args.measure, args.profile)
+    store.dispose()
+
+
+if __name__ == "__main__":
+    main()
