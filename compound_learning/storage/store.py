@@ -43,6 +43,13 @@ LEARNING_TABLES = [
 RAW_TABLES = [t.performance, t.attribute_sets, t.ingest_batches, t.quarantine]
 
 
+def _in_key_order(stmt: sa.Select, table: sa.Table) -> sa.Select:
+    """Rows in primary-key order. A table's physical order changes when a day is rewritten
+    (PostgreSQL reuses the space of deleted rows), and float sums depend on the order they add
+    in: a rerun must see its input in the same order to give bit-identical results."""
+    return stmt.order_by(*table.primary_key.columns)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -297,6 +304,7 @@ class Store(Database):
             sa.select(*[c for c in p.c if c.name != "attribute_set_id"], a.c.attributes)
             .join(a, a.c.attribute_set_id == p.c.attribute_set_id)
             .where(*where)
+            .order_by(*p.primary_key.columns)  # see _in_key_order
         )
         return self.read_frame(stmt, conn)
 
@@ -333,7 +341,8 @@ class Store(Database):
         return self.replace_partition(conn, table, frame, {day_column: day})
 
     def read_day(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
-        return self.read_frame(sa.select(table).where(table.c[day_column] == day), conn)
+        """One day's rows of ``table``, in key order."""
+        return self.read_frame(_in_key_order(sa.select(table).where(table.c[day_column] == day), table), conn)
 
     def latest_day(
         self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None
@@ -351,7 +360,7 @@ class Store(Database):
 
     def read_before(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
         """Every row of ``table`` for days strictly before ``day``."""
-        return self.read_frame(sa.select(table).where(table.c[day_column] < day), conn)
+        return self.read_frame(_in_key_order(sa.select(table).where(table.c[day_column] < day), table), conn)
 
     def first_day(self, table: sa.Table, day_column: str = "as_of") -> date | None:
         """The earliest day ``table`` holds, or None when it is empty."""
@@ -367,7 +376,9 @@ class Store(Database):
         return int(n or 0)
 
     def read_range(self, table: sa.Table, start: date, end: date, day_column: str = "date", conn=None) -> pd.DataFrame:
-        return self.read_frame(sa.select(table).where(table.c[day_column].between(start, end)), conn)
+        """The rows of ``table`` for days ``start``..``end``, in key order."""
+        stmt = sa.select(table).where(table.c[day_column].between(start, end))
+        return self.read_frame(_in_key_order(stmt, table), conn)
 
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
