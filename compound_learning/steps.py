@@ -19,7 +19,7 @@ import pandas as pd
 
 from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
 from compound_learning.core import stats
-from compound_learning.core.dna import BASELINE_VALUE, dna_weights
+from compound_learning.core.dna import dna_weights
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import build_patterns, fit_cycle
@@ -321,24 +321,15 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
     recent = store.read_range(t.creative_daily_stats, day - timedelta(days=FATIGUE_WINDOW_DAYS - 1), day)
     fatigue = recommend.fatigue_slope(recent[["creative_id", "date", "impressions", "clicks"]]) if len(recent) else 0.0
     rows: list[dict] = []
-    accounts = (
-        sorted(weights.loc[weights["dimension"] == BASELINE_VALUE, "account_id"].unique()) if len(weights) else []
-    )
-    accounts = [a for a in accounts if a != GLOBAL]
-    space = recommend.design_space(weights) if len(weights) else {}
-    # Split once: each account's picks need only the global weights and its own.
-    weights_of = dict(tuple(weights.groupby("account_id"))) if len(weights) else {}
+    dna = recommend.DNA(weights)  # every account's posterior, read once
     live_of = dict(tuple(live.groupby("account_id")))
     no_live = live.iloc[:0]
     preview = []
-    for account_id in accounts:
+    for account_id in dna.accounts:
         rng = _day_seed(day, account_id, cfg.recommendation_seed)
         mine = live_of.get(account_id, no_live).reset_index(drop=True)
-        scoped = pd.concat([weights_of.get(GLOBAL, weights.iloc[:0]), weights_of[account_id]], ignore_index=True)
         # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
-        picks = recommend.launch_picks(
-            scoped, account_id, cfg.recommendations_per_account, cfg.explore_share, rng, space
-        )
+        picks = recommend.launch_picks(dna, account_id, cfg.recommendations_per_account, cfg.explore_share, rng)
         for p in picks:
             rows.append(
                 {
@@ -359,7 +350,7 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
                     "details": json.dumps({"contributions": p["contributions"], "ctr_ci": p.get("ctr_ci")}),
                 }
             )
-        split = recommend.spend_split(mine, scoped, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
+        split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
         split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
         for rank, r in enumerate(split.sort_values("share", ascending=False).itertuples(index=False), start=1):
             rows.append(
@@ -399,7 +390,7 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
         store.write_day(conn, t.creative_recommendations, day, frame)
     launches = frame[frame["kind"] == "launch"] if len(frame) else frame
     return {
-        "accounts": len(accounts),
+        "accounts": len(dna.accounts),
         "launch_picks": len(launches),
         "explore_picks": int((launches["pick"] == "explore").sum()) if len(launches) else 0,
         "live_creatives": int((frame["kind"] == "spend").sum()) if len(frame) else 0,

@@ -141,7 +141,7 @@ class LearnerPolicy(_OwnData):
         self.store = Store(self.settings.database_url)
         self.ctx = steps.CycleContext(self.store, self.settings, cfg)
         self.refit_days = refit_days
-        self.weights = pd.DataFrame()
+        self.weights = recommend.DNA(pd.DataFrame())
         self.space: dict[str, list[str]] = {}
         self.best: dict[str, dict[str, str]] = {}  # account -> its best recommended combination
         self.launched = dict.fromkeys(world.accounts, 0)
@@ -161,8 +161,8 @@ class LearnerPolicy(_OwnData):
             started = time.perf_counter()
             steps.run_day(self.ctx, d, only=["learning_patterns", "creative_dna", "creative_recommendations"])
             self.fit_seconds += time.perf_counter() - started
-            self.weights = self.store.read_day(t.creative_dna, d)
-            self.space = recommend.design_space(self.weights)
+            self.weights = recommend.DNA(self.store.read_day(t.creative_dna, d))
+            self.space = self.weights.space
             self.best = {}
             for account in self.world.accounts:
                 try:  # the step's first pick is its best exploit pick
@@ -186,10 +186,9 @@ class LearnerPolicy(_OwnData):
         return out
 
     def spend(self, account: str, creatives: list[Creative], day: int) -> np.ndarray:
-        weights = self.weights if len(self.weights) else None
         split = recommend.spend_split(
             _live_frame(creatives, self.totals),
-            weights,
+            self.weights,
             account,
             self.rng,
             self.fatigue,

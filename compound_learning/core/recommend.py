@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from compound_learning.config import GLOBAL
-from compound_learning.core.dna import BASELINE_VALUE, is_pair, pair_dimension, pair_value
+from compound_learning.core.dna import BASELINE_VALUE, PAIR_PREFIX, WEIGHT_COLUMNS, is_pair
 from compound_learning.core.effects import Z95
 
 DEFAULT_PRIOR_SD = 0.5  # an attribute value never seen: about a 1.6x multiplier either way
@@ -40,6 +41,9 @@ THOMPSON_DRAWS = 2000
 CANDIDATES = 200  # best combinations by main effects, re-ranked with the synergy weights
 
 
+Weight = tuple[float, float, int]  # (posterior mean, posterior sd, creatives)
+
+
 @dataclass
 class MetricPosterior:
     """One metric's additive posterior for one account: baseline and per-value weights."""
@@ -47,53 +51,99 @@ class MetricPosterior:
     metric: str
     base: float
     base_sd: float
-    weights: dict[str, dict[str, tuple[float, float, int]]]  # dim -> value -> (mean, sd, creatives)
-    pairs: dict[str, dict[str, tuple[float, float, int]]]  # pair row -> pair value -> (mean, sd, creatives)
+    weights: dict[str, dict[str, Weight]]  # dim -> value -> weight
+    pairs: dict[tuple[str, str], dict[tuple[str, str], Weight]]  # (dim_a, dim_b) sorted -> (value_a, value_b) -> weight
 
     def prior_sd(self, dim: str) -> float:
         sds = [sd for _, sd, _ in self.weights.get(dim, {}).values()]
         return max(sds) if sds else DEFAULT_PRIOR_SD
 
-    def value(self, dim: str, value: str) -> tuple[float, float, int]:
+    def value(self, dim: str, value: str) -> Weight:
         return self.weights.get(dim, {}).get(value, (0.0, self.prior_sd(dim), 0))
 
 
-def posterior(weights: pd.DataFrame, account_id: str, metric: str) -> MetricPosterior | None:
-    """The account's posterior for ``metric``: its own (partially pooled) weight where it has one,
-    else the global one. None when the account has no baseline for the metric."""
-    w = weights[weights["metric"] == metric]
-    base = w[(w["account_id"] == account_id) & (w["dimension"] == BASELINE_VALUE)]
-    if base.empty:
-        return None
-    table: dict[str, dict[str, tuple[float, float, int]]] = {}
-    pairs: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for scope in (GLOBAL, account_id):  # the account's rows override the global ones
-        rows = w[(w["account_id"] == scope) & (w["dimension"] != BASELINE_VALUE)]
-        for r in rows.itertuples(index=False):
-            target = pairs if is_pair(r.dimension) else table
-            target.setdefault(r.dimension, {})[r.value] = (float(r.weight), float(r.weight_se), int(r.creatives))
-    return MetricPosterior(metric, float(base["weight"].iloc[0]), float(base["weight_se"].iloc[0]), table, pairs)
+class DNA:
+    """A creative-DNA weights frame read once: every account's posterior per metric, and the
+    design space. The cycle asks for 500 accounts' posteriors; filtering the frame for each one
+    cost more than all the decisions."""
+
+    def __init__(self, weights: pd.DataFrame):
+        self.base: dict[tuple[str, str], tuple[float, float]] = {}
+        self.mains: dict[tuple[str, str], dict[str, dict[str, Weight]]] = {}
+        self.pairs: dict[tuple[str, str], dict[tuple[str, str], dict[tuple[str, str], Weight]]] = {}
+        self._cache: dict[tuple[str, str], MetricPosterior | None] = {}
+        decoded: dict[str, tuple[str, str]] = {}
+        rows = weights if len(weights) else pd.DataFrame(columns=WEIGHT_COLUMNS)
+        for account, metric, dim, value, w, se, n in rows[WEIGHT_COLUMNS].itertuples(index=False, name=None):
+            scope = (account, metric)
+            if dim == BASELINE_VALUE:
+                self.base[scope] = (float(w), float(se))
+            elif is_pair(dim):
+                if dim not in decoded:
+                    decoded[dim] = tuple(json.loads(dim[len(PAIR_PREFIX) :]))
+                values = tuple(json.loads(value))
+                self.pairs.setdefault(scope, {}).setdefault(decoded[dim], {})[values] = (float(w), float(se), int(n))
+            else:
+                self.mains.setdefault(scope, {}).setdefault(dim, {})[value] = (float(w), float(se), int(n))
+        glob = {}
+        for (account, _metric), table in self.mains.items():
+            if account == GLOBAL:
+                for dim, values in table.items():
+                    glob.setdefault(dim, set()).update(values)
+        self.space = {d: sorted(v) for d, v in sorted(glob.items())}
+
+    @property
+    def accounts(self) -> list[str]:
+        """The accounts with a baseline (the global scope left out)."""
+        return sorted({a for a, _ in self.base if a != GLOBAL})
+
+    def posterior(self, account_id: str, metric: str) -> MetricPosterior | None:
+        """The account's posterior for ``metric``: its own (partially pooled) weight where it has
+        one, else the global one. None when the account has no baseline for the metric."""
+        key = (account_id, metric)
+        if key not in self._cache:
+            self._cache[key] = self._build(account_id, metric)
+        return self._cache[key]
+
+    def _build(self, account_id: str, metric: str) -> MetricPosterior | None:
+        if (account_id, metric) not in self.base:
+            return None
+        mains: dict[str, dict[str, Weight]] = {}
+        pairs: dict[tuple[str, str], dict[tuple[str, str], Weight]] = {}
+        for scope in dict.fromkeys((GLOBAL, account_id)):  # the account's rows override the global ones
+            for dim, values in self.mains.get((scope, metric), {}).items():
+                mains.setdefault(dim, {}).update(values)
+            for dims, values in self.pairs.get((scope, metric), {}).items():
+                pairs.setdefault(dims, {}).update(values)
+        # Sorted pairs of dimensions: the order synergy terms are summed and drawn in.
+        pairs = {dims: pairs[dims] for dims in sorted(pairs)}
+        base, base_sd = self.base[(account_id, metric)]
+        return MetricPosterior(metric, base, base_sd, mains, pairs)
+
+
+def as_dna(weights: pd.DataFrame | DNA | None) -> DNA:
+    return weights if isinstance(weights, DNA) else DNA(weights if weights is not None else pd.DataFrame())
+
+
+def posterior(weights: pd.DataFrame | DNA, account_id: str, metric: str) -> MetricPosterior | None:
+    """The account's posterior for ``metric`` (see :meth:`DNA.posterior`)."""
+    return as_dna(weights).posterior(account_id, metric)
 
 
 def _pair_terms(post: MetricPosterior, attributes: dict[str, str]):
-    """The synergy weights that apply to a combination: ((dim_a, dim_b, pair value), (mean, sd, creatives))."""
-    dims = sorted(attributes)
-    for i, da in enumerate(dims):
-        for db in dims[i + 1 :]:
-            value = pair_value(attributes, da, db)
-            found = post.pairs.get(pair_dimension(da, db), {}).get(value)
-            if found is not None:
-                yield (da, db, value), found
+    """The synergy weights that apply to a combination: ((dim_a, dim_b, values), (mean, sd, creatives))."""
+    for (da, db), table in post.pairs.items():
+        va, vb = attributes.get(da), attributes.get(db)
+        if va is None or vb is None:
+            continue
+        found = table.get((va, vb))
+        if found is not None:
+            yield (da, db, (va, vb)), found
 
 
-def design_space(weights: pd.DataFrame) -> dict[str, list[str]]:
+def design_space(weights: pd.DataFrame | DNA) -> dict[str, list[str]]:
     """Every dimension and value the DNA knows globally (callers may pass a wider space)."""
-    glob = weights[
-        (weights["account_id"] == GLOBAL)
-        & (weights["dimension"] != BASELINE_VALUE)
-        & ~weights["dimension"].map(is_pair)
-    ]
-    return {d: sorted(set(g["value"])) for d, g in glob.groupby("dimension")}
+    return as_dna(weights).space
 
 
 def _k_best(scores: dict[str, dict[str, float]], k: int) -> list[tuple[float, dict[str, str]]]:
@@ -106,39 +156,45 @@ def _k_best(scores: dict[str, dict[str, float]], k: int) -> list[tuple[float, di
     return beam
 
 
-def _describe(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float, list[dict]]:
-    mean, var, parts = post.base, post.base_sd**2, []
+def _terms(post: MetricPosterior, attributes: dict[str, str]):
+    """Every weight that applies to a combination: (dimension label, value label, weight, is_pair)."""
     for dim, value in sorted(attributes.items()):
-        m, sd, creatives = post.value(dim, value)
+        yield dim, value, post.value(dim, value), False
+    for (da, db, _), weight in _pair_terms(post, attributes):
+        yield f"{da} x {db}", f"{attributes[da]} x {attributes[db]}", weight, True
+
+
+def _mean_sd(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
+    """The combination's posterior log rate: mean and sd."""
+    mean, var = post.base, post.base_sd**2
+    for _dim, _value, (m, sd, _n), _pair in _terms(post, attributes):
         mean += m
         var += sd**2
+    return mean, math.sqrt(var)
+
+
+def _describe(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float, list[dict]]:
+    """Mean, sd and the named contributions (every value, and each synergy worth naming)."""
+    parts = []
+    for dim, value, (m, sd, creatives), pair in _terms(post, attributes):
+        if pair and abs(m) <= 0.01:
+            continue
         parts.append(
             {
                 "dimension": dim,
                 "value": value,
                 "metric": post.metric,
-                "lift": float(np.expm1(m)),
-                "ci_low": float(np.expm1(m - Z95 * sd)),
-                "ci_high": float(np.expm1(m + Z95 * sd)),
+                "lift": math.expm1(m),
+                "ci_low": math.expm1(m - Z95 * sd),
+                "ci_high": math.expm1(m + Z95 * sd),
                 "creatives": creatives,
             }
         )
-    for (da, db, _), (m, sd, creatives) in _pair_terms(post, attributes):
-        mean += m
-        var += sd**2
-        if abs(m) > 0.01:  # a synergy worth naming
-            parts.append(
-                {
-                    "dimension": f"{da} x {db}",
-                    "value": f"{attributes[da]} x {attributes[db]}",
-                    "metric": post.metric,
-                    "lift": float(np.expm1(m)),
-                    "ci_low": float(np.expm1(m - Z95 * sd)),
-                    "ci_high": float(np.expm1(m + Z95 * sd)),
-                    "creatives": creatives,
-                }
-            )
-    return mean, float(np.sqrt(var)), parts
+    return *_mean_sd(post, attributes), parts
+
+
+def _key(combo: dict[str, str]) -> tuple:
+    return tuple(sorted(combo.items()))
 
 
 def _ranked(post: MetricPosterior, mains: dict[str, dict[str, float]], synergy, k: int) -> list[dict[str, str]]:
@@ -152,7 +208,7 @@ def _ranked(post: MetricPosterior, mains: dict[str, dict[str, float]], synergy, 
 
 
 def _thompson(
-    post: MetricPosterior, space: dict[str, list[str]], rng: np.random.Generator, k: int, seen: set[str]
+    post: MetricPosterior, space: dict[str, list[str]], rng: np.random.Generator, k: int, seen: set[tuple]
 ) -> list[dict[str, str]]:
     """The best combinations under one posterior draw of every weight (synergies included) that
     are not in ``seen``."""
@@ -165,7 +221,7 @@ def _thompson(
         return drawn[key]
 
     ranked = _ranked(post, draw, synergy, len(seen) + k)
-    return [c for c in ranked if json.dumps(c, sort_keys=True) not in seen][:k]
+    return [c for c in ranked if _key(c) not in seen][:k]
 
 
 def _reason(parts: list[dict], kind: str) -> str:
@@ -189,20 +245,21 @@ def _reason(parts: list[dict], kind: str) -> str:
 
 
 def thompson_pick(
-    weights: pd.DataFrame, account_id: str, rng: np.random.Generator, space: dict[str, list[str]] | None = None
+    weights: pd.DataFrame | DNA, account_id: str, rng: np.random.Generator, space: dict[str, list[str]] | None = None
 ) -> dict[str, str] | None:
     """One Thompson draw: every weight drawn from its posterior, the best combination under the
     draw. When the posterior is sure, this is the exploit pick; where it is not, a plausible
     alternative, so exploration fades exactly as fast as the uncertainty does."""
-    roas = posterior(weights, account_id, "roas")
+    dna = as_dna(weights)
+    roas = dna.posterior(account_id, "roas")
     if roas is None:
         return None
-    found = _thompson(roas, space or design_space(weights), rng, 1, set())
+    found = _thompson(roas, space or dna.space, rng, 1, set())
     return found[0] if found else None
 
 
 def launch_picks(
-    weights: pd.DataFrame,
+    weights: pd.DataFrame | DNA,
     account_id: str,
     n: int,
     explore_share: float,
@@ -212,17 +269,18 @@ def launch_picks(
     """The next ``n`` creatives to launch for ``account_id``: ``round(n * explore_share)``
     Thompson picks, the rest the best posterior means; each with expected ROAS and CTR, 95%
     intervals, per-attribute contributions and a reason. The picks are distinct combinations."""
-    roas = posterior(weights, account_id, "roas")
+    dna = as_dna(weights)
+    roas = dna.posterior(account_id, "roas")
     if roas is None or n <= 0:
         return []
-    ctr = posterior(weights, account_id, "ctr")
-    space = space or design_space(weights)
+    ctr = dna.posterior(account_id, "ctr")
+    space = space or dna.space
     n_explore = round(n * explore_share)
     means = {d: {v: roas.value(d, v)[0] for v in vals} for d, vals in space.items()}
     picks: list[tuple[str, dict[str, str]]] = []
-    seen: set[str] = set()
-    for combo in _ranked(roas, means, lambda _key, v: v[0], n - n_explore):
-        key = json.dumps(combo, sort_keys=True)
+    seen: set[tuple] = set()
+    for combo in _ranked(roas, means, lambda _term, v: v[0], n - n_explore):
+        key = _key(combo)
         if key not in seen and len(picks) < n - n_explore:
             picks.append(("exploit", combo))
             seen.add(key)
@@ -233,7 +291,7 @@ def launch_picks(
         if not fresh:
             break  # the design space is exhausted
         picks.append(("explore", fresh[0]))
-        seen.add(json.dumps(fresh[0], sort_keys=True))
+        seen.add(_key(fresh[0]))
     out = []
     for rank, (kind, combo) in enumerate(picks, start=1):
         mean, sd, parts = _describe(roas, combo)
@@ -278,7 +336,7 @@ def fatigue_slope(daily: pd.DataFrame) -> float:
 
 def spend_split(
     live: pd.DataFrame,
-    weights: pd.DataFrame | None,
+    weights: pd.DataFrame | DNA | None,
     account_id: str,
     rng: np.random.Generator,
     fatigue_per_100k: float = 0.0,
@@ -296,13 +354,13 @@ def spend_split(
         return pd.DataFrame(
             columns=["creative_id", "share", "p_best", "expected_roas", "roas_ci_low", "roas_ci_high", "exploration"]
         )
-    roas = posterior(weights, account_id, "roas") if weights is not None and len(weights) else None
+    roas = as_dna(weights).posterior(account_id, "roas") if weights is not None else None
     n = len(live)
     prior_mean = np.zeros(n)
     prior_var = np.full(n, CREATIVE_SD**2 + (DEFAULT_PRIOR_SD**2 if roas is None else 0.0))
     if roas is not None:
         for i, attrs in enumerate(live["attributes"]):
-            mean, sd, _ = _describe(roas, attrs)
+            mean, sd = _mean_sd(roas, attrs)
             prior_mean[i], prior_var[i] = mean, sd**2 + CREATIVE_SD**2
     spend = live["spend"].to_numpy(float)
     revenue = live["revenue"].fillna(0).to_numpy(float)
