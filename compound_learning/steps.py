@@ -196,7 +196,12 @@ def learn_patterns(ctx: CycleContext, day: date) -> dict:
 
 def _consistent_attributes(cells: pd.DataFrame) -> pd.DataFrame:
     """One attribute set per creative: the most recently seen wins (restatements may fix them)."""
-    latest = cells.sort_values("last_seen").groupby(["account_id", "creative_id"])["attributes"].last()
+    keys = ["account_id", "creative_id"]
+    creative = cells.groupby(keys, sort=False).ngroup().to_numpy()
+    attrs = pd.factorize(cells["attributes"])[0]
+    if len(np.unique(creative * (attrs.max() + 1 if len(attrs) else 1) + attrs)) == creative.max(initial=-1) + 1:
+        return cells  # every creative has one attribute set already (the usual case)
+    latest = cells.sort_values("last_seen").groupby(keys)["attributes"].last()
     out = cells.drop(columns="attributes").merge(latest.reset_index(), on=["account_id", "creative_id"])
     return out
 
@@ -228,7 +233,9 @@ def build_knowledge_graph(ctx: CycleContext, day: date) -> dict:
     """Nodes and typed relationships of the day's patterns, with posterior confidence."""
     store = ctx.store
     patterns = store.read_day(t.learning_patterns, day)
-    cells = store.read_day(t.creative_cumulative_stats, day)
+    cells = store.read_day(
+        t.creative_cumulative_stats, day, columns=["account_id", "creative_id", "attributes", "last_seen"]
+    )
     creatives, dims = (
         stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
         if len(cells)
@@ -318,8 +325,13 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
     weights = store.read_day(t.creative_dna, day)
     cells = store.read_day(t.creative_cumulative_stats, day)
     live = live_creatives(cells, day)
-    recent = store.read_range(t.creative_daily_stats, day - timedelta(days=FATIGUE_WINDOW_DAYS - 1), day)
-    fatigue = recommend.fatigue_slope(recent[["creative_id", "date", "impressions", "clicks"]]) if len(recent) else 0.0
+    recent = store.read_range(
+        t.creative_daily_stats,
+        day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
+        day,
+        columns=["account_id", "creative_id", "date", "impressions", "clicks"],
+    )
+    fatigue = recommend.fatigue_slope(recent) if len(recent) else 0.0
     rows: list[dict] = []
     dna = recommend.DNA(weights)  # every account's posterior, read once
     live_of = dict(tuple(live.groupby("account_id")))

@@ -316,15 +316,18 @@ def launch_picks(
 def fatigue_slope(daily: pd.DataFrame) -> float:
     """Change of log CTR per 100k cumulative impressions of a creative, estimated within
     creatives (each creative's own mean removed, so quality does not leak in), click-weighted.
-    ``daily``: creative_id, date, impressions, clicks. 0 when there is too little to tell; never
-    positive (a creative is not assumed to improve with exposure)."""
+    ``daily``: creative_id (and account_id, when ids repeat across accounts), date, impressions,
+    clicks. 0 when there is too little to tell; never positive (a creative is not assumed to
+    improve with exposure)."""
     if daily.empty:
         return 0.0
-    d = daily.sort_values(["creative_id", "date"])
-    cum = d.groupby("creative_id")["impressions"].cumsum() - d["impressions"]
+    keys = ["account_id", "creative_id"] if "account_id" in daily else ["creative_id"]
+    d = daily.sort_values([*keys, "date"])
+    creative = d.groupby(keys, sort=False).ngroup()
+    cum = d.groupby(creative)["impressions"].cumsum() - d["impressions"]
     y = np.log((d["clicks"].to_numpy(float) + 0.5) / (d["impressions"].to_numpy(float) + 1.0))
     w = d["clicks"].to_numpy(float) + 0.5
-    frame = pd.DataFrame({"c": d["creative_id"].to_numpy(), "x": cum.to_numpy(float) / 1e5, "y": y, "w": w})
+    frame = pd.DataFrame({"c": creative.to_numpy(), "x": cum.to_numpy(float) / 1e5, "y": y, "w": w})
     for col in ("x", "y"):
         wm = (frame[col] * frame["w"]).groupby(frame["c"]).transform("sum") / frame.groupby("c")["w"].transform("sum")
         frame[col] = frame[col] - wm

@@ -7,7 +7,7 @@ these methods and never write SQL themselves.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
@@ -48,6 +48,12 @@ def _in_key_order(stmt: sa.Select, table: sa.Table) -> sa.Select:
     (PostgreSQL reuses the space of deleted rows), and float sums depend on the order they add
     in: a rerun must see its input in the same order to give bit-identical results."""
     return stmt.order_by(*table.primary_key.columns)
+
+
+def _select(table: sa.Table, columns: Sequence[str] | None) -> sa.Select:
+    """All of ``table``, or only the named columns (a read of what a step uses costs far less
+    than one that carries every row's attribute JSON along)."""
+    return sa.select(table) if columns is None else sa.select(*(table.c[c] for c in columns))
 
 
 def utcnow() -> datetime:
@@ -340,9 +346,12 @@ class Store(Database):
         frame[day_column] = day
         return self.replace_partition(conn, table, frame, {day_column: day})
 
-    def read_day(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
-        """One day's rows of ``table``, in key order."""
-        return self.read_frame(_in_key_order(sa.select(table).where(table.c[day_column] == day), table), conn)
+    def read_day(
+        self, table: sa.Table, day: date, day_column: str = "as_of", conn=None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """One day's rows of ``table`` (only ``columns``, if given), in key order."""
+        stmt = _select(table, columns).where(table.c[day_column] == day)
+        return self.read_frame(_in_key_order(stmt, table), conn)
 
     def latest_day(
         self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None
@@ -375,9 +384,17 @@ class Store(Database):
             n = conn.execute(sa.select(sa.func.count(sa.distinct(col))).where(col <= on_or_before)).scalar()
         return int(n or 0)
 
-    def read_range(self, table: sa.Table, start: date, end: date, day_column: str = "date", conn=None) -> pd.DataFrame:
-        """The rows of ``table`` for days ``start``..``end``, in key order."""
-        stmt = sa.select(table).where(table.c[day_column].between(start, end))
+    def read_range(
+        self,
+        table: sa.Table,
+        start: date,
+        end: date,
+        day_column: str = "date",
+        conn=None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """The rows of ``table`` for days ``start``..``end`` (only ``columns``, if given), in key order."""
+        stmt = _select(table, columns).where(table.c[day_column].between(start, end))
         return self.read_frame(_in_key_order(stmt, table), conn)
 
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
