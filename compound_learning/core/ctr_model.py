@@ -1,10 +1,11 @@
 """The CTR model: scikit-learn pipelines trained on aggregated creative-day rows.
 
-Each aggregated row (creative x day) becomes two weighted examples: a click (weight = clicks)
-and a non-click (weight = impressions - clicks), so training costs the number of aggregated
-rows, not the number of impressions. Features: the attribute values, the account, the day of
-week and the creative's age (unseen values are handled: one-hot ignores them, the ordinal
-encoder maps them to missing, which gradient boosting routes natively).
+Rows with the same inputs are added together, and each distinct input becomes two weighted
+examples: a click (weight = clicks) and a non-click (weight = impressions - clicks), so training
+costs the number of distinct inputs, not the number of rows or impressions. Features: the
+attribute values, the account, the day of week and the creative's age (unseen values are
+handled: one-hot ignores them, the ordinal encoder maps them to missing, which gradient boosting
+routes natively).
 
 Two families are trained and compared on a *later* time window (the holdout): an L2-penalized
 logistic regression and HistGradientBoosting with native categorical features. The better one
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -44,15 +46,17 @@ def feature_frame(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return out
 
 
-def _expand(rows: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def aggregate(rows: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The model's distinct inputs (attribute combination, account, day of week, age) with the
+    clicks and impressions of every row that has them: the likelihood of a click model is a sum
+    over impressions, so rows with the same inputs add into one with their summed weights."""
     X = feature_frame(rows, spec)
-    clicks = rows["clicks"].to_numpy(float)
-    non = rows["impressions"].to_numpy(float) - clicks
-    Xx = pd.concat([X, X], ignore_index=True)
-    y = np.r_[np.ones(len(X)), np.zeros(len(X))]
-    w = np.r_[clicks, non]
-    keep = w > 0
-    return Xx[keep].reset_index(drop=True), y[keep], w[keep]
+    X["__clicks"] = rows["clicks"].to_numpy(float)
+    X["__impressions"] = rows["impressions"].to_numpy(float)
+    grouped = X.groupby([*spec.categorical, *NUMERIC], sort=False, as_index=False)[["__clicks", "__impressions"]].sum()
+    clicks = grouped.pop("__clicks").to_numpy()
+    impressions = grouped.pop("__impressions").to_numpy()
+    return grouped, clicks, impressions
 
 
 def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
@@ -100,11 +104,23 @@ FAMILIES = ("logistic", "hist_gradient_boosting")
 
 
 def fit_model(rows: pd.DataFrame, spec: FeatureSpec, family: str) -> Pipeline:
-    X, y, w = _expand(rows, spec)
-    if len(np.unique(y)) < 2:
+    """A fitted pipeline for ``family``. Training runs on the distinct inputs (:func:`aggregate`),
+    each one twice: a click weighted by its clicks and a non-click weighted by the rest. The
+    encoders are fitted and applied once, on the distinct inputs (what they count as frequent
+    is a value's share of distinct inputs), and only the encoded matrix is doubled."""
+    X, clicks, impressions = aggregate(rows, spec)
+    y = np.r_[np.ones(len(X)), np.zeros(len(X))]
+    w = np.r_[clicks, impressions - clicks]
+    keep = w > 0
+    if len(np.unique(y[keep])) < 2:
         raise ValueError("training window has no clicks or no non-clicks: cannot train a CTR model")
     pipe = make_pipeline(family, spec)
-    pipe.fit(X, y, model__sample_weight=w)
+    features, model = pipe.named_steps["features"], pipe.named_steps["model"]
+    encoded = features.fit_transform(X)
+    both = (
+        sparse.vstack([encoded, encoded], format="csr") if sparse.issparse(encoded) else np.vstack([encoded, encoded])
+    )
+    model.fit(both[keep], y[keep], sample_weight=w[keep])
     return pipe
 
 

@@ -96,13 +96,13 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
     today = day_stats.copy()
     if not today.empty:
         today["age_bucket"] = age_bucket(today["age_days"])
-        today["days"] = 1
-        today["last_seen"] = day
         g = today.groupby(CELL_KEYS)
         # sum(min_count=1): a metric no row gave stays unknown (NaN), not zero
-        sums = g[METRICS].sum(min_count=1)
-        rest = g.agg(days=("days", "sum"), attributes=("attributes", "last"), last_seen=("last_seen", "max"))
-        today = sums.join(rest).reset_index()
+        today = g[METRICS].sum(min_count=1)
+        today["days"] = g.size()
+        today["attributes"] = g["attributes"].last()
+        today["last_seen"] = day  # (a per-group max of dates ran in Python, group by group)
+        today = today.reset_index()
     prev = previous[cols].copy() if not previous.empty else pd.DataFrame(columns=cols)
     if not prev.empty and decay != 1.0:
         prev[METRICS] = prev[METRICS].astype(float) * decay
@@ -113,14 +113,14 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
         return prev.reset_index(drop=True)
     if prev.empty:
         return today[cols].reset_index(drop=True)
-    merged = prev.set_index(CELL_KEYS).join(today.set_index(CELL_KEYS), how="outer", suffixes=("", "_new"))
-    out = pd.DataFrame(index=merged.index)
+    # One grouped pass over yesterday's cells followed by today's: sums add (unknown stays
+    # unknown unless one side knows it), and "last" takes today's attributes and date wherever
+    # the cell ran today (a restatement may correct a creative's attributes).
+    both = pd.concat([prev[cols], today[cols]], ignore_index=True)
     for m in METRICS:
-        a, b = merged[m].astype(float), merged[f"{m}_new"].astype(float)
-        out[m] = a.fillna(0) + b.fillna(0)
-        out.loc[a.isna() & b.isna(), m] = np.nan  # unknown stays unknown (e.g. no revenue column)
-    out["days"] = merged["days"].fillna(0).astype(int) + merged["days_new"].fillna(0).astype(int)
-    # The newest attributes win: a creative's attributes may be corrected by a restatement.
-    out["attributes"] = merged["attributes_new"].where(merged["attributes_new"].notna(), merged["attributes"])
-    out["last_seen"] = merged["last_seen_new"].where(merged["last_seen_new"].notna(), merged["last_seen"])
+        both[m] = both[m].astype(float)
+    g = both.groupby(CELL_KEYS, sort=True)
+    out = g[METRICS].sum(min_count=1)
+    out["days"] = g["days"].sum().astype(int)
+    out[["attributes", "last_seen"]] = g[["attributes", "last_seen"]].last()
     return out.reset_index()[cols]
