@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from compound_learning.config import CycleSettings
-from compound_learning.core import ctr_model as cm
 from compound_learning.core import stats
 from compound_learning.storage import schema as t
 from compound_learning.storage.artifacts import ArtifactError, load_model, remove_artifacts, save_model
@@ -238,6 +237,8 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
             "reason": f"need clicks in both the training window (from {window_start}) "
             f"and the holdout (from {holdout_start})",
         }
+    from compound_learning.core import ctr_model as cm  # scikit-learn: only a day that trains loads it
+
     spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
     candidates = {}
     for family in cm.FAMILIES:

@@ -13,12 +13,18 @@ Effects are reported against the geometric mean over the values of a dimension:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from compound_learning.core.stats import MISSING
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+# scipy.sparse is imported by the functions that build sparse designs: the definitions import
+# this module, and a day with nothing to fit should not pay for it.
 
 METRIC_SPECS = {  # metric -> (outcome column, exposure column)
     "ctr": ("clicks", "impressions"),
@@ -112,6 +118,8 @@ def _indicator(codes: np.ndarray, level: int) -> np.ndarray:
 
 def _one_hot(column_of_row: np.ndarray, n_columns: int) -> sp.csr_matrix:
     """Rows with a column index get a 1 there; rows with -1 stay empty."""
+    import scipy.sparse as sp
+
     rows = np.flatnonzero(column_of_row >= 0)
     ones = np.ones(len(rows))
     return sp.csr_matrix((ones, (rows, column_of_row[rows])), shape=(len(column_of_row), n_columns))
@@ -159,6 +167,8 @@ def fit_coded(
     inference: str = "cluster",
 ) -> EffectFit | None:
     """:func:`fit_effects` on coded cells, over ``rows`` (e.g. one account's) or all of them."""
+    import scipy.sparse as sp
+
     y_col, exp_col = METRIC_SPECS[metric]
     rows = np.arange(cells.n) if rows is None else np.asarray(rows)
     usable = (cells.values[exp_col][rows] > 0) & ~np.isnan(cells.values[y_col][rows])
@@ -357,6 +367,8 @@ def _collapse(A, Z, params, y, count, exposure, coded: _Coded):
 
 def _gram(X, w: np.ndarray) -> np.ndarray:
     """``X' diag(w) X`` as a dense matrix, for a dense or a sparse ``X``."""
+    import scipy.sparse as sp
+
     if sp.issparse(X):
         return (X.T @ sp.diags(w) @ X).toarray()
     return (X.T * w) @ X

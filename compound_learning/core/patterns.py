@@ -25,8 +25,9 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
+# scipy.stats is imported in the functions that use them: every process that loads the
+# definitions imports this module, and a day with nothing to fit should not pay a second for it.
 from compound_learning.config import GLOBAL, PatternSettings
 from compound_learning.core.effects import METRIC_SPECS, CodedCells, EffectFit, fit_coded
 
@@ -139,6 +140,8 @@ def build_patterns(
     fits: CycleFits, as_of: date, previous: pd.DataFrame | None, settings: PatternSettings
 ) -> pd.DataFrame:
     """Pattern rows for ``as_of`` from the cycle's fits and the previous cycle's patterns."""
+    from scipy import stats as sps
+
     rows: list[dict] = []
     for fit in fits.global_fits.values():
         rows += _rows_from_fit(fit, GLOBAL, settings)

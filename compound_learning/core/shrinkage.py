@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as sps
+
+# scipy.stats is imported in the functions that use them: every process that loads the
+# definitions imports this module, and a day with nothing to fit should not pay a second for it.
 
 
 def prior_variance(estimates: np.ndarray, std_errors: np.ndarray, prior_mean: np.ndarray | float = 0.0) -> float:
@@ -29,6 +31,8 @@ def posterior(estimates, std_errors, tau2: float, prior_mean=0.0) -> tuple[np.nd
 
 def sign_probability(mean, sd) -> np.ndarray:
     """Posterior probability that the effect has the sign of its posterior mean (0.5..1)."""
+    from scipy import stats as sps
+
     mean, sd = np.asarray(mean, float), np.asarray(sd, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(sd > 0, np.abs(mean) / sd, 0.0)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats as sps
+
+# statsmodels and scipy.stats are imported in the functions that use them: every process that loads the
+# definitions imports this module, and a day with nothing to fit should not pay a second for it.
 
 HORIZONS = (30, 90, 365)
 RECENT_DAYS = 14  # the level a "stable" account is projected to keep
@@ -64,6 +65,8 @@ def fixed_b_critical_value(lags: int, n: int, normal_cv: float) -> float:
 def _fit(t, y, model, tau=None, dow=None):
     # A week of lags at least: daily ROAS moves with weekly cycles and creative turnover, and a
     # short HAC window underestimates the trend's uncertainty (false "improving" on flat data).
+    import statsmodels.api as sm
+
     lags = _hac_lags(len(t))
     return sm.OLS(y, _design(t, model, tau, dow)).fit(
         cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True}, use_t=True
@@ -94,6 +97,9 @@ def _holdout_error(t, y, dow, model) -> float:
 def window_change(t: np.ndarray, y: np.ndarray, dow: np.ndarray, window: int = CHANGE_WINDOW_DAYS) -> dict | None:
     """Log ROAS of the last ``window`` days against the first ``window`` (day-of-week adjusted,
     HAC errors with fixed-b critical values); None when the history cannot hold two windows."""
+    import statsmodels.api as sm
+    from scipy import stats as sps
+
     window = min(window, int((t[-1] - t[0] + 1) // 2))
     first, last = t < t[0] + window, t > t[-1] - window
     if window < 5 or first.sum() < 4 or last.sum() < 4:
@@ -151,6 +157,8 @@ def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: 
 
 
 def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int) -> dict:
+    from scipy import stats as sps
+
     s = series.copy()
     s = s[(s["spend"] > 0) & s["revenue"].notna()].sort_values("date")
     s["date"] = pd.to_datetime(s["date"])

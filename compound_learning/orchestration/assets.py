@@ -420,11 +420,11 @@ def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResourc
 
 def _trajectory_preview(s, summary: dict) -> str:
     """The largest account's ROAS trajectory as an inline image, plus every account's status."""
-    from compound_learning import charts, queries
-
     account = summary.get("largest_account")
     if not account:
         return "_no account had spend on this day_"
+    from compound_learning import charts, queries  # matplotlib: only when there is a chart to draw
+
     traj = queries.trajectory(s, account)
     png = charts.trajectory_chart(queries.roas_series(s, account), traj)
     rows = summary.get("statuses", [])
