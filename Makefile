@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: install demo test lint dev validate reliability bench clean
+.PHONY: install demo test lint dev validate reliability bench bench-cycle clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ reliability: install
 BENCH_PG_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 bench: install
 	$(BIN)/python -m compound_learning.benchmarks.scale --pg-url $(BENCH_PG_URL) --write BENCHMARKS.md
+
+# The daily cycle at agency scale (100k rows a day after 8 days, on a fresh PostgreSQL database)
+# and a day with no data next to a trivial asset; about 6 minutes. BENCHMARKS.md "Daily cycle".
+bench-cycle: install
+	$(BIN)/python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 8 --measure 2 --pg-url $(BENCH_PG_URL)
+	$(BIN)/python -m compound_learning.benchmarks.empty_day
 
 lint: install
 	$(BIN)/ruff check .

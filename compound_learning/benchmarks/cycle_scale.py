@@ -7,7 +7,10 @@ measured days run every step of the cycle in order, as the daily schedule would;
 seconds and the process's peak memory are printed as JSON.
 
     python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 \\
-        [--url postgresql://postgres@127.0.0.1/bench_cycle] [--measure 2] [--half-life 0]
+        [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0]
+
+With ``--pg-url`` the run gets a fresh database on that server (dropped afterwards); with
+``--url`` it uses that database, which must be empty.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from compound_learning import steps
+from compound_learning.benchmarks.scale import Postgres
 from compound_learning.benchmarks.scale_data import day_frame
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.ingestion import ingest_frame
+from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store
 
 FIRST_DAY = date(2026, 1, 1)
+FRESH_DATABASE = "cl_bench_cycle"
 
 
 def _peak_mb() -> float:
@@ -86,21 +92,28 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="rows per day (200 creatives per account)")
     parser.add_argument("--days", type=int, default=90, help="days of history before the measured day")
     parser.add_argument("--measure", type=int, default=2, help="days measured after the history")
-    parser.add_argument("--url", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--url", help="an empty database's URL (default: a fresh SQLite file)")
+    parser.add_argument("--pg-url", help="a PostgreSQL server: the run makes a fresh database there and drops it")
     parser.add_argument("--profile", help="write a cProfile of the last measured day to this file")
     parser.add_argument("--half-life", type=float, help="forgetting half-life in days (0: off)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="cycle_scale_")
-    settings = replace(
-        load_settings(), database_url=args.url or f"sqlite:///{tmp}/bench.db", artifacts_dir=Path(tmp) / "art"
-    )
+    server = Postgres(args.pg_url) if args.pg_url else None
+    url = server.fresh(FRESH_DATABASE) if server else args.url or f"sqlite:///{tmp}/bench.db"
+    settings = replace(load_settings(), database_url=url, artifacts_dir=Path(tmp) / "art")
     if args.half_life is not None:
         settings = replace(settings, half_life_days=args.half_life)
     store = Store(settings.database_url)
+    if store.count_rows(t.performance):
+        raise SystemExit(f"{url} already holds performance rows: the benchmark needs an empty database")
     ctx = steps.CycleContext(store, settings, CycleSettings.from_settings(settings))
-    print(json.dumps({"rows": args.rows, "history_days": args.days, **build_history(ctx, args.rows, args.days)}))
-    measure(ctx, args.rows, args.days, args.measure, args.profile)
-    store.dispose()
+    try:
+        print(json.dumps({"rows": args.rows, "history_days": args.days, **build_history(ctx, args.rows, args.days)}))
+        measure(ctx, args.rows, args.days, args.measure, args.profile)
+    finally:
+        store.dispose()
+        if server:
+            server.drop(FRESH_DATABASE)
 
 
 if __name__ == "__main__":

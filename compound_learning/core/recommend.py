@@ -55,11 +55,13 @@ class MetricPosterior:
     pairs: dict[tuple[str, str], dict[tuple[str, str], Weight]]  # (dim_a, dim_b) sorted -> (value_a, value_b) -> weight
 
     def prior_sd(self, dim: str) -> float:
+        """The widest posterior sd of ``dim``: the prior of a value the DNA has never seen."""
         sds = [sd for _, sd, _ in self.weights.get(dim, {}).values()]
         return max(sds) if sds else DEFAULT_PRIOR_SD
 
     def value(self, dim: str, value: str) -> Weight:
-        return self.weights.get(dim, {}).get(value, (0.0, self.prior_sd(dim), 0))
+        found = self.weights.get(dim, {}).get(value)
+        return found if found is not None else (0.0, self.prior_sd(dim), 0)
 
 
 class DNA:
