@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import statsmodels.api as sm
 
+from compound_learning.core import effects
 from compound_learning.core.effects import fit_effects
 from compound_learning_tests.conftest import small_world
 from compound_learning_tests.test_learning_core import cells_of
 
 
-def test_blockwise_fit_equals_statsmodels_with_clustered_covariance():
+@pytest.mark.parametrize("absorbed", [False, True], ids=["dense", "accounts_absorbed"])
+def test_blockwise_fit_equals_statsmodels_with_clustered_covariance(absorbed, monkeypatch):
+    if absorbed:  # the path of a fit with many accounts, forced on four
+        monkeypatch.setattr(effects, "ABSORB_ACCOUNTS", 0)
     data, _ = small_world(days=20, accounts=4, creatives=12, seed=5)
     # The same creative id in two accounts is two creatives (two clusters), not one.
     data.loc[data["account_id"] == data["account_id"].unique()[1], "creative_id"] = data["creative_id"].map(
@@ -59,3 +64,20 @@ def test_blockwise_fit_equals_statsmodels_with_clustered_covariance():
         assert abs(row["log_effect"] - expected) < 1e-6
         assert abs(row["std_error"] - expected_se) < 1e-6 * max(1.0, expected_se)
         assert row["creatives"] == d.loc[d[dim] == value, ["account_id", "creative_id"]].drop_duplicates().shape[0]
+
+
+def test_absorbing_the_accounts_changes_no_figure(monkeypatch):
+    """Effects, interactions' inputs and every account's baseline (a contrast with an account
+    coefficient) are the same whether the account block is absorbed or not."""
+    data, _ = small_world(days=14, accounts=12, creatives=10, seed=8)
+    cells, dims = cells_of(data)
+    fits = {}
+    for absorb in (10**9, 0):
+        monkeypatch.setattr(effects, "ABSORB_ACCOUNTS", absorb)
+        fits[absorb] = {m: fit_effects(cells, dims, m, inference="cluster") for m in ("ctr", "roas")}
+    for metric, dense in fits[10**9].items():
+        absorbed = fits[0][metric]
+        assert isinstance(absorbed, effects.EffectFit) and len(dense.baselines) == 12
+        for name in ("effects", "baselines"):
+            a, b = getattr(dense, name), getattr(absorbed, name)
+            pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-10)
