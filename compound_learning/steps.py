@@ -202,7 +202,7 @@ def _consistent_attributes(cells: pd.DataFrame) -> pd.DataFrame:
     if len(np.unique(creative * (attrs.max() + 1 if len(attrs) else 1) + attrs)) == creative.max(initial=-1) + 1:
         return cells  # every creative has one attribute set already (the usual case)
     latest = cells.sort_values("last_seen").groupby(keys)["attributes"].last()
-    out = cells.drop(columns="attributes").merge(latest.reset_index(), on=["account_id", "creative_id"])
+    out = cells.drop(columns="attributes").merge(latest.reset_index(), on=keys)
     return out
 
 

@@ -127,11 +127,6 @@ def as_dna(weights: pd.DataFrame | DNA | None) -> DNA:
     return weights if isinstance(weights, DNA) else DNA(weights if weights is not None else pd.DataFrame())
 
 
-def posterior(weights: pd.DataFrame | DNA, account_id: str, metric: str) -> MetricPosterior | None:
-    """The account's posterior for ``metric`` (see :meth:`DNA.posterior`)."""
-    return as_dna(weights).posterior(account_id, metric)
-
-
 def _pair_terms(post: MetricPosterior, attributes: dict[str, str]):
     """The synergy weights that apply to a combination: ((dim_a, dim_b, values), (mean, sd, creatives))."""
     for (da, db), table in post.pairs.items():
@@ -141,11 +136,6 @@ def _pair_terms(post: MetricPosterior, attributes: dict[str, str]):
         found = table.get((va, vb))
         if found is not None:
             yield (da, db, (va, vb)), found
-
-
-def design_space(weights: pd.DataFrame | DNA) -> dict[str, list[str]]:
-    """Every dimension and value the DNA knows globally (callers may pass a wider space)."""
-    return as_dna(weights).space
 
 
 def _k_best(scores: dict[str, dict[str, float]], k: int) -> list[tuple[float, dict[str, str]]]:

@@ -98,8 +98,9 @@ class Database:
                 return self.read_frame(stmt, own, params)
         if self.is_postgres and not params:
             columns = _copy_columns(stmt)
-            if columns is not None:
-                return _read_by_copy(conn, stmt, columns)
+            frame = _read_by_copy(conn, stmt, columns) if columns is not None else None
+            if frame is not None:
+                return frame
         result = conn.execute(stmt, params or {})
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
@@ -551,17 +552,16 @@ def _copy_columns(stmt) -> list[tuple[str, object]] | None:
     return out if out and len(set(names)) == len(names) else None
 
 
-def _read_by_copy(conn: Connection, stmt: sa.Select, columns: list[tuple[str, object]]) -> pd.DataFrame:
+def _read_by_copy(conn: Connection, stmt: sa.Select, columns: list[tuple[str, object]]) -> pd.DataFrame | None:
     """The rows of ``stmt`` by ``COPY (stmt) TO STDOUT`` as CSV, parsed by Arrow with the
     columns' own types (PostgreSQL writes NULL unquoted and an empty string quoted, floats in
-    their shortest exact form, booleans as t/f)."""
+    their shortest exact form, booleans as t/f). None when a parameter has no literal form."""
     from pyarrow import csv
 
     try:
         query = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    except sa.exc.CompileError:  # a parameter without a literal form: the result-row path
-        result = conn.execute(stmt)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except sa.exc.CompileError:
+        return None
     sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
     buffer = io.BytesIO()
     with _driver_cursor(conn, sql) as cursor:

@@ -43,7 +43,7 @@ LEARNING_TABLES = [
 RAW_TABLES = [t.performance, t.attribute_sets, t.ingest_batches, t.quarantine]
 
 
-def _in_key_order(stmt: sa.Select, table: sa.Table) -> sa.Select:
+def _ordered_by_key(stmt: sa.Select, table: sa.Table) -> sa.Select:
     """Rows in primary-key order. A table's physical order changes when a day is rewritten
     (PostgreSQL reuses the space of deleted rows), and float sums depend on the order they add
     in: a rerun must see its input in the same order to give bit-identical results."""
@@ -310,9 +310,8 @@ class Store(Database):
             sa.select(*[c for c in p.c if c.name != "attribute_set_id"], a.c.attributes)
             .join(a, a.c.attribute_set_id == p.c.attribute_set_id)
             .where(*where)
-            .order_by(*p.primary_key.columns)  # see _in_key_order
         )
-        return self.read_frame(stmt, conn)
+        return self.read_frame(_ordered_by_key(stmt, p), conn)
 
     def performance_for_day(self, day: date, conn=None) -> pd.DataFrame:
         return self.performance_rows(t.performance.c.date == day, conn=conn)
@@ -351,7 +350,7 @@ class Store(Database):
     ) -> pd.DataFrame:
         """One day's rows of ``table`` (only ``columns``, if given), in key order."""
         stmt = _select(table, columns).where(table.c[day_column] == day)
-        return self.read_frame(_in_key_order(stmt, table), conn)
+        return self.read_frame(_ordered_by_key(stmt, table), conn)
 
     def latest_day(
         self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None
@@ -369,7 +368,7 @@ class Store(Database):
 
     def read_before(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
         """Every row of ``table`` for days strictly before ``day``."""
-        return self.read_frame(_in_key_order(sa.select(table).where(table.c[day_column] < day), table), conn)
+        return self.read_frame(_ordered_by_key(sa.select(table).where(table.c[day_column] < day), table), conn)
 
     def first_day(self, table: sa.Table, day_column: str = "as_of") -> date | None:
         """The earliest day ``table`` holds, or None when it is empty."""
@@ -395,7 +394,7 @@ class Store(Database):
     ) -> pd.DataFrame:
         """The rows of ``table`` for days ``start``..``end`` (only ``columns``, if given), in key order."""
         stmt = _select(table, columns).where(table.c[day_column].between(start, end))
-        return self.read_frame(_in_key_order(stmt, table), conn)
+        return self.read_frame(_ordered_by_key(stmt, table), conn)
 
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
