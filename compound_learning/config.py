@@ -18,6 +18,10 @@ Environment variables (documented in the README's table, in the same order):
 | ``COMPOUND_LEARNING_API_KEYS_FILE`` | empty | a JSON file ``{"key": ["acct"], "admin": "*"}`` |
 | ``COMPOUND_LEARNING_NEW_DATA_SENSOR_SECONDS`` | ``60`` | how often the new-data sensor looks for ingested batches |
 | ``COMPOUND_LEARNING_GAP_FILL_SENSOR_SECONDS`` | ``3600`` | how often the gap filler looks for incomplete days |
+| ``COMPOUND_LEARNING_SHARDS`` | ``1`` | per-account work split into this many Dagster steps |
+| ``COMPOUND_LEARNING_EXECUTOR`` | ``in_process`` | ``in_process``, ``multiprocess`` or ``celery`` |
+| ``COMPOUND_LEARNING_CELERY_BROKER`` | ``pyamqp://guest@127.0.0.1:5672//`` | the Celery broker |
+| ``COMPOUND_LEARNING_CELERY_QUEUE`` | ``dagster`` | the Celery queue of the steps |
 | ``DAGSTER_HOME`` | empty (ephemeral instance) | the Dagster instance folder (``dagster.yaml``) |
 """
 
@@ -53,6 +57,14 @@ DEFAULT_MIN_NEW_CLICKS = 5000
 DEFAULT_EXPLORE_SHARE = 0.2
 DEFAULT_NEW_DATA_SENSOR_SECONDS = 60
 DEFAULT_GAP_FILL_SENSOR_SECONDS = 3600
+DEFAULT_SHARDS = 1
+EXECUTORS = ("in_process", "multiprocess", "celery")
+"""How the daily job runs its steps: one process (the default: the steps are sequential by
+nature), one process per step on this machine, or Celery workers on any number of machines."""
+DEFAULT_EXECUTOR = "in_process"
+DEFAULT_CELERY_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+DEFAULT_CELERY_QUEUE = "dagster"  # dagster-celery's own default
+MAX_SHARDS = 256
 
 
 @dataclass
@@ -122,6 +134,10 @@ class Settings:
     api_keys_file: str = ""
     new_data_sensor_seconds: int = DEFAULT_NEW_DATA_SENSOR_SECONDS
     gap_fill_sensor_seconds: int = DEFAULT_GAP_FILL_SENSOR_SECONDS
+    shards: int = DEFAULT_SHARDS
+    executor: str = DEFAULT_EXECUTOR
+    celery_broker: str = DEFAULT_CELERY_BROKER
+    celery_queue: str = DEFAULT_CELERY_QUEUE
 
 
 def _env(name: str, default: str) -> str:
@@ -166,6 +182,12 @@ def load_settings() -> Settings:
     for name, value in intervals.items():
         if value < 1:
             raise ValueError(f"COMPOUND_LEARNING_{name.upper()} must be >= 1 second, got {value}")
+    shards = _number("COMPOUND_LEARNING_SHARDS", DEFAULT_SHARDS, int)
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"COMPOUND_LEARNING_SHARDS must be within 1..{MAX_SHARDS}, got {shards}")
+    executor = _env("COMPOUND_LEARNING_EXECUTOR", DEFAULT_EXECUTOR)
+    if executor not in EXECUTORS:
+        raise ValueError(f"COMPOUND_LEARNING_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     home = os.environ.get("DAGSTER_HOME", "").strip()
     return Settings(
         state_dir=state_dir,
@@ -180,5 +202,9 @@ def load_settings() -> Settings:
         dagster_home=Path(home).resolve() if home else None,
         api_keys=_env("COMPOUND_LEARNING_API_KEYS", ""),
         api_keys_file=_env("COMPOUND_LEARNING_API_KEYS_FILE", ""),
+        shards=shards,
+        executor=executor,
+        celery_broker=_env("COMPOUND_LEARNING_CELERY_BROKER", DEFAULT_CELERY_BROKER),
+        celery_queue=_env("COMPOUND_LEARNING_CELERY_QUEUE", DEFAULT_CELERY_QUEUE),
         **intervals,
     )

@@ -26,3 +26,8 @@ defs = dg.Definitions(
     # Configured from the environment (COMPOUND_LEARNING_DATABASE_URL, ...; see config.py).
     resources={"store": StoreResource()},
 )
+
+
+def cycle_job() -> dg.JobDefinition:
+    """The daily job, for executors that rebuild it in other processes (``dg.execute_job``)."""
+    return defs.resolve_job_def(daily_learning_cycle.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -20,9 +21,17 @@ import pandas as pd
 from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
 from compound_learning.core import stats
 from compound_learning.core.dna import dna_weights
+from compound_learning.core.effects import CodedCells
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
-from compound_learning.core.patterns import build_patterns, fit_cycle
+from compound_learning.core.patterns import (
+    CANDIDATE_COLUMNS,
+    CycleFits,
+    fit_accounts,
+    fit_global,
+    pattern_candidates,
+    patterns_from_candidates,
+)
 from compound_learning.core.trajectory import trajectory
 from compound_learning.storage import schema as t
 from compound_learning.storage.retry import with_retries
@@ -155,43 +164,130 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
     return cells, days_rolled
 
 
-def learn_patterns(ctx: CycleContext, day: date) -> dict:
-    """Roll the cumulative evidence forward to ``day``, fit, and write patterns and baselines."""
+# A sharded step: the per-account work of a day splits into shards that run as separate Dagster
+# steps (any executor spreads them) and the same functions run in one process for `run_step`.
+# `prepare` runs first for every day of the run (in order), then every shard's `work` over all
+# the days, then `combine` for every day (in order), which writes the day's tables in one
+# transaction. A shard's result does not depend on how the accounts were split, so the tables
+# are the same for any number of shards.
+@dataclass(frozen=True)
+class Shard:
+    """Which part of the accounts a unit of work covers: accounts whose CRC-32 modulo ``of`` is one
+    of ``indices``, plus the global (all-account) work when ``with_global``."""
+
+    indices: tuple[int, ...]
+    of: int
+    with_global: bool
+
+    def has(self, account_id: str) -> bool:
+        return self.of == len(self.indices) or zlib.crc32(str(account_id).encode()) % self.of in self.indices
+
+    @classmethod
+    def whole(cls) -> Shard:
+        return cls((0,), 1, True)
+
+
+@dataclass(frozen=True)
+class ShardedStep:
+    """A step in three parts (see the comment above): ``prepare(ctx, day) -> info``,
+    ``work(ctx, days, shard) -> {day: part}`` and ``combine(ctx, day, info, parts) -> summary``."""
+
+    prepare: Callable[[CycleContext, date], dict]
+    work: Callable[[CycleContext, list[date], Shard], dict[date, dict]]
+    combine: Callable[[CycleContext, date, dict, list[dict]], dict]
+    global_unit: bool = False  # the all-account work is a unit of its own, beside the shards
+
+    def shards(self, n: int) -> list[Shard]:
+        """The units of work for ``n`` shards, each a separate step in a sharded run."""
+        units = [Shard((k,), n, False) for k in range(n)]
+        if self.global_unit:
+            return [Shard((), n, True), *units]
+        units[0] = Shard((0,), n, True)
+        return units
+
+    def run(self, ctx: CycleContext, day: date) -> dict:
+        """The whole step for one day in this process (every shard at once)."""
+        info = self.prepare(ctx, day)
+        return self.combine(ctx, day, info, [self.work(ctx, [day], Shard.whole())[day]])
+
+
+def _no_prepare(ctx: CycleContext, day: date) -> dict:
+    return {}
+
+
+def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
+    """Roll the cumulative evidence forward to ``day`` and store it as the day's snapshot."""
     store, cfg = ctx.store, ctx.cfg
     cells, rolled = cumulative_cells(store, day, cfg.half_life_days)
-    wide, dims = stats.expand_attributes(_consistent_attributes(cells)) if len(cells) else (cells, [])
-    fits = fit_cycle(wide, dims, cfg.patterns) if len(cells) else None
+    with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
+        store.write_day(conn, t.creative_cumulative_stats, day, cells)
+        pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
+    return {
+        "days_rolled_forward": rolled,
+        "cumulative_cells": len(cells),
+        "snapshot_rows_pruned": pruned,
+        "creatives": int(cells[["account_id", "creative_id"]].drop_duplicates().shape[0]) if len(cells) else 0,
+        "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
+    }
+
+
+def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+    """The shard's fits on each day's snapshot: candidate patterns, and with the global unit the
+    account baselines and the fits' notes."""
+    out = {}
+    settings = ctx.cfg.patterns
+    for day in days:
+        cells = ctx.store.read_day(t.creative_cumulative_stats, day)
+        candidates, baselines, notes, dims = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], []
+        if len(cells):
+            wide, dims = stats.expand_attributes(_consistent_attributes(cells))
+            coded = CodedCells(wide, dims)
+            global_fits = fit_global(coded, settings) if shard.with_global else {}
+            account_fits = fit_accounts(coded, settings, shard.has) if shard.indices else {}
+            candidates = pattern_candidates(CycleFits(global_fits, account_fits), settings)
+            fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
+            baselines = pd.concat(fitted, ignore_index=True) if fitted else None
+            notes = [n for f in global_fits.values() for n in f.notes]
+        out[day] = {"candidates": candidates, "baselines": baselines, "notes": notes, "dimensions": dims}
+    return out
+
+
+def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict]) -> dict:
+    """Test every candidate of the day as one family, set the states, write patterns and baselines."""
+    store, cfg = ctx.store, ctx.cfg
+    candidates = pd.concat([p["candidates"] for p in parts if len(p["candidates"])] or [parts[0]["candidates"]])
     prev_day = store.latest_day(t.learning_patterns, on_or_before=day - timedelta(days=1))
     previous = store.read_day(t.learning_patterns, prev_day) if prev_day else None
-    patterns = build_patterns(fits, day, previous, cfg.patterns) if fits else pd.DataFrame(columns=["pattern_id"])
-    fitted = [f.baselines.assign(metric=m) for m, f in (fits.global_fits.items() if fits else []) if len(f.baselines)]
+    patterns = patterns_from_candidates(candidates, day, previous, cfg.patterns)
+    fitted = [p["baselines"] for p in parts if p["baselines"] is not None]
     baselines = (
         pd.concat(fitted, ignore_index=True)
         if fitted
         else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
     )
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
-        store.write_day(conn, t.creative_cumulative_stats, day, cells)
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
-        pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
     glob = patterns[patterns["account_id"] == GLOBAL] if len(patterns) else patterns
     states = glob["state"].value_counts().to_dict() if len(glob) else {}
-    notes = [n for f in (fits.global_fits.values() if fits else []) for n in f.notes]
     return {
-        "days_rolled_forward": rolled,
-        "cumulative_cells": len(cells),
-        "snapshot_rows_pruned": pruned,
-        "creatives": int(cells["creative_id"].nunique()) if len(cells) else 0,
-        "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
-        "dimensions": dims,
+        **info,
+        "dimensions": max((p["dimensions"] for p in parts), key=len),
         "patterns": len(patterns),
         "global_patterns": len(glob),
         "significant_global_patterns": int(states.get("significant", 0)),
         "states_global": {k: int(v) for k, v in states.items()},
-        "fit_notes": notes,
+        "fit_notes": [n for p in parts for n in p["notes"]],
         "top_patterns": _top(glob),
     }
+
+
+LEARNING_PATTERNS = ShardedStep(_prepare_patterns, _fit_patterns, _write_patterns, global_unit=True)
+
+
+def learn_patterns(ctx: CycleContext, day: date) -> dict:
+    """Roll the cumulative evidence forward to ``day``, fit, and write patterns and baselines."""
+    return LEARNING_PATTERNS.run(ctx, day)
 
 
 def _consistent_attributes(cells: pd.DataFrame) -> pd.DataFrame:
@@ -316,144 +412,190 @@ def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
 
 
-def build_recommendations(ctx: CycleContext, day: date) -> dict:
-    """For every account with a DNA baseline: the next creatives to launch (exploit and explore
-    picks) and tomorrow's spend split over its live creatives, each with reasons."""
+def _recommend(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+    """Launch picks and spend splits for the shard's accounts on each day (every account's draws
+    are seeded by the day and the account, so the split into shards changes nothing)."""
     from compound_learning.core import recommend
 
     store, cfg = ctx.store, ctx.cfg
-    weights = store.read_day(t.creative_dna, day)
-    cells = store.read_day(t.creative_cumulative_stats, day)
-    live = live_creatives(cells, day)
-    recent = store.read_range(
-        t.creative_daily_stats,
-        day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
-        day,
-        columns=["account_id", "creative_id", "date", "impressions", "clicks"],
+    out = {}
+    for day in days:
+        weights = store.read_day(t.creative_dna, day)
+        cells = store.read_day(t.creative_cumulative_stats, day)
+        live = live_creatives(cells, day)
+        recent = store.read_range(
+            t.creative_daily_stats,
+            day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
+            day,
+            columns=["account_id", "creative_id", "date", "impressions", "clicks"],
+        )
+        fatigue = recommend.fatigue_slope(recent) if len(recent) else 0.0
+        rows: list[dict] = []
+        dna = recommend.DNA(weights)  # every account's posterior, read once
+        live_of = dict(tuple(live.groupby("account_id")))
+        no_live = live.iloc[:0]
+        preview = []
+        accounts = [a for a in dna.accounts if shard.has(a)]
+        for account_id in accounts:
+            rng = _day_seed(day, account_id, cfg.recommendation_seed)
+            mine = live_of.get(account_id, no_live).reset_index(drop=True)
+            # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
+            picks = recommend.launch_picks(dna, account_id, cfg.recommendations_per_account, cfg.explore_share, rng)
+            rows += [_launch_row(account_id, p) for p in picks]
+            split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
+            split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
+            ranked = split.sort_values("share", ascending=False).itertuples(index=False)
+            rows += [_spend_row(account_id, rank, r, fatigue) for rank, r in enumerate(ranked, start=1)]
+            if picks:
+                top = picks[0]
+                preview.append(
+                    {
+                        "account_id": account_id,
+                        "next_launch": ", ".join(f"{k}={v}" for k, v in top["attributes"].items()),
+                        "expected_roas": round(top["expected_roas"], 3),
+                        "roas_95": f"[{top['roas_ci'][0]:.2f}, {top['roas_ci'][1]:.2f}]",
+                        "explore_picks": sum(p["kind"] == "explore" for p in picks),
+                        "spend_exploration": round(float(split["exploration"].sum()), 3) if len(split) else None,
+                    }
+                )
+        columns = [c.name for c in t.creative_recommendations.columns if c.name != "as_of"]
+        out[day] = {
+            "rows": pd.DataFrame(rows, columns=columns),
+            "accounts": len(accounts),
+            "fatigue": fatigue,
+            "preview": preview,
+        }
+    return out
+
+
+def _launch_row(account_id: str, p: dict) -> dict:
+    return {
+        "account_id": account_id,
+        "kind": "launch",
+        "rank": p["rank"],
+        "creative_id": "-",
+        "pick": p["kind"],
+        "attributes": json.dumps(p["attributes"], sort_keys=True),
+        "expected_roas": p["expected_roas"],
+        "roas_ci_low": p["roas_ci"][0],
+        "roas_ci_high": p["roas_ci"][1],
+        "expected_ctr": p.get("expected_ctr"),
+        "share": None,
+        "p_best": None,
+        "exploration": None,
+        "reason": p["reason"],
+        "details": json.dumps({"contributions": p["contributions"], "ctr_ci": p.get("ctr_ci")}),
+    }
+
+
+def _spend_row(account_id: str, rank: int, r, fatigue: float) -> dict:
+    return {
+        "account_id": account_id,
+        "kind": "spend",
+        "rank": rank,
+        "creative_id": r.creative_id,
+        "pick": "live",
+        "attributes": json.dumps(r.attributes, sort_keys=True),
+        "expected_roas": float(r.expected_roas),
+        "roas_ci_low": float(r.roas_ci_low),
+        "roas_ci_high": float(r.roas_ci_high),
+        "expected_ctr": None,
+        "share": float(r.share),
+        "p_best": float(r.p_best),
+        "exploration": float(r.exploration),
+        "reason": f"{r.p_best:.0%} chance of being the best live creative; {int(r.impressions):,} impressions so far",
+        "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
+    }
+
+
+def _write_recommendations(ctx: CycleContext, day: date, info: dict, parts: list[dict]) -> dict:
+    """The day's recommendations of every shard, written in one transaction."""
+    store, cfg = ctx.store, ctx.cfg
+    frames = [p["rows"] for p in parts if len(p["rows"])]
+    frame = (pd.concat(frames, ignore_index=True) if frames else parts[0]["rows"]).sort_values(
+        ["account_id", "kind", "rank"], ignore_index=True
     )
-    fatigue = recommend.fatigue_slope(recent) if len(recent) else 0.0
-    rows: list[dict] = []
-    dna = recommend.DNA(weights)  # every account's posterior, read once
-    live_of = dict(tuple(live.groupby("account_id")))
-    no_live = live.iloc[:0]
-    preview = []
-    for account_id in dna.accounts:
-        rng = _day_seed(day, account_id, cfg.recommendation_seed)
-        mine = live_of.get(account_id, no_live).reset_index(drop=True)
-        # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
-        picks = recommend.launch_picks(dna, account_id, cfg.recommendations_per_account, cfg.explore_share, rng)
-        for p in picks:
-            rows.append(
-                {
-                    "account_id": account_id,
-                    "kind": "launch",
-                    "rank": p["rank"],
-                    "creative_id": "-",
-                    "pick": p["kind"],
-                    "attributes": json.dumps(p["attributes"], sort_keys=True),
-                    "expected_roas": p["expected_roas"],
-                    "roas_ci_low": p["roas_ci"][0],
-                    "roas_ci_high": p["roas_ci"][1],
-                    "expected_ctr": p.get("expected_ctr"),
-                    "share": None,
-                    "p_best": None,
-                    "exploration": None,
-                    "reason": p["reason"],
-                    "details": json.dumps({"contributions": p["contributions"], "ctr_ci": p.get("ctr_ci")}),
-                }
-            )
-        split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
-        split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
-        for rank, r in enumerate(split.sort_values("share", ascending=False).itertuples(index=False), start=1):
-            rows.append(
-                {
-                    "account_id": account_id,
-                    "kind": "spend",
-                    "rank": rank,
-                    "creative_id": r.creative_id,
-                    "pick": "live",
-                    "attributes": json.dumps(r.attributes, sort_keys=True),
-                    "expected_roas": float(r.expected_roas),
-                    "roas_ci_low": float(r.roas_ci_low),
-                    "roas_ci_high": float(r.roas_ci_high),
-                    "expected_ctr": None,
-                    "share": float(r.share),
-                    "p_best": float(r.p_best),
-                    "exploration": float(r.exploration),
-                    "reason": f"{r.p_best:.0%} chance of being the best live creative; "
-                    f"{int(r.impressions):,} impressions so far",
-                    "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
-                }
-            )
-        if picks:
-            top = picks[0]
-            preview.append(
-                {
-                    "account_id": account_id,
-                    "next_launch": ", ".join(f"{k}={v}" for k, v in top["attributes"].items()),
-                    "expected_roas": round(top["expected_roas"], 3),
-                    "roas_95": f"[{top['roas_ci'][0]:.2f}, {top['roas_ci'][1]:.2f}]",
-                    "explore_picks": sum(p["kind"] == "explore" for p in picks),
-                    "spend_exploration": round(float(split["exploration"].sum()), 3) if len(split) else None,
-                }
-            )
-    frame = pd.DataFrame(rows, columns=[c.name for c in t.creative_recommendations.columns if c.name != "as_of"])
     with store.transaction(lock_key=_lock("creative_recommendations", day)) as conn:
         store.write_day(conn, t.creative_recommendations, day, frame)
     launches = frame[frame["kind"] == "launch"] if len(frame) else frame
+    preview = sorted((row for p in parts for row in p["preview"]), key=lambda r: r["account_id"])
     return {
-        "accounts": len(dna.accounts),
+        "accounts": sum(p["accounts"] for p in parts),
         "launch_picks": len(launches),
         "explore_picks": int((launches["pick"] == "explore").sum()) if len(launches) else 0,
         "live_creatives": int((frame["kind"] == "spend").sum()) if len(frame) else 0,
-        "fatigue_per_100k_impressions": round(fatigue, 4),
+        "fatigue_per_100k_impressions": round(parts[0]["fatigue"], 4),
         "explore_share": cfg.explore_share,
         "top_picks": preview[:50],
     }
 
 
+CREATIVE_RECOMMENDATIONS = ShardedStep(_no_prepare, _recommend, _write_recommendations)
+
+
+def build_recommendations(ctx: CycleContext, day: date) -> dict:
+    """For every account with a DNA baseline: the next creatives to launch (exploit and explore
+    picks) and tomorrow's spend split over its live creatives, each with reasons."""
+    return CREATIVE_RECOMMENDATIONS.run(ctx, day)
+
+
 # -- improvement snapshots ----------------------------------------------------------------------
-def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
-    """Per account: the day's ROAS and the trajectory fitted on every snapshot up to ``day``."""
+TRAJECTORY_COLUMNS = ["account_id", "spend", "revenue", "roas", "trajectory"]
+
+
+def _trajectories(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+    """Each of the shard's accounts' ROAS on each day and its trajectory over every earlier day.
+
+    The history is read once, for the first day; later days of the run extend it with the rows
+    this computes, which are the rows the combine step writes."""
     store, cfg = ctx.store, ctx.cfg
-    today = store.read_day(t.creative_daily_stats, day, "date")
-    history = store.read_before(t.improvement_snapshots, day, "date")
-    rows = []
-    if len(today):
-        g = today.groupby("account_id").agg(spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1)))
-        for account_id, r in g.iterrows():
-            series = pd.concat(
-                [
-                    history.loc[history["account_id"] == account_id, ["date", "spend", "revenue"]],
-                    pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}]),
-                ],
-                ignore_index=True,
+    history = store.read_before(
+        t.improvement_snapshots, days[0], "date", columns=["account_id", "date", "spend", "revenue"]
+    )
+    history = history[[shard.has(a) for a in history["account_id"]]] if len(history) else history
+    series_of = {a: g[["date", "spend", "revenue"]] for a, g in history.groupby("account_id")} if len(history) else {}
+    out = {}
+    for day in days:
+        today = store.read_day(t.creative_daily_stats, day, "date", columns=["account_id", "spend", "revenue"])
+        rows = []
+        if len(today):
+            today = today[[shard.has(a) for a in today["account_id"]]]
+            g = today.groupby("account_id").agg(
+                spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1))
             )
-            traj = trajectory(series, baseline_days=cfg.baseline_days)
-            roas = float(r["revenue"] / r["spend"]) if r["spend"] > 0 and pd.notna(r["revenue"]) else None
-            rows.append(
-                {
-                    "account_id": account_id,
-                    "spend": float(r["spend"]),
-                    "revenue": None if pd.isna(r["revenue"]) else float(r["revenue"]),
-                    "roas": roas,
-                    "trajectory": json.dumps(traj),
-                }
-            )
-    frame = pd.DataFrame(rows, columns=["account_id", "spend", "revenue", "roas", "trajectory"])
+            for account_id, r in g.iterrows():
+                revenue = None if pd.isna(r["revenue"]) else float(r["revenue"])
+                point = pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}])
+                earlier = series_of.get(account_id)
+                series = point if earlier is None else pd.concat([earlier, point], ignore_index=True)
+                series_of[account_id] = series
+                traj = trajectory(series, baseline_days=cfg.baseline_days)
+                roas = revenue / r["spend"] if r["spend"] > 0 and revenue is not None else None
+                rows.append(
+                    {
+                        "account_id": account_id,
+                        "spend": float(r["spend"]),
+                        "revenue": revenue,
+                        "roas": None if roas is None else float(roas),
+                        "trajectory": json.dumps(traj),
+                    }
+                )
+        out[day] = {"rows": pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)}
+    return out
+
+
+def _write_improvement(ctx: CycleContext, day: date, info: dict, parts: list[dict]) -> dict:
+    """Every shard's accounts of the day, written in one transaction."""
+    store = ctx.store
+    frames = [p["rows"] for p in parts if len(p["rows"])]
+    frame = (pd.concat(frames, ignore_index=True) if frames else parts[0]["rows"]).sort_values(
+        "account_id", ignore_index=True
+    )
     with store.transaction(lock_key=_lock("improvement_snapshots", day)) as conn:
         store.write_day(conn, t.improvement_snapshots, day, frame, "date")
-    statuses = (
-        pd.Series([json.loads(x)["learning_status"] for x in frame["trajectory"]]).value_counts().to_dict()
-        if len(frame)
-        else {}
-    )
-    multiples = [
-        json.loads(x)["current_roas"] / json.loads(x)["initial_roas"]
-        for x in frame["trajectory"]
-        if json.loads(x)["initial_roas"]
-    ]
     trajs = [json.loads(x) for x in frame["trajectory"]]
+    statuses = pd.Series([tr["learning_status"] for tr in trajs]).value_counts().to_dict() if trajs else {}
+    multiples = [tr["current_roas"] / tr["initial_roas"] for tr in trajs if tr["initial_roas"]]
     per_account = [
         {
             "account_id": a,
@@ -469,6 +611,14 @@ def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
         "median_roas_multiple": float(np.median(multiples)) if multiples else None,
         "median_roas": float(frame["roas"].median()) if len(frame) and frame["roas"].notna().any() else None,
     }
+
+
+IMPROVEMENT_SNAPSHOTS = ShardedStep(_no_prepare, _trajectories, _write_improvement)
+
+
+def snapshot_improvement(ctx: CycleContext, day: date) -> dict:
+    """Per account: the day's ROAS and the trajectory fitted on every snapshot up to ``day``."""
+    return IMPROVEMENT_SNAPSHOTS.run(ctx, day)
 
 
 # -- the CTR model ------------------------------------------------------------------------------
@@ -496,6 +646,14 @@ CYCLE_STEPS: dict[str, Step] = {
 """Each asset of ``daily_learning_cycle`` and the step it runs, in an order that respects the
 lineage graph (a test checks it against the Dagster definitions). The assets, ``run_day``, the
 benchmarks, ``evaluate`` and the tests all go through this table."""
+
+SHARDED_STEPS: dict[str, ShardedStep] = {
+    "learning_patterns": LEARNING_PATTERNS,
+    "creative_recommendations": CREATIVE_RECOMMENDATIONS,
+    "improvement_snapshots": IMPROVEMENT_SNAPSHOTS,
+}
+"""The steps whose per-account work splits into shards; with ``COMPOUND_LEARNING_SHARDS`` above
+1 their assets are graphs of ``prepare`` -> one step per shard -> ``combine``."""
 
 
 def run_step(ctx: CycleContext, name: str, day: date) -> dict:

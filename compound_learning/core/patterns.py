@@ -19,6 +19,7 @@ dimension correlated with a strong one became significant in one of the two corr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from itertools import combinations
@@ -109,11 +110,10 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
     return rows
 
 
-def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -> CycleFits:
-    """All GLM fits of one cycle: global (with interactions) and per account."""
-    pairs = list(combinations(dims, 2)) if settings.interactions else []
-    coded = CodedCells(cells, dims)
-    global_fits = {}
+def fit_global(coded: CodedCells, settings: PatternSettings) -> dict[str, EffectFit]:
+    """The global fits of one cycle, one per metric, with interactions of every pair of dimensions."""
+    pairs = list(combinations(coded.dims, 2)) if settings.interactions else []
+    out = {}
     for metric in METRIC_SPECS:
         fit = fit_coded(
             coded,
@@ -123,33 +123,84 @@ def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -
             min_cell_creatives=settings.min_interaction_creatives,
         )
         if fit is not None:
-            global_fits[metric] = fit
-    account_fits = {}
-    if settings.per_account:
-        for account_id, rows in coded.rows_by_account().items():
-            if len(np.unique(coded.creative[rows])) < settings.min_creatives:
-                continue
-            for metric in METRIC_SPECS:
-                fit = fit_coded(coded, metric, rows, inference="creative")
-                if fit is not None:
-                    account_fits[(account_id, metric)] = fit
-    return CycleFits(global_fits, account_fits)
+            out[metric] = fit
+    return out
+
+
+def fit_accounts(
+    coded: CodedCells, settings: PatternSettings, accounts: Callable[[str], bool] | None = None
+) -> dict[tuple[str, str], EffectFit]:
+    """Per-account fits (each account alone), for the accounts ``accounts`` keeps (all by default).
+
+    Each account's fit reads only its own rows of the shared coding, so any split of the accounts
+    gives the same fits: that is what lets the cycle run them as shards."""
+    out = {}
+    if not settings.per_account:
+        return out
+    for account_id, rows in coded.rows_by_account().items():
+        if accounts is not None and not accounts(account_id):
+            continue
+        if len(np.unique(coded.creative[rows])) < settings.min_creatives:
+            continue
+        for metric in METRIC_SPECS:
+            fit = fit_coded(coded, metric, rows, inference="creative")
+            if fit is not None:
+                out[(account_id, metric)] = fit
+    return out
+
+
+def fit_cycle(cells: pd.DataFrame, dims: list[str], settings: PatternSettings) -> CycleFits:
+    """All GLM fits of one cycle: global (with interactions) and per account."""
+    coded = CodedCells(cells, dims)
+    return CycleFits(fit_global(coded, settings), fit_accounts(coded, settings))
+
+
+CANDIDATE_COLUMNS = [
+    "pattern_id",
+    "pattern_type",
+    "account_id",
+    "attributes",
+    "metric",
+    "log_effect",
+    "std_error",
+    "df",
+    "testable",
+    "support",
+]
+
+
+def pattern_candidates(fits: CycleFits, settings: PatternSettings) -> pd.DataFrame:
+    """Every estimate of the fits as a candidate pattern (effect, standard error, support), before
+    the cycle's multiple testing: the part of :func:`build_patterns` that splits by account."""
+    rows: list[dict] = []
+    for fit in fits.global_fits.values():
+        rows += _rows_from_fit(fit, GLOBAL, settings)
+    for (account_id, _metric), fit in fits.account_fits.items():
+        rows += _rows_from_fit(fit, account_id, settings)
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
 
 
 def build_patterns(
     fits: CycleFits, as_of: date, previous: pd.DataFrame | None, settings: PatternSettings
 ) -> pd.DataFrame:
     """Pattern rows for ``as_of`` from the cycle's fits and the previous cycle's patterns."""
+    return patterns_from_candidates(pattern_candidates(fits, settings), as_of, previous, settings)
+
+
+def patterns_from_candidates(
+    candidates: pd.DataFrame, as_of: date, previous: pd.DataFrame | None, settings: PatternSettings
+) -> pd.DataFrame:
+    """q-values over every candidate of the cycle (one family), intervals, confidence and states.
+
+    The result does not depend on the order of the candidates (the rows are sorted by key)."""
     from scipy import stats as sps
 
-    rows: list[dict] = []
-    for fit in fits.global_fits.values():
-        rows += _rows_from_fit(fit, GLOBAL, settings)
-    for (account_id, _metric), fit in fits.account_fits.items():
-        rows += _rows_from_fit(fit, account_id, settings)
-    if not rows:
+    if candidates.empty:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
-    df = pd.DataFrame(rows)
+    df = candidates.reset_index(drop=True)
+    df["testable"] = df["testable"].astype(bool)
+    for col in ("log_effect", "std_error", "df"):
+        df[col] = df[col].astype(float)
     z = (df["log_effect"] / df["std_error"]).fillna(0).abs().to_numpy()
     dof = df["df"].fillna(np.inf).clip(lower=1).to_numpy()
     df["p_value"] = np.where(df["testable"], 2 * sps.t.sf(z, dof), np.nan)

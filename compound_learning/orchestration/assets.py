@@ -11,9 +11,10 @@ from datetime import date, timedelta
 import dagster as dg
 
 from compound_learning import steps
+from compound_learning.config import load_settings
 from compound_learning.orchestration.partitions import daily_partitions
 from compound_learning.orchestration.resources import StoreResource
-from compound_learning.storage.retry import is_transient
+from compound_learning.storage.retry import is_transient, with_retries
 
 # Single-run backfills are what make a range one run; the parameter is marked beta in 1.13.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -34,7 +35,7 @@ compound_performance_data = dg.AssetSpec(
 )
 
 
-def partition_days(context: dg.AssetExecutionContext) -> list[date]:
+def partition_days(context: dg.OpExecutionContext) -> list[date]:
     """The days of the run: one for a daily run, many for a single-run backfill."""
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
@@ -78,18 +79,22 @@ def _figures(summary: dict, figures: list[str]) -> dict:
     return out
 
 
-def _materialize(
-    context: dg.AssetExecutionContext,
-    store: StoreResource,
-    figures: list[str],
-    preview: Callable[[dict], str] | None = None,
-    checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
-    all_checks: Callable[[list[dict]], list[dg.AssetCheckResult]] | None = None,
-) -> dg.MaterializeResult:
-    ctx = store.cycle_context()
+def _escalating(fn: Callable[[], dict]) -> dict:
+    """Run ``fn``; a transient database error that outlasted the in-step retries becomes
+    Dagster's step retry, any other error fails the step at once."""
+    try:
+        return fn()
+    except Exception as exc:
+        if is_transient(exc):
+            raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=STEP_RETRY_WAIT_SECONDS) from exc
+        raise
+
+
+def _each_day(
+    context: dg.OpExecutionContext, name: str, days: list[date], run_one: Callable[[date], dict], figures: list[str]
+) -> list[dict]:
+    """``run_one`` for each day in order, with progress for long ranges and a log line per day."""
     results = []
-    days = partition_days(context)
-    name = context.asset_key.to_user_string()
     started = last_report = time.monotonic()
     for i, day in enumerate(days, start=1):
         now = time.monotonic()
@@ -97,16 +102,23 @@ def _materialize(
             last_report = now
             left = (now - started) / max(i - 1, 1) * (len(days) - i + 1)
             PROGRESS.info("%s: day %d/%d (%s), about %.0f s left in this step", name, i, len(days), day, left)
-        try:
-            summary = steps.run_step(ctx, name, day)
-        except Exception as exc:
-            if is_transient(exc):
-                raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=STEP_RETRY_WAIT_SECONDS) from exc
-            raise
+        summary = _escalating(lambda day=day: run_one(day))
         context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
         if summary.get("rows") == 0:
             context.log.warning(f"{day}: no data for this day (nothing was ingested for it)")
         results.append({"day": str(day), **summary})
+    return results
+
+
+def _report(
+    context: dg.OpExecutionContext,
+    name: str,
+    results: list[dict],
+    figures: list[str],
+    store: StoreResource,
+    preview: Callable[[dict, StoreResource], str] | None = None,
+) -> dict:
+    """The materialization's metadata for the run's days (and an observation per day of a range)."""
     last = results[-1]
     if len(results) > 1:
         # Dagster gives every partition of a single-run range the same materialization metadata
@@ -115,7 +127,7 @@ def _materialize(
         for result in results:
             context.log_event(
                 dg.AssetObservation(
-                    asset_key=context.asset_key, partition=result["day"], metadata=_figures(result, figures)
+                    asset_key=dg.AssetKey(name), partition=result["day"], metadata=_figures(result, figures)
                 )
             )
     metadata: dict = {
@@ -128,11 +140,103 @@ def _materialize(
     if len(results) > 1:
         metadata["per_day"] = dg.MetadataValue.md(_md_table(results[-31:], ["day", *figures]))
     if preview:
-        metadata["preview"] = dg.MetadataValue.md(preview(last))
-    check_results = checks(date.fromisoformat(last["day"])) if checks else None
+        metadata["preview"] = dg.MetadataValue.md(preview(last, store))
+    return metadata
+
+
+def _materialize(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    figures: list[str],
+    preview: Callable[[dict, StoreResource], str] | None = None,
+    checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
+    all_checks: Callable[[list[dict]], list[dg.AssetCheckResult]] | None = None,
+) -> dg.MaterializeResult:
+    ctx = store.cycle_context()
+    name = context.asset_key.to_user_string()
+    results = _each_day(context, name, partition_days(context), lambda day: steps.run_step(ctx, name, day), figures)
+    metadata = _report(context, name, results, figures, store, preview)
+    check_results = checks(date.fromisoformat(results[-1]["day"])) if checks else None
     if all_checks:
         check_results = (check_results or []) + all_checks(results)
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+
+
+def _sharded(
+    name: str,
+    deps: list,
+    group: str,
+    kinds: set[str],
+    figures: list[str],
+    preview: Callable[[dict, StoreResource], str] | None = None,
+):
+    """The asset of a sharded step (``steps.SHARDED_STEPS``).
+
+    With one shard (the default) it is one op, like every other asset. With
+    ``COMPOUND_LEARNING_SHARDS`` = n > 1 it is a graph: ``prepare`` (every day of the run), one
+    ``shard`` step per part of the accounts (the executor runs them in parallel: processes,
+    Celery workers), and ``combine``, which writes each day's tables in one transaction. The
+    docstring of the decorated function is the asset's description either way."""
+    step = steps.SHARDED_STEPS[name]
+    shards = load_settings().shards
+
+    def decorate(fn):
+        if shards == 1:
+            return _asset(name, deps, group, kinds)(fn)
+
+        upstream_names = [d.key.to_user_string() for d in deps]
+
+        @dg.op(name=f"{name}_prepare", ins={u: dg.In(dg.Nothing) for u in upstream_names}, out=dg.DynamicOut(dict))
+        def prepare(context: dg.OpExecutionContext, store: StoreResource):
+            """Runs the step's sequential first part for every day, then hands each shard its work."""
+            ctx = store.cycle_context()
+            days = partition_days(context)
+            infos = {
+                str(day): _escalating(lambda day=day: with_retries(lambda: step.prepare(ctx, day), name))
+                for day in days
+            }
+            for i, shard in enumerate(step.shards(shards)):
+                key = "all_accounts" if not shard.indices else f"shard_{shard.indices[0]}_of_{shard.of}"
+                yield dg.DynamicOutput({"index": i, "shard": shard, "infos": infos}, mapping_key=key)
+
+        @dg.op(name=f"{name}_shard", out=dg.Out(dict))
+        def work(context: dg.OpExecutionContext, store: StoreResource, unit: dict) -> dict:
+            """One shard's per-account work over every day of the run."""
+            ctx = store.cycle_context()
+            days = partition_days(context)
+            parts = _escalating(lambda: with_retries(lambda: step.work(ctx, days, unit["shard"]), name))
+            return {"index": unit["index"], "infos": unit["infos"], "parts": {str(d): p for d, p in parts.items()}}
+
+        @dg.op(name=f"{name}_combine", out=dg.Out(dg.Nothing))
+        def combine(context: dg.OpExecutionContext, store: StoreResource, units: list[dict]) -> None:
+            """Every shard's results of each day, combined and written in one transaction per day."""
+            ctx = store.cycle_context()
+            units = sorted(units, key=lambda u: u["index"])
+            infos = units[0]["infos"]
+
+            def one(day: date) -> dict:
+                parts = [u["parts"][str(day)] for u in units]
+                return with_retries(lambda: step.combine(ctx, day, infos[str(day)], parts), name)
+
+            results = _each_day(context, name, partition_days(context), one, figures)
+            context.add_output_metadata({**_report(context, name, results, figures, store, preview), "shards": shards})
+
+        def compose(**upstream):
+            return combine(prepare(**upstream).map(work).collect())
+
+        return dg.graph_asset(
+            compose,
+            name=name,
+            description=fn.__doc__,
+            ins={u: dg.AssetIn(key=u, dagster_type=dg.Nothing) for u in upstream_names},
+            partitions_def=daily_partitions,
+            backfill_policy=SINGLE_RUN,
+            group_name=group,
+            kinds=kinds,
+            owners=OWNERS,
+        )
+
+    return decorate
 
 
 # Inside a step, transient database errors are retried with backoff (storage.retry, about 8 s in
@@ -248,7 +352,7 @@ def daily_stats(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
     )
 
 
-def _patterns_preview(summary: dict) -> str:
+def _patterns_preview(summary: dict, store: StoreResource) -> str:
     rows = [
         {
             "metric": p["metric"],
@@ -265,27 +369,27 @@ def _patterns_preview(summary: dict) -> str:
     )
 
 
-@_asset("learning_patterns", [daily_stats], "learning", {"python", "numpy", "sql"})
+LEARNING_FIGURES = [
+    "patterns",
+    "global_patterns",
+    "significant_global_patterns",
+    "states_global",
+    "creatives",
+    "accounts",
+    "cumulative_cells",
+    "days_rolled_forward",
+]
+
+
+@_sharded(
+    "learning_patterns", [daily_stats], "learning", {"python", "numpy", "sql"}, LEARNING_FIGURES, _patterns_preview
+)
 def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Cumulative evidence up to the day (yesterday's knowledge + today's statistics, optional
     forgetting) -> adjusted effects of every attribute value and supported pair on CTR, CVR and
     ROAS, with creative-clustered 95% intervals, BH q-values, confidence and state; global and
     per account."""
-    return _materialize(
-        context,
-        store,
-        [
-            "patterns",
-            "global_patterns",
-            "significant_global_patterns",
-            "states_global",
-            "creatives",
-            "accounts",
-            "cumulative_cells",
-            "days_rolled_forward",
-        ],
-        _patterns_preview,
-    )
+    return _materialize(context, store, LEARNING_FIGURES, _patterns_preview)
 
 
 @_asset("knowledge_graph", [learning_patterns], "learning", {"python", "sql"})
@@ -303,7 +407,7 @@ def cross_account_insights(context: dg.AssetExecutionContext, store: StoreResour
     return _materialize(context, store, ["candidates", "published", "withheld"])
 
 
-def _model_preview(summary: dict) -> str:
+def _model_preview(summary: dict, store: StoreResource) -> str:
     if summary.get("version") is None:
         return f"**{summary.get('action')}**: {summary.get('reason')}"
     rows = summary.get("reliability", [])
@@ -380,7 +484,7 @@ def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
     return _materialize(context, store, ["weights", "global_weights", "accounts"])
 
 
-def _recommendations_preview(summary: dict) -> str:
+def _recommendations_preview(summary: dict, store: StoreResource) -> str:
     return (
         f"**Next launch per account** ({summary.get('explore_share', 0):.0%} of picks explore; "
         f"fatigue {summary.get('fatigue_per_100k_impressions', 0):+.3f} log CTR per 100k impressions)\n\n"
@@ -391,40 +495,36 @@ def _recommendations_preview(summary: dict) -> str:
     )
 
 
-@_asset("creative_recommendations", [creative_dna, learning_patterns], "decisions", {"python", "sql"})
+RECOMMENDATION_FIGURES = ["accounts", "launch_picks", "explore_picks", "live_creatives", "fatigue_per_100k_impressions"]
+
+
+@_sharded(
+    "creative_recommendations",
+    [creative_dna, learning_patterns],
+    "decisions",
+    {"python", "sql"},
+    RECOMMENDATION_FIGURES,
+    _recommendations_preview,
+)
 def creative_recommendations(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """What each account should do next: the attribute combinations to launch (best posterior
     mean, and a configured share of Thompson-sampled explore picks) with expected ROAS and CTR,
     intervals and reasons; and tomorrow's spend split over its live creatives (probability of
     being best, an even floor, learned fatigue), with the share that is exploration."""
-    return _materialize(
-        context,
-        store,
-        ["accounts", "launch_picks", "explore_picks", "live_creatives", "fatigue_per_100k_impressions"],
-        _recommendations_preview,
-    )
+    return _materialize(context, store, RECOMMENDATION_FIGURES, _recommendations_preview)
 
 
-@_asset("improvement_snapshots", [daily_stats], "trajectory", {"python", "statsmodels", "sql"})
-def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
-    intervals, projections at 30/90/365 days, learning status)."""
-    s = store.store()
-    return _materialize(
-        context,
-        store,
-        ["accounts", "learning_status", "median_roas", "median_roas_multiple"],
-        lambda summary: _trajectory_preview(s, summary),
-    )
+TRAJECTORY_FIGURES = ["accounts", "learning_status", "median_roas", "median_roas_multiple"]
 
 
-def _trajectory_preview(s, summary: dict) -> str:
+def _trajectory_preview(summary: dict, store: StoreResource) -> str:
     """The largest account's ROAS trajectory as an inline image, plus every account's status."""
     account = summary.get("largest_account")
     if not account:
         return "_no account had spend on this day_"
     from compound_learning import charts, queries  # matplotlib: only when there is a chart to draw
 
+    s = store.store()
     traj = queries.trajectory(s, account)
     png = charts.trajectory_chart(queries.roas_series(s, account), traj)
     rows = summary.get("statuses", [])
@@ -432,6 +532,20 @@ def _trajectory_preview(s, summary: dict) -> str:
         f"**{account}** (largest spend): {traj['learning_status']}\n\n![trajectory]({charts.data_uri(png)})\n\n"
         + _md_table(rows, ["account_id", "learning_status", "initial_roas", "current_roas", "daily_improvement_rate"])
     )
+
+
+@_sharded(
+    "improvement_snapshots",
+    [daily_stats],
+    "trajectory",
+    {"python", "statsmodels", "sql"},
+    TRAJECTORY_FIGURES,
+    _trajectory_preview,
+)
+def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
+    intervals, projections at 30/90/365 days, learning status)."""
+    return _materialize(context, store, TRAJECTORY_FIGURES, _trajectory_preview)
 
 
 CYCLE_ASSETS = [

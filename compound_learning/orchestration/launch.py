@@ -123,7 +123,7 @@ def record_cycle_run(
     return row
 
 
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
+def failure_message(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> str:
     """The first failed step and the user's own error beneath Dagster's wrappers."""
     failures = [e for e in result.all_events if e.is_failure]
     if not failures:
@@ -135,6 +135,12 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 
 # -- launching ------------------------------------------------------------------------------------
+_BACKGROUND_NEEDS_DEPLOYMENT = (
+    "a background run with COMPOUND_LEARNING_EXECUTOR={executor} goes through a deployment: "
+    "set COMPOUND_LEARNING_DAGSTER_URL, or run `compound-learning cycle`"
+)
+
+
 def run_in_process(
     start: date,
     end: date,
@@ -145,7 +151,11 @@ def run_in_process(
     run_id: str | None = None,
 ) -> dict:
     """Materialize the daily lineage graph for [start, end] as one run (a single-run backfill
-    for a range), wait for it, log it to ``learning_cycle_logs`` and return its outcome."""
+    for a range), wait for it, log it to ``learning_cycle_logs`` and return its outcome.
+
+    This process orchestrates the run; its steps run where ``COMPOUND_LEARNING_EXECUTOR`` says:
+    here (the default), in one process per step, or on Celery workers. The last two need a
+    persistent instance (``DAGSTER_HOME``) that the step processes open too."""
     # The code location is imported here, not at module level: the sensors import this module
     # and are themselves part of the code location.
     from compound_learning.definitions import defs
@@ -153,11 +163,23 @@ def run_in_process(
     validate_range(start, end)
     settings = settings or load_settings()
     instance = instance or dagster_instance(settings)
-    job = defs.resolve_job_def(JOB_NAME)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(
-        instance=instance, tags=run_tags(start, end), run_config=run_config, raise_on_error=False, run_id=run_id
-    )
+    tags = run_tags(start, end)
+    if settings.executor == "in_process":
+        job = defs.resolve_job_def(JOB_NAME)
+        result = job.execute_in_process(
+            instance=instance, tags=tags, run_config=run_config, raise_on_error=False, run_id=run_id
+        )
+    else:
+        if instance.is_ephemeral:
+            raise LaunchError(
+                f"COMPOUND_LEARNING_EXECUTOR={settings.executor} runs steps in other processes, which need a "
+                "persistent Dagster instance: set DAGSTER_HOME (the `make` targets set it to the project folder)"
+            )
+        if run_id is not None:
+            raise LaunchError(_BACKGROUND_NEEDS_DEPLOYMENT.format(executor=settings.executor))
+        job = dg.build_reconstructable_job("compound_learning.definitions", "cycle_job")
+        result = dg.execute_job(job, instance, run_config=run_config, tags=tags, raise_on_error=False)
     status = "SUCCESS" if result.success else "FAILURE"
     message = "" if result.success else failure_message(result)
     record_cycle_run(instance, get_store(settings.database_url), instance.get_run_by_id(result.run_id), status, message)
@@ -198,6 +220,8 @@ def launch(
     if settings.dagster_url:
         run_id = submit_to_deployment(settings.dagster_url, start, end)
         return {"run_ids": [run_id], "mode": "dagster", "start": str(start), "end": str(end)}
+    if settings.executor != "in_process":
+        raise LaunchError(_BACKGROUND_NEEDS_DEPLOYMENT.format(executor=settings.executor))
     run_id = str(uuid.uuid4())
     threading.Thread(
         target=runner,

@@ -366,9 +366,12 @@ class Store(Database):
             value = conn.execute(stmt).scalar()
         return None if value is None else pd.Timestamp(value).date()
 
-    def read_before(self, table: sa.Table, day: date, day_column: str = "as_of", conn=None) -> pd.DataFrame:
-        """Every row of ``table`` for days strictly before ``day``."""
-        return self.read_frame(_ordered_by_key(sa.select(table).where(table.c[day_column] < day), table), conn)
+    def read_before(
+        self, table: sa.Table, day: date, day_column: str = "as_of", conn=None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Every row of ``table`` for days strictly before ``day`` (only ``columns``, if given), in key order."""
+        stmt = _select(table, columns).where(table.c[day_column] < day)
+        return self.read_frame(_ordered_by_key(stmt, table), conn)
 
     def first_day(self, table: sa.Table, day_column: str = "as_of") -> date | None:
         """The earliest day ``table`` holds, or None when it is empty."""
