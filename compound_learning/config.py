@@ -22,6 +22,7 @@ Environment variables (documented in the README's table, in the same order):
 | ``COMPOUND_LEARNING_EXECUTOR`` | ``in_process`` | ``in_process``, ``multiprocess`` or ``celery`` |
 | ``COMPOUND_LEARNING_CELERY_BROKER`` | ``pyamqp://guest@127.0.0.1:5672//`` | the Celery broker |
 | ``COMPOUND_LEARNING_CELERY_QUEUE`` | ``dagster`` | the Celery queue of the steps |
+| ``COMPOUND_LEARNING_ROLLUP_IN_DATABASE`` | ``1`` | on PostgreSQL the day's roll-up runs as SQL (``0``: pandas) |
 | ``DAGSTER_HOME`` | empty (ephemeral instance) | the Dagster instance folder (``dagster.yaml``) |
 """
 
@@ -106,6 +107,9 @@ class CycleSettings:
     # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
     # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
     snapshot_daily_retention_days: int = 35
+    # On PostgreSQL the day's validation summary, daily statistics and the roll-forward of the
+    # cumulative cells run inside the database (storage.rollup); off, the same in pandas.
+    rollup_in_database: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CycleSettings:
@@ -113,6 +117,7 @@ class CycleSettings:
             half_life_days=settings.half_life_days,
             min_new_clicks=settings.min_new_clicks,
             explore_share=settings.explore_share,
+            rollup_in_database=settings.rollup_in_database,
         )
 
 
@@ -138,6 +143,7 @@ class Settings:
     executor: str = DEFAULT_EXECUTOR
     celery_broker: str = DEFAULT_CELERY_BROKER
     celery_queue: str = DEFAULT_CELERY_QUEUE
+    rollup_in_database: bool = True
 
 
 def _env(name: str, default: str) -> str:
@@ -188,6 +194,9 @@ def load_settings() -> Settings:
     executor = _env("COMPOUND_LEARNING_EXECUTOR", DEFAULT_EXECUTOR)
     if executor not in EXECUTORS:
         raise ValueError(f"COMPOUND_LEARNING_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    rollup = _env("COMPOUND_LEARNING_ROLLUP_IN_DATABASE", "1")
+    if rollup not in ("0", "1"):
+        raise ValueError(f"COMPOUND_LEARNING_ROLLUP_IN_DATABASE must be 0 or 1, got {rollup!r}")
     home = os.environ.get("DAGSTER_HOME", "").strip()
     return Settings(
         state_dir=state_dir,
@@ -206,5 +215,6 @@ def load_settings() -> Settings:
         executor=executor,
         celery_broker=_env("COMPOUND_LEARNING_CELERY_BROKER", DEFAULT_CELERY_BROKER),
         celery_queue=_env("COMPOUND_LEARNING_CELERY_QUEUE", DEFAULT_CELERY_QUEUE),
+        rollup_in_database=rollup == "1",
         **intervals,
     )

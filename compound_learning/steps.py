@@ -60,29 +60,20 @@ def _lock(name: str, day: date) -> str:
 
 # -- performance_data -----------------------------------------------------------------------
 def check_performance_day(ctx: CycleContext, day: date) -> dict:
-    """Summarize the validated slice of ``day`` (the contract was enforced at ingestion)."""
-    store = ctx.store
-    rows = store.performance_for_day(day)
-    quarantined = store.quarantined_count(day)
-    total = len(rows) + quarantined
-    summary = {
-        "rows": len(rows),
+    """Summarize the validated slice of ``day`` (the contract was enforced at ingestion).
+
+    One aggregate in the database: the day's rows are counted and summed where they are."""
+    summary = ctx.store.performance_day_summary(day)
+    quarantined = ctx.store.quarantined_count(day)
+    total = summary["rows"] + quarantined
+    # invariant_violations: rows the store must never hold whatever wrote to it (defense in depth)
+    return {
+        "rows": summary["rows"],
         "quarantined_rows": quarantined,
         "quarantine_rate": float(quarantined / total) if total else 0.0,
-        "accounts": int(rows["account_id"].nunique()) if len(rows) else 0,
-        "creatives": int(rows["creative_id"].nunique()) if len(rows) else 0,
-        "impressions": int(rows["impressions"].sum()) if len(rows) else 0,
-        "clicks": int(rows["clicks"].sum()) if len(rows) else 0,
-        "spend": float(rows["spend"].sum()) if len(rows) else 0.0,
-        "data_version": int(rows["batch_id"].max()) if len(rows) else 0,
+        **{k: summary[k] for k in ("accounts", "creatives", "impressions", "clicks", "spend", "data_version")},
+        "invariant_violations": summary["invariant_violations"],
     }
-    # Invariants the store must hold whatever wrote to it (defense in depth).
-    if len(rows):
-        bad = rows[(rows["clicks"] > rows["impressions"]) | (rows["impressions"] < 0) | (rows["spend"] < 0)]
-        summary["invariant_violations"] = len(bad)
-    else:
-        summary["invariant_violations"] = 0
-    return summary
 
 
 # -- daily stats -----------------------------------------------------------------------------
@@ -93,6 +84,12 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
     dropped: they are caches, rebuilt from the last valid snapshot by the next learning step.
     """
     store = ctx.store
+    if store.rolls_up_in_database(ctx.cfg.rollup_in_database):
+        with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
+            figures = store.daily_stats_in_database(conn, day)
+            if figures["changed"]:
+                store.delete_from(conn, t.creative_cumulative_stats, day)
+        return {**{k: v for k, v in figures.items() if k != "changed"}, "changed_since_last_run": figures["changed"]}
     with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
         rows = store.performance_for_day(day, conn)
         first_seen = store.first_seen(rows[["account_id", "creative_id"]], conn) if len(rows) else pd.DataFrame()
@@ -215,9 +212,33 @@ def _no_prepare(ctx: CycleContext, day: date) -> dict:
     return {}
 
 
+def _one_step_roll(store: Store, day: date) -> date | None:
+    """The snapshot ``day`` rolls forward from in one step (no statistics between the two), or
+    None when there is none or days with data lie between (then the pandas path catches up)."""
+    previous = store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=1))
+    if previous is None:
+        return None
+    with_data = store.latest_day(t.creative_daily_stats, on_or_before=day - timedelta(days=1), day_column="date")
+    return previous if with_data is None or with_data <= previous else None
+
+
 def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
-    """Roll the cumulative evidence forward to ``day`` and store it as the day's snapshot."""
+    """Roll the cumulative evidence forward to ``day`` and store it as the day's snapshot
+    (in SQL on PostgreSQL when the previous snapshot is one step behind)."""
     store, cfg = ctx.store, ctx.cfg
+    previous = _one_step_roll(store, day) if store.rolls_up_in_database(cfg.rollup_in_database) else None
+    if previous is not None:
+        decay = stats.decay_factor(cfg.half_life_days, (day - previous).days)
+        with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
+            size = store.roll_forward_in_database(conn, previous, day, decay)
+            pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
+        return {
+            "days_rolled_forward": 1,
+            "cumulative_cells": size["cumulative_cells"],
+            "snapshot_rows_pruned": pruned,
+            "creatives": size["creatives"],
+            "accounts": size["accounts"],
+        }
     cells, rolled = cumulative_cells(store, day, cfg.half_life_days)
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.creative_cumulative_stats, day, cells)

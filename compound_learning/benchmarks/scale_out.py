@@ -9,7 +9,7 @@ environment at import), on one persistent SQLite Dagster instance. Each configur
 the same day's tables, so each does the same work. Printed as JSON: the run's wall seconds, the
 seconds of each step from the run's event log, the three sharded steps' wall seconds (first
 start to last end of their steps), the ratio to the baseline, and the peak RSS of the largest
-process.
+process of the configuration.
 
     python -m compound_learning.benchmarks.scale_out --rows 100000 --days 8 \\
         --pg-url postgresql://postgres@127.0.0.1/postgres --configs in_process:1,multiprocess:1,multiprocess:2
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,15 @@ from compound_learning.storage.store import Store
 
 FRESH_DATABASE = "cl_bench_scale_out"
 SHARDED = tuple(steps.SHARDED_STEPS)
+# Runs the command given after it, passes its output through and prints, last on stderr, the
+# peak RSS (kB) of the largest process under it: each configuration's own peak (the benchmark's
+# RUSAGE_CHILDREN would carry the largest of every configuration run before).
+_PEAK_OF_CHILD = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
 
 
 def _step_seconds(home: Path, run_id: str) -> dict[str, tuple[float, float]]:
@@ -64,7 +72,8 @@ def run_config(executor: str, shards: int, day, url: str, home: Path, artifacts:
         "COMPOUND_LEARNING_SHARDS": str(shards),
         "DAGSTER_HOME": str(home),
     }
-    command = [sys.executable, "-m", "compound_learning.cli", "cycle", "--start", str(day), "--json"]
+    command = [sys.executable, "-c", _PEAK_OF_CHILD, sys.executable, "-m", "compound_learning.cli"]
+    command += ["cycle", "--start", str(day), "--json"]
     started = time.perf_counter()
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
@@ -72,14 +81,16 @@ def run_config(executor: str, shards: int, day, url: str, home: Path, artifacts:
         raise SystemExit(f"{executor}:{shards} failed:\n{out.stdout}\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout)
     spans = _step_seconds(home, result["run_id"])
-    sharded = [span for key, span in spans.items() if any(key == n or key.startswith(f"{n}_") for n in SHARDED)]
+    # a sharded asset's steps are keyed "<asset>.<asset>_prepare", "<asset>.<asset>_shard[...]", ...
+    sharded = [span for key, span in spans.items() if key.split(".")[0] in SHARDED]
+    peak_kb = int(out.stderr.strip().splitlines()[-1].split()[1])
     return {
         "config": f"{executor}:{shards}",
         "wall_seconds": round(wall, 1),
         "sharded_steps_seconds": round(max(e for _, e in sharded) - min(s for s, _ in sharded), 1),
         "steps": {key: round(end - start, 1) for key, (start, end) in sorted(spans.items(), key=lambda kv: kv[1])},
         # the largest process the child waited for (the CLI itself or one step process)
-        "peak_mb_largest_process": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        "peak_mb_largest_process": round(peak_kb / 1024),
     }
 
 

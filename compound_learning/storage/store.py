@@ -22,6 +22,7 @@ from compound_learning.core.contract import (
     rejected_by_reason,
     rejected_lines,
 )
+from compound_learning.storage import rollup
 from compound_learning.storage import schema as t
 from compound_learning.storage.database import Database, in_list
 
@@ -315,6 +316,24 @@ class Store(Database):
 
     def performance_for_day(self, day: date, conn=None) -> pd.DataFrame:
         return self.performance_rows(t.performance.c.date == day, conn=conn)
+
+    def performance_day_summary(self, day: date) -> dict:
+        """``day``'s rows summarized by the database (see ``rollup.day_summary``): no row is read."""
+        with self.engine.connect() as conn:
+            return rollup.day_summary(conn, day)
+
+    # -- the day's roll-up inside PostgreSQL (storage.rollup) ---------------------------------
+    def rolls_up_in_database(self, enabled: bool) -> bool:
+        """Whether the day's statistics are computed by SQL here: PostgreSQL, when ``enabled``."""
+        return enabled and self.is_postgres
+
+    def daily_stats_in_database(self, conn, day: date) -> dict:
+        """Rewrite ``day``'s creative and attribute statistics from its raw rows, in SQL."""
+        return rollup.daily_stats(conn, day)
+
+    def roll_forward_in_database(self, conn, previous_day: date, day: date, decay: float) -> dict:
+        """Write ``day``'s cumulative snapshot from ``previous_day``'s and ``day``'s statistics, in SQL."""
+        return rollup.roll_forward(conn, previous_day, day, decay)
 
     def quarantined_count(self, day: date) -> int:
         """Rows ever refused for ``day`` (by the date they gave)."""

@@ -1,0 +1,188 @@
+"""The row-level work of a day as set-based SQL, so that no raw row crosses the wire.
+
+Three statements replace three pandas passes of the daily cycle (``core.stats`` holds the
+definitions they reproduce, and the tests hold the two paths to the same rows):
+
+- :func:`day_summary`: the figures of ``performance_data`` (rows, accounts, creatives, sums,
+  data version, invariant violations) as one aggregate (any database);
+- :func:`daily_stats`: ``creative_daily_stats`` and ``attribute_daily_stats`` of a day from the
+  raw rows, with each creative's age from its first day and the attribute sets expanded by
+  ``jsonb_each_text`` (PostgreSQL);
+- :func:`roll_forward`: the day's cumulative snapshot as ``decay * previous + today`` per cell
+  in one ``FULL OUTER JOIN`` (PostgreSQL).
+
+The statements are plain SQL over the project's tables; a warehouse with JSON functions runs
+the same shape. Dimensions are ordered by ``COLLATE "C"`` (code points, as Python's ``sorted``),
+so a pair row names its two dimensions in the same order as the pandas path.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from compound_learning.core.stats import AGE_BUCKET_EDGES, METRICS, NO_DIMENSION
+from compound_learning.storage import schema as t
+
+_SUMS = ", ".join(f"sum({m}) AS {m}" for m in METRICS)
+_COLUMNS = ", ".join(METRICS)
+
+
+def day_summary(conn: Connection, day: date) -> dict:
+    """Rows, accounts, creatives, impressions, clicks, spend, data version and rows breaking an
+    invariant (clicks > impressions, negative impressions or spend) of ``day``'s raw rows."""
+    p = t.performance.c
+    violations = sa.func.count().filter((p.clicks > p.impressions) | (p.impressions < 0) | (p.spend < 0))
+    row = conn.execute(
+        sa.select(
+            sa.func.count().label("rows"),
+            sa.func.count(sa.distinct(p.account_id)).label("accounts"),
+            # creative ids are unique within an account; the pandas summary counted distinct ids
+            sa.func.count(sa.distinct(p.creative_id)).label("creatives"),
+            sa.func.coalesce(sa.func.sum(p.impressions), 0).label("impressions"),
+            sa.func.coalesce(sa.func.sum(p.clicks), 0).label("clicks"),
+            sa.func.coalesce(sa.func.sum(p.spend), 0.0).label("spend"),
+            sa.func.coalesce(sa.func.max(p.batch_id), 0).label("data_version"),
+            violations.label("invariant_violations"),
+        ).where(p.date == day)
+    ).one()
+    summary = dict(row._mapping)
+    return {k: float(v) if k == "spend" else int(v) for k, v in summary.items()}
+
+
+def _age_bucket_sql(age: str) -> str:
+    """``core.stats.age_bucket`` in SQL: how many edges are <= the age."""
+    return "(" + " + ".join(f"(CASE WHEN {age} >= {edge} THEN 1 ELSE 0 END)" for edge in AGE_BUCKET_EDGES) + ")"
+
+
+def daily_stats(conn: Connection, day: date) -> dict:
+    """Rewrite ``day``'s ``creative_daily_stats`` and ``attribute_daily_stats`` from its raw rows
+    (inside the caller's transaction and lock). Returns the counts and sums of the summary and
+    whether the creative statistics differ from what the day held before."""
+    params = {"day": day, "dow": day.weekday(), "none": NO_DIMENSION}
+    conn.execute(sa.text("DROP TABLE IF EXISTS cl_day_creatives"))
+    # age: days since the creative's first row (the primary key's index answers each min)
+    conn.execute(
+        sa.text(
+            f"""
+            CREATE TEMP TABLE cl_day_creatives ON COMMIT DROP AS
+            SELECT p.account_id, p.creative_id, CAST(:dow AS smallint) AS dow,
+                   GREATEST(p.date - (SELECT min(f.date) FROM {t.performance.name} f
+                                      WHERE f.account_id = p.account_id AND f.creative_id = p.creative_id), 0)
+                       AS age_days,
+                   {", ".join("p." + m for m in METRICS)}, a.attributes
+            FROM {t.performance.name} p JOIN {t.attribute_sets.name} a USING (attribute_set_id)
+            WHERE p.date = :day
+            """
+        ),
+        params,
+    )
+    cols = f"account_id, creative_id, dow, age_days, {_COLUMNS}, attributes"
+    changed = conn.execute(
+        sa.text(
+            f"""
+            SELECT EXISTS (SELECT {cols} FROM cl_day_creatives
+                           EXCEPT SELECT {cols} FROM {t.creative_daily_stats.name} WHERE date = :day)
+                OR EXISTS (SELECT {cols} FROM {t.creative_daily_stats.name} WHERE date = :day
+                           EXCEPT SELECT {cols} FROM cl_day_creatives)
+            """
+        ),
+        params,
+    ).scalar()
+    conn.execute(sa.text(f"DELETE FROM {t.creative_daily_stats.name} WHERE date = :day"), params)
+    conn.execute(
+        sa.text(f"INSERT INTO {t.creative_daily_stats.name} (date, {cols}) SELECT :day, {cols} FROM cl_day_creatives"),
+        params,
+    )
+    conn.execute(sa.text(f"DELETE FROM {t.attribute_daily_stats.name} WHERE date = :day"), params)
+    attribute_columns = f"date, account_id, dimension, value, dimension2, value2, creatives, {_COLUMNS}"
+    expanded = "cl_day_creatives c CROSS JOIN LATERAL jsonb_each_text(CAST(c.attributes AS jsonb))"
+    conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {t.attribute_daily_stats.name} ({attribute_columns})
+            SELECT :day, c.account_id, e.key, e.value, :none, :none, count(DISTINCT c.creative_id), {_SUMS}
+            FROM {expanded} e
+            GROUP BY c.account_id, e.key, e.value
+            UNION ALL
+            SELECT :day, c.account_id, e.key, e.value, e2.key, e2.value, count(DISTINCT c.creative_id), {_SUMS}
+            FROM {expanded} e
+                 CROSS JOIN LATERAL jsonb_each_text(CAST(c.attributes AS jsonb)) e2
+            WHERE e.key COLLATE "C" < e2.key COLLATE "C"
+            GROUP BY c.account_id, e.key, e.value, e2.key, e2.value
+            """
+        ),
+        params,
+    )
+    figures = conn.execute(
+        sa.text(
+            "SELECT count(*), count(DISTINCT (account_id, creative_id)), coalesce(sum(impressions), 0),"
+            " coalesce(sum(clicks), 0) FROM cl_day_creatives"
+        )
+    ).one()
+    kinds = dict(
+        conn.execute(
+            sa.text(
+                f"SELECT dimension2 = :none, count(*) FROM {t.attribute_daily_stats.name} WHERE date = :day GROUP BY 1"
+            ),
+            params,
+        ).all()
+    )
+    conn.execute(sa.text("DROP TABLE cl_day_creatives"))
+    return {
+        "source_rows": int(figures[0]),
+        "creatives": int(figures[1]),
+        "attribute_rows": int(kinds.get(True, 0)),
+        "pair_rows": int(kinds.get(False, 0)),
+        "impressions": int(figures[2]),
+        "clicks": int(figures[3]),
+        "changed": bool(changed),
+    }
+
+
+def roll_forward(conn: Connection, previous_day: date, day: date, decay: float) -> dict:
+    """Write ``day``'s cumulative snapshot as ``decay * snapshot(previous_day) + stats(day)`` per
+    (account, creative, day of week, age bucket) cell, as ``core.stats.roll_forward`` does:
+    sums where either side knows a metric (unknown stays unknown), with forgetting on evidence
+    below one impression dropped, and today's attributes and date wherever the cell ran today.
+    Returns the snapshot's size (cells, creatives, accounts)."""
+    snapshot = t.creative_cumulative_stats.name
+    params = {"previous": previous_day, "day": day, "decay": float(decay)}
+    keep = "" if decay == 1.0 else "AND s.impressions * :decay >= 1.0"
+    summed = ", ".join(
+        f"CASE WHEN p.{m} IS NULL AND d.{m} IS NULL THEN NULL ELSE coalesce(p.{m}, 0) + coalesce(d.{m}, 0) END"
+        for m in METRICS
+    )
+    keys = "account_id, creative_id, dow, age_bucket"
+    conn.execute(sa.text(f"DELETE FROM {snapshot} WHERE as_of = :day"), params)
+    conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {snapshot} (as_of, {keys}, {_COLUMNS}, days, attributes, last_seen)
+            WITH p AS (
+                SELECT {keys}, {", ".join(f"s.{m} * :decay AS {m}" for m in METRICS)}, days, attributes, last_seen
+                FROM {snapshot} s WHERE s.as_of = :previous {keep}
+            ), d AS (
+                SELECT account_id, creative_id, dow, {_age_bucket_sql("age_days")} AS age_bucket,
+                       {", ".join(f"CAST({m} AS double precision) AS {m}" for m in METRICS)},
+                       1 AS days, attributes, date AS last_seen
+                FROM {t.creative_daily_stats.name} WHERE date = :day
+            )
+            SELECT :day, {", ".join(f"coalesce(d.{k}, p.{k})" for k in keys.split(", "))}, {summed},
+                   coalesce(p.days, 0) + coalesce(d.days, 0),
+                   coalesce(d.attributes, p.attributes), coalesce(d.last_seen, p.last_seen)
+            FROM p FULL OUTER JOIN d USING ({keys})
+            """
+        ),
+        params,
+    )
+    cells, creatives, accounts = conn.execute(
+        sa.text(
+            f"SELECT count(*), count(DISTINCT (account_id, creative_id)), count(DISTINCT account_id)"
+            f" FROM {snapshot} WHERE as_of = :day"
+        ),
+        params,
+    ).one()
+    return {"cumulative_cells": int(cells), "creatives": int(creatives), "accounts": int(accounts)}
