@@ -7,7 +7,7 @@ row-level steps run in fresh interpreters, alternating ``rollup_in_database`` on
 ``performance_data``'s summary (off: the day's rows read and summed, as the step did before),
 ``daily_stats``, and the roll-forward that prepares ``learning_patterns``. Each run rewrites the
 same partitions from the same inputs, so each does the same work. Printed as JSON: medians of
-each step's seconds, the ratio SQL / pandas, and each client process's peak RSS (the server's
+each step's seconds, the ratio SQL / pandas, and each client process's peak RSS (VmHWM) (the server's
 own memory is not in it: that is the point of moving the work there).
 
     python -m compound_learning.benchmarks.rollup --rows 1000000 --repeats 3 \\
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from compound_learning import steps
 from compound_learning.benchmarks.cycle_scale import FIRST_DAY
-from compound_learning.benchmarks.scale import Postgres
+from compound_learning.benchmarks.scale import Postgres, own_peak_mb
 from compound_learning.benchmarks.scale_data import day_frame
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.ingestion import ingest_frame
@@ -73,7 +72,7 @@ def child(url: str, day: date, in_database: bool) -> None:
         started = time.perf_counter()
         step(ctx, day)
         figures[name] = time.perf_counter() - started
-    figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_mb"] = own_peak_mb()
     ctx.store.dispose()
     print(json.dumps(figures))
 
@@ -119,6 +118,9 @@ def main() -> None:
         runs: dict[bool, list[dict]] = {True: [], False: []}
         for _ in range(args.repeats):
             for in_database in (False, True):  # alternating, so drift in the machine's load hits both
+                # each run rewrites the same partitions: vacuumed first, every run starts from the
+                # same tables (not from the dead rows of the runs before it)
+                server.psql_run(url, "VACUUM ANALYZE")
                 runs[in_database].append(_run_child(url, second, in_database))
                 print(json.dumps({"in_database": in_database, **runs[in_database][-1]}), flush=True)
         table = {}

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -61,6 +62,15 @@ def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return float(seconds), float(kilobytes) / 1024
 
 
+def own_peak_mb() -> float:
+    """This process's peak RSS in MB since it started (VmHWM): ``ru_maxrss`` of a child would
+    carry its parent's peak, which a forked child inherits on Linux when it is larger."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Postgres:
     """Fresh databases on one server, made and dropped (by ``psql``) outside the timed part."""
 
@@ -90,6 +100,10 @@ class Postgres:
         for s in sql:
             cmd += ["-c", s]
         return cmd
+
+    def psql_run(self, url: str, *sql: str) -> None:
+        """Run statements on the database of ``url`` (outside any timed part)."""
+        subprocess.run(self.psql(url, *sql), check=True, capture_output=True, text=True)
 
     def version(self) -> str:
         return self.admin("SHOW server_version")
