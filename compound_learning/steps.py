@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -21,7 +21,7 @@ import pandas as pd
 from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
 from compound_learning.core import stats
 from compound_learning.core.dna import dna_weights
-from compound_learning.core.effects import CodedCells
+from compound_learning.core.effects import METRIC_SPECS, CodedCells
 from compound_learning.core.insights import cross_account_insights
 from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import (
@@ -169,43 +169,50 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
 # are the same for any number of shards.
 @dataclass(frozen=True)
 class Shard:
-    """Which part of the accounts a unit of work covers: accounts whose CRC-32 modulo ``of`` is one
-    of ``indices``, plus the global (all-account) work when ``with_global``."""
+    """Which part of the work a unit covers: the accounts whose CRC-32 modulo ``of`` is one of
+    ``indices``, and the global (all-account) fits of ``global_metrics``."""
 
     indices: tuple[int, ...]
     of: int
-    with_global: bool
+    global_metrics: tuple[str, ...] = ()
 
     def has(self, account_id: str) -> bool:
         return self.of == len(self.indices) or zlib.crc32(str(account_id).encode()) % self.of in self.indices
 
+    @property
+    def accounts_only(self) -> bool:
+        """A unit that needs only its own accounts' rows (no global fit, not every account)."""
+        return not self.global_metrics and self.of != len(self.indices)
+
     @classmethod
     def whole(cls) -> Shard:
-        return cls((0,), 1, True)
+        return cls((0,), 1, tuple(METRIC_SPECS))
 
 
 @dataclass(frozen=True)
 class ShardedStep:
     """A step in three parts (see the comment above): ``prepare(ctx, day) -> info``,
-    ``work(ctx, days, shard) -> {day: part}`` and ``combine(ctx, day, info, parts) -> summary``."""
+    ``work(ctx, days, shard, infos) -> {day: part}`` (``infos``: each day's info) and
+    ``combine(ctx, day, info, parts) -> summary``."""
 
     prepare: Callable[[CycleContext, date], dict]
-    work: Callable[[CycleContext, list[date], Shard], dict[date, dict]]
+    work: Callable[[CycleContext, list[date], Shard, dict[date, dict]], dict[date, dict]]
     combine: Callable[[CycleContext, date, dict, list[dict]], dict]
-    global_unit: bool = False  # the all-account work is a unit of its own, beside the shards
+    # the global fits are units of their own beside the account shards, one per metric (each
+    # fits every account's cells: on a 1M-row day they, not the accounts, bound the step)
+    global_units: bool = False
 
     def shards(self, n: int) -> list[Shard]:
         """The units of work for ``n`` shards, each a separate step in a sharded run."""
-        units = [Shard((k,), n, False) for k in range(n)]
-        if self.global_unit:
-            return [Shard((), n, True), *units]
-        units[0] = Shard((0,), n, True)
+        units = [Shard((k,), n) for k in range(n)]
+        if self.global_units:
+            return [*(Shard((), n, (metric,)) for metric in METRIC_SPECS), *units]
         return units
 
     def run(self, ctx: CycleContext, day: date) -> dict:
         """The whole step for one day in this process (every shard at once)."""
         info = self.prepare(ctx, day)
-        return self.combine(ctx, day, info, [self.work(ctx, [day], Shard.whole())[day]])
+        return self.combine(ctx, day, info, [self.work(ctx, [day], Shard.whole(), {day: info})[day]])
 
 
 def _no_prepare(ctx: CycleContext, day: date) -> dict:
@@ -252,18 +259,36 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     }
 
 
-def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+def shard_cells(
+    store: Store,
+    table,
+    day: date,
+    shard: Shard,
+    also: Sequence[str] = (),
+    day_column: str = "as_of",
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """``table``'s rows of ``day`` (only ``columns``, if given) that ``shard`` needs: only its own
+    accounts' (and ``also``'s) when it has no global work. The database filters them, so a shard
+    reads its part of the day, not the whole of it."""
+    if not shard.accounts_only:
+        return store.read_day(table, day, day_column, columns=columns)
+    mine = [a for a in store.accounts_on(table, day, day_column) if shard.has(a) or a in also]
+    return store.read_day(table, day, day_column, columns=columns, accounts=mine)
+
+
+def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
     """The shard's fits on each day's snapshot: candidate patterns, and with the global unit the
     account baselines and the fits' notes."""
     out = {}
     settings = ctx.cfg.patterns
     for day in days:
-        cells = ctx.store.read_day(t.creative_cumulative_stats, day)
+        cells = shard_cells(ctx.store, t.creative_cumulative_stats, day, shard)
         candidates, baselines, notes, dims = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], []
         if len(cells):
             wide, dims = stats.expand_attributes(_consistent_attributes(cells))
             coded = CodedCells(wide, dims)
-            global_fits = fit_global(coded, settings) if shard.with_global else {}
+            global_fits = fit_global(coded, settings, shard.global_metrics) if shard.global_metrics else {}
             account_fits = fit_accounts(coded, settings, shard.has) if shard.indices else {}
             candidates = pattern_candidates(CycleFits(global_fits, account_fits), settings)
             fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
@@ -303,7 +328,7 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
     }
 
 
-LEARNING_PATTERNS = ShardedStep(_prepare_patterns, _fit_patterns, _write_patterns, global_unit=True)
+LEARNING_PATTERNS = ShardedStep(_prepare_patterns, _fit_patterns, _write_patterns, global_units=True)
 
 
 def learn_patterns(ctx: CycleContext, day: date) -> dict:
@@ -433,24 +458,33 @@ def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
 
 
-def _recommend(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+def _fatigue(ctx: CycleContext, day: date) -> dict:
+    """The day's fatigue slope, fitted once over every account's recent days (the shards share
+    it; each would otherwise read the whole window)."""
+    from compound_learning.core import recommend
+
+    recent = ctx.store.read_range(
+        t.creative_daily_stats,
+        day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
+        day,
+        columns=["account_id", "creative_id", "date", "impressions", "clicks"],
+    )
+    return {"fatigue": recommend.fatigue_slope(recent) if len(recent) else 0.0}
+
+
+def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
     """Launch picks and spend splits for the shard's accounts on each day (every account's draws
-    are seeded by the day and the account, so the split into shards changes nothing)."""
+    are seeded by the day and the account, so the split into shards changes nothing). A shard
+    reads only its accounts' DNA and cells (and the global DNA rows every posterior uses)."""
     from compound_learning.core import recommend
 
     store, cfg = ctx.store, ctx.cfg
     out = {}
     for day in days:
-        weights = store.read_day(t.creative_dna, day)
-        cells = store.read_day(t.creative_cumulative_stats, day)
+        weights = shard_cells(store, t.creative_dna, day, shard, also=[GLOBAL])
+        cells = shard_cells(store, t.creative_cumulative_stats, day, shard)
         live = live_creatives(cells, day)
-        recent = store.read_range(
-            t.creative_daily_stats,
-            day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
-            day,
-            columns=["account_id", "creative_id", "date", "impressions", "clicks"],
-        )
-        fatigue = recommend.fatigue_slope(recent) if len(recent) else 0.0
+        fatigue = infos[day]["fatigue"]
         rows: list[dict] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once
         live_of = dict(tuple(live.groupby("account_id")))
@@ -545,13 +579,13 @@ def _write_recommendations(ctx: CycleContext, day: date, info: dict, parts: list
         "launch_picks": len(launches),
         "explore_picks": int((launches["pick"] == "explore").sum()) if len(launches) else 0,
         "live_creatives": int((frame["kind"] == "spend").sum()) if len(frame) else 0,
-        "fatigue_per_100k_impressions": round(parts[0]["fatigue"], 4),
+        "fatigue_per_100k_impressions": round(info["fatigue"], 4),
         "explore_share": cfg.explore_share,
         "top_picks": preview[:50],
     }
 
 
-CREATIVE_RECOMMENDATIONS = ShardedStep(_no_prepare, _recommend, _write_recommendations)
+CREATIVE_RECOMMENDATIONS = ShardedStep(_fatigue, _recommend, _write_recommendations)
 
 
 def build_recommendations(ctx: CycleContext, day: date) -> dict:
@@ -564,7 +598,7 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
 TRAJECTORY_COLUMNS = ["account_id", "spend", "revenue", "roas", "trajectory"]
 
 
-def _trajectories(ctx: CycleContext, days: list[date], shard: Shard) -> dict[date, dict]:
+def _trajectories(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
     """Each of the shard's accounts' ROAS on each day and its trajectory over every earlier day.
 
     The history is read once, for the first day; later days of the run extend it with the rows
@@ -577,7 +611,9 @@ def _trajectories(ctx: CycleContext, days: list[date], shard: Shard) -> dict[dat
     series_of = {a: g[["date", "spend", "revenue"]] for a, g in history.groupby("account_id")} if len(history) else {}
     out = {}
     for day in days:
-        today = store.read_day(t.creative_daily_stats, day, "date", columns=["account_id", "spend", "revenue"])
+        today = shard_cells(
+            store, t.creative_daily_stats, day, shard, day_column="date", columns=["account_id", "spend", "revenue"]
+        )
         rows = []
         if len(today):
             today = today[[shard.has(a) for a in today["account_id"]]]

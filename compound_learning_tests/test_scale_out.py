@@ -25,6 +25,7 @@ import pytest
 
 from compound_learning import steps
 from compound_learning.ingestion import ingest_frame
+from compound_learning.storage import schema as t
 from compound_learning_tests.conftest import (
     DERIVED_BY_DAY,
     START,
@@ -87,12 +88,21 @@ def test_any_split_of_the_accounts_gives_the_same_rows(tmp_path, monkeypatch):
         whole = {n: table_digest(day_rows(store, *by_name[n], END)) for n in tables[name]}
         info = step.prepare(ctx, END)
         shards = step.shards(3)
-        parts = [step.work(ctx, [END], shard)[END] for shard in shards]
+        parts = [step.work(ctx, [END], shard, {END: info})[END] for shard in shards]
         accounts = [set(p["rows"]["account_id"]) if "rows" in p else set(p["candidates"]["account_id"]) for p in parts]
         assert sum(len(a) > 1 for a in accounts) >= 2, f"{name}: the shards did not split the accounts: {accounts}"
         step.combine(ctx, END, info, parts)
         again = {n: table_digest(day_rows(store, *by_name[n], END)) for n in tables[name]}
         assert again == whole, name
+    # the global fits are units of their own, one per metric; an account shard reads only its rows
+    units = steps.LEARNING_PATTERNS.shards(3)
+    assert [u.global_metrics for u in units[:3]] == [("ctr",), ("cvr",), ("roas",)]
+    snapshot = store.read_day(t.creative_cumulative_stats, END)
+    assert len(steps.shard_cells(store, t.creative_cumulative_stats, END, units[0])) == len(snapshot)
+    parts = [steps.shard_cells(store, t.creative_cumulative_stats, END, u) for u in units[3:]]
+    for unit, part in zip(units[3:], parts, strict=True):
+        assert 0 < len(part) < len(snapshot) and part["account_id"].map(unit.has).all()
+    assert sum(len(part) for part in parts) == len(snapshot)
 
 
 # the venv's scripts first: `dagster-celery worker start` runs the `celery` beside it from PATH
@@ -145,9 +155,10 @@ def test_two_shards_on_the_multiprocess_executor_write_the_in_process_tables(tmp
     out = _cycle_in_a_child(url, tmp_path, "multiprocess")
     assert out.returncode == 0 and '"SUCCESS"' in out.stdout, out.stdout + out.stderr
     pids = _step_pids(tmp_path)
-    # learning has a global unit and two account shards; the other two steps two shards each
-    assert len(pids) == 7, pids
-    assert len(set(pids.values())) == 7, f"the shard steps should each run in a process of their own: {pids}"
+    # learning has three global units (one per metric) and two account shards; the other two
+    # steps two shards each
+    assert len(pids) == 9, pids
+    assert len(set(pids.values())) == 9, f"the shard steps should each run in a process of their own: {pids}"
     assert _tables(url) == reference
 
 

@@ -19,7 +19,7 @@ dimension correlated with a strong one became significant in one of the two corr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import combinations
@@ -110,11 +110,14 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
     return rows
 
 
-def fit_global(coded: CodedCells, settings: PatternSettings) -> dict[str, EffectFit]:
-    """The global fits of one cycle, one per metric, with interactions of every pair of dimensions."""
+def fit_global(
+    coded: CodedCells, settings: PatternSettings, metrics: Sequence[str] | None = None
+) -> dict[str, EffectFit]:
+    """The global fits of one cycle, one per metric (of ``metrics``, all by default), with
+    interactions of every pair of dimensions. Each metric's fit is independent of the others'."""
     pairs = list(combinations(coded.dims, 2)) if settings.interactions else []
     out = {}
-    for metric in METRIC_SPECS:
+    for metric in METRIC_SPECS if metrics is None else metrics:
         fit = fit_coded(
             coded,
             metric,

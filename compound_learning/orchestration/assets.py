@@ -196,7 +196,11 @@ def _sharded(
                 for day in days
             }
             for i, shard in enumerate(step.shards(shards)):
-                key = "all_accounts" if not shard.indices else f"shard_{shard.indices[0]}_of_{shard.of}"
+                key = (
+                    f"all_accounts_{shard.global_metrics[0]}"
+                    if not shard.indices
+                    else f"shard_{shard.indices[0]}_of_{shard.of}"
+                )
                 yield dg.DynamicOutput({"index": i, "shard": shard, "infos": infos}, mapping_key=key)
 
         @dg.op(name=f"{name}_shard", out=dg.Out(dict))
@@ -204,7 +208,8 @@ def _sharded(
             """One shard's per-account work over every day of the run."""
             ctx = store.cycle_context()
             days = partition_days(context)
-            parts = _escalating(lambda: with_retries(lambda: step.work(ctx, days, unit["shard"]), name))
+            infos = {day: unit["infos"][str(day)] for day in days}
+            parts = _escalating(lambda: with_retries(lambda: step.work(ctx, days, unit["shard"], infos), name))
             return {"index": unit["index"], "infos": unit["infos"], "parts": {str(d): p for d, p in parts.items()}}
 
         @dg.op(name=f"{name}_combine", out=dg.Out(dg.Nothing))

@@ -365,11 +365,26 @@ class Store(Database):
         return self.replace_partition(conn, table, frame, {day_column: day})
 
     def read_day(
-        self, table: sa.Table, day: date, day_column: str = "as_of", conn=None, columns: Sequence[str] | None = None
+        self,
+        table: sa.Table,
+        day: date,
+        day_column: str = "as_of",
+        conn=None,
+        columns: Sequence[str] | None = None,
+        accounts: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """One day's rows of ``table`` (only ``columns``, if given), in key order."""
+        """One day's rows of ``table`` (only ``columns``, and ``accounts``, if given), in key order."""
         stmt = _select(table, columns).where(table.c[day_column] == day)
+        if accounts is not None:  # rendered inline: thousands of accounts exceed SQLite's bound parameters
+            ids = sa.bindparam("accounts", in_list(accounts), expanding=True, literal_execute=True)
+            stmt = stmt.where(table.c.account_id.in_(ids))
         return self.read_frame(_ordered_by_key(stmt, table), conn)
+
+    def accounts_on(self, table: sa.Table, day: date, day_column: str = "as_of") -> list[str]:
+        """The accounts ``table`` holds rows of for ``day``."""
+        col = table.c.account_id
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(col).where(table.c[day_column] == day).distinct()).scalars())
 
     def latest_day(
         self, table: sa.Table, on_or_before: date | None = None, day_column: str = "as_of", conn=None
