@@ -483,11 +483,14 @@ def _not_utf8(path, exc: UnicodeDecodeError) -> ContractError:
 def _read_csv_arrow(data: bytes) -> CsvInput | None:
     """The fast reader, or None when the file is not one row per line at the header's width
     (blank or multi-line rows, ragged rows, a space after a delimiter, not UTF-8, a quoted
-    header): the exact reader then reads it, with a reason for each row it cannot take."""
+    header, a carriage return not followed by a line feed): the exact reader then reads it,
+    with a reason for each row it cannot take."""
     import pyarrow.csv as pacsv
 
     end = data.find(b"\n")
     if end < 0 or b'"' in data[:end] or b", " in data or b"\n " in data or b"\n\n" in data or b"\n\r\n" in data:
+        return None
+    if data.count(b"\r") != data.count(b"\r\n"):  # a lone CR ends a line for the csv module, not for Arrow
         return None
     try:
         data.decode("utf-8")  # (50 ms a 100 MB) Arrow's handler of a ragged row cannot take other bytes
