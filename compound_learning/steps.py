@@ -278,8 +278,8 @@ def shard_cells(
 
 
 def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
-    """The shard's fits on each day's snapshot: candidate patterns, and with the global unit the
-    account baselines and the fits' notes."""
+    """The shard's fits on each day's snapshot: candidate patterns, and with a global unit that
+    metric's account baselines and the fits' notes."""
     out = {}
     settings = ctx.cfg.patterns
     for day in days:
@@ -616,7 +616,6 @@ def _trajectories(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
         )
         rows = []
         if len(today):
-            today = today[[shard.has(a) for a in today["account_id"]]]
             g = today.groupby("account_id").agg(
                 spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1))
             )
