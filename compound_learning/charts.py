@@ -43,7 +43,7 @@ def trajectory_chart(series: list[dict], traj: dict) -> bytes:
             mid = [traj[f"projected_{h}d_roas"] for h in horizons]
             lo = [traj[f"projected_{h}d_roas_ci"][0] for h in horizons]
             hi = [traj[f"projected_{h}d_roas_ci"][1] for h in horizons]
-            if traj.get("learning_status") == "stable":  # a level, not a path from the last week
+            if traj.get("projection_holds_level"):  # a level, not a path from the last week
                 start = (mid[0], lo[0], hi[0])
             else:
                 current = traj.get("current_roas") or roas[-1]
@@ -52,7 +52,7 @@ def trajectory_chart(series: list[dict], traj: dict) -> bytes:
             ax.plot(xs, mid, color="#c0504d", label="projection")
             ax.fill_between(xs, lo, hi, color="#c0504d", alpha=0.15, label="95% interval")
     ax.set_ylabel("ROAS")
-    ax.set_title(f"ROAS trajectory (trend: {traj.get('learning_status', 'no data')})")
+    ax.set_title(f"ROAS trajectory ({traj.get('learning_status', 'no data')})")
     # beside the plot, not over the data
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.autofmt_xdate()

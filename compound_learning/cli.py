@@ -207,7 +207,10 @@ def cmd_trajectory(args) -> int:
         print(f"{x['account_id']} as of {x['as_of']}: {x['summary']}")
         if x["initial_roas"] is not None:
             print(f"  ROAS first week {x['initial_roas']:.2f} -> last week {x['current_roas']:.2f}")
-        print(f"  trend: {x['learning_status']}" + (f" (model: {x['model']})" if x["model"] else ""))
+        print(
+            f"  status: {x['learning_status']}; ongoing daily trend: {x.get('trend') or 'n/a'}"
+            + (f" (projection: {x['model']})" if x["model"] else "")
+        )
         for h in (30, 90, 365):
             p, ci = x[f"projected_{h}d_roas"], x[f"projected_{h}d_roas_ci"]
             if p is not None:
@@ -474,9 +477,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _pct_or_none(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.0%}"
+
+
 def cmd_evaluate(args) -> int:
     """The recovery benchmark over simulated worlds (null, small, large, correlated, drifting)."""
-    from compound_learning.evaluation import evaluate
+    from compound_learning.evaluation import FLAT, MEANINGFUL_LIFT, RISEN, RISING_DAYS, evaluate
 
     result = evaluate(args.worlds, seed=args.seed, days=args.days, accounts=args.accounts)
 
@@ -499,9 +506,27 @@ def cmd_evaluate(args) -> int:
             f"significant: {s['correlated_null_dimension_significant']}"
         )
         print(
-            f"trajectory calls: learning accounts called improving {s['learning_called_improving']}/"
-            f"{s['learning_accounts']}; flat-by-design accounts called improving or declining "
-            f"{s['flat_called_trending']}/{s['flat_accounts']} (over {s['worlds']} worlds)"
+            f"trajectory calls, against each account's true ROAS change (last two weeks over the first two, "
+            f"creative luck left out), {s['worlds']} worlds + {s['rising_worlds']} rising "
+            f"+ {s['sparse_worlds']} sparse:\n"
+            f"  truly risen >= +{RISEN:.0%}: called improving {s['risen_called_improving']}/{s['risen_accounts']} "
+            f"(median true change {_pct_or_none(s['risen_median_true_change'])})\n"
+            f"  truly flat (within +-{FLAT:.0%}): called improving or declining "
+            f"{s['flat_true_called_trending']}/{s['flat_true_accounts']} (binomial p = {s['flat_true_excess_p']:.2f} "
+            f"against a two-sided 5%), volatile {s['flat_true_called_volatile']}\n"
+            f"  called against the direction of the true change: {s['wrong_direction']}\n"
+            f"  the simulator's learning accounts called improving {s['learning_called_improving']}/"
+            f"{s['learning_accounts']}; rising-world learning accounts (+50% over {RISING_DAYS} days on top of "
+            f"their attributes) {s['rising_called_improving']}/{s['rising_accounts']}; flat-by-design accounts "
+            f"(random attributes) called improving or declining {s['flat_called_trending']}/{s['flat_accounts']}"
+        )
+        print(
+            f"sparse worlds ({s['sparse_worlds']}; ten dimensions, two with effects; "
+            f"{s['sparse_family_size']} tests in their families): true main effects of at least "
+            f"{MEANINGFUL_LIFT:.0%} found {s['sparse_claimed_found']}/{s['sparse_true_main_effects']} as claims "
+            f"({s['sparse_claimed_false']} false); on the last day's q-values, the weighted family "
+            f"{s['sparse_weighted_q_found']} ({s['sparse_weighted_q_false']} false), plain BH over the same family "
+            f"{s['sparse_plain_q_found']} ({s['sparse_plain_q_false']} false)"
         )
         for target, ok in s["targets"].items():
             print(f"  [{'ok' if ok else 'MISSED'}] {target}")

@@ -79,6 +79,10 @@ class PatternSettings:
     per_account: bool = True
     interactions: bool = True
     global_inference: str = "creative"  # or "cluster": see effects.fit_effects
+    # Least share of the cycle's Benjamini-Hochberg error budget held by the global main effects
+    # (weighted BH): a few hundred primary tests are not swamped by thousands of interactions
+    # and per-account patterns, and the false discovery rate of the whole family stays at alpha.
+    primary_share: float = 0.25
 
 
 @dataclass

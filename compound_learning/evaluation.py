@@ -29,13 +29,27 @@ from scipy import stats as sps
 
 from compound_learning import queries, steps
 from compound_learning.config import GLOBAL, CycleSettings, PatternSettings, load_settings
-from compound_learning.core.simulate import WorldConfig, simulate
+from compound_learning.core.simulate import DIMENSIONS, WorldConfig, simulate
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store
 
 NULL_LIFT = 0.01
 KINDS = ["null", "small", "large", "correlated", "drift"]
+RISING_GROWTH = 0.5  # a rising world's learning accounts: ROAS +50% over its days, whatever they launch
+RISING_DAYS = 60
+# A sparse world: ten dimensions, of which only two (hook and audience) have effects; the other
+# eight carry none, so the family of tests is large and almost all of it null.
+SPARSE_DIMENSIONS = {
+    "hook_type": DIMENSIONS["hook_type"],
+    "audience": DIMENSIONS["audience"],
+    **{f"null_dim_{i}": [f"v{j}" for j in range(3 + i % 3)] for i in range(1, 9)},
+}
+# large enough that per-account patterns and interactions make most of the family (~4,000 tests)
+SPARSE_SIZE = {"accounts": 20, "creatives": 60}
+MEANINGFUL_LIFT = 0.05  # a true main effect the pattern tests should find
+RISEN = 0.5  # an account whose expected ROAS truly rose this much should be called improving
+FLAT = 0.1  # ... and one within this of no change should not be called trending
 
 
 @dataclass
@@ -47,7 +61,9 @@ class WorldSpec:
     creatives: int = 25
 
     def config(self) -> WorldConfig:
-        scale = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0}[self.kind]
+        scale = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0, "rising": 0.5}
+        scale["sparse"] = 0.5
+        scale = scale[self.kind]
         return WorldConfig(
             days=self.days,
             accounts=self.accounts,
@@ -56,6 +72,8 @@ class WorldSpec:
             effect_scale=scale,
             null=self.kind == "null",
             drift=self.kind == "drift",
+            roas_growth=RISING_GROWTH if self.kind == "rising" else 0.0,
+            **({"dimensions": SPARSE_DIMENSIONS} if self.kind == "sparse" else {}),
         )
 
 
@@ -82,6 +100,8 @@ def replay(
             first, last = (pd.Timestamp(d).date() for d in (data["date"].min(), data["date"].max()))
             steps.run_days(ctx, first, last, only=["daily_stats", "improvement_snapshots"])
             steps.run_days(ctx, last - timedelta(days=test_days - 1), last, only=["learning_patterns"])
+            # the last day's trajectories again, now with the DNA that tells attribute mix from luck
+            steps.run_day(ctx, last, only=["creative_dna", "improvement_snapshots"])
             patterns = store.read_day(t.learning_patterns, last)
             statuses = {a: queries.trajectory(store, a)["learning_status"] for a in queries.accounts(store)}
         finally:
@@ -90,7 +110,8 @@ def replay(
 
 
 def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dict:
-    settings = settings or PatternSettings(per_account=False)
+    # per-account patterns in the sparse world, as in production: they are most of its tests
+    settings = settings or PatternSettings(per_account=spec.kind == "sparse")
     cfg = spec.config()
     data, truth = simulate(cfg)
     half_life = 14.0 if spec.kind == "drift" else 0.0
@@ -116,11 +137,13 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
     world_trend = panel_trend(data)
     per_account = list(statuses.values())
     learns = {a["account_id"]: a["learning"] for a in truth["accounts"]}
+    true_rise = truth["true_roas_change"]
     out = {
         "kind": spec.kind,
         "seed": spec.seed,
         "testable": len(testable),
         "significant": len(sig),
+        **_main_effect_power(patterns, steady, settings.alpha),
         "false_discoveries": int(false.sum()),
         "fdp": float(false.mean()) if len(sig) else 0.0,
         "covered": int(covered.sum()),
@@ -141,12 +164,52 @@ def score_world(spec: WorldSpec, settings: PatternSettings | None = None) -> dic
         "flat_called_trending": sum(
             statuses.get(a) in ("improving", "declining") for a, on in learns.items() if not on
         ),
+        "flat_called_volatile": sum(statuses.get(a) == "volatile" for a, on in learns.items() if not on),
+        # every account's call next to what its ROAS truly did: the last two weeks' expected
+        # revenue over the first two's (no sampling noise, no creative luck; a flat-by-design
+        # account's random attribute mix is a real change of its expected ROAS)
+        "trajectory_calls": [
+            {"learning": on, "true_change": true_rise[a], "status": statuses.get(a)}
+            for a, on in learns.items()
+            if a in true_rise
+        ],
     }
     if spec.kind == "drift":
         late = m[m["drifting"] & (m["metric"] == "ctr")]
         late_truth = -late["structural_log_effect"]  # the effect flipped halfway
         big = late_truth.abs() > 0.05
         out["drift_followed"] = float((np.sign(late.loc[big, "log_effect"]) == np.sign(late_truth[big])).mean())
+    return out
+
+
+POWER_FIGURES = (
+    "family_size",
+    "true_main_effects",
+    *(f"{name}_{what}" for name in ("claimed", "weighted_q", "plain_q") for what in ("found", "false")),
+)
+
+
+def _main_effect_power(patterns: pd.DataFrame, steady: pd.DataFrame, alpha: float) -> dict:
+    """How many of the true global main effects of at least ``MEANINGFUL_LIFT`` were found: as
+    ``significant`` (the claim, after persistence), and on the last day's q-values alone by the
+    cycle's weighted family and by plain Benjamini-Hochberg over the same family (the
+    comparison the weighting is for); false ones (null or wrong sign) beside each."""
+    tested = patterns[patterns["p_value"].notna()]
+    plain = pd.Series(
+        sps.false_discovery_control(tested["p_value"].to_numpy(), method="bh"), index=tested["pattern_id"]
+    )
+    q_plain = steady["pattern_id"].map(plain)
+    meaningful = steady["lift_true"].abs() >= MEANINGFUL_LIFT
+    null = steady["lift_true"].abs() < NULL_LIFT
+    wrong = np.sign(steady["log_effect"]) != np.sign(steady["log_effect_true"])
+    out = {"family_size": len(tested), "true_main_effects": int(meaningful.sum())}
+    for name, called in (
+        ("claimed", steady["state"] == "significant"),
+        ("weighted_q", steady["q_value"] < alpha),
+        ("plain_q", q_plain < alpha),
+    ):
+        out[f"{name}_found"] = int((called & meaningful & ~wrong).sum())
+        out[f"{name}_false"] = int((called & (null | wrong)).sum())
     return out
 
 
@@ -166,10 +229,28 @@ def panel_trend(data: pd.DataFrame) -> dict:
     return {"status": status, "daily_rate": float(np.expm1(res.params["t"])), "ci": [float(lo), float(hi)]}
 
 
-def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
-    """Score ``n_worlds`` worlds cycling through the kinds; returns per-world rows and the summary."""
+def evaluate(
+    n_worlds: int = 10,
+    seed: int = 100,
+    rising_worlds: int | None = None,
+    sparse_worlds: int | None = None,
+    **world_kw,
+) -> dict:
+    """Score ``n_worlds`` worlds cycling through the kinds; ``rising_worlds`` (default one per
+    two) 60-day worlds whose learning accounts' ROAS rises 50% whatever they launch, which count
+    only in the trajectory rates; and ``sparse_worlds`` (default one per five) of ten dimensions
+    with two that have effects, for the power of the pattern tests, which count in the recovery
+    figures too. Returns per-world rows and the summary."""
+    rising_worlds = max(n_worlds // 2, 1) if rising_worlds is None else rising_worlds
+    sparse_worlds = max(n_worlds // 5, 1) if sparse_worlds is None else sparse_worlds
     rows = [score_world(WorldSpec(KINDS[i % len(KINDS)], seed + i, **world_kw)) for i in range(n_worlds)]
-    frame = pd.DataFrame(rows)
+    rising_kw = {**world_kw, "days": max(world_kw.get("days", RISING_DAYS), RISING_DAYS)}
+    rising = [score_world(WorldSpec("rising", seed + 1000 + i, **rising_kw)) for i in range(rising_worlds)]
+    sparse_kw = {**world_kw, **SPARSE_SIZE}
+    sparse = [score_world(WorldSpec("sparse", seed + 2000 + i, **sparse_kw)) for i in range(sparse_worlds)]
+    frame = pd.DataFrame(rows + sparse)
+    both = pd.DataFrame(rows + rising + sparse)
+    rise = pd.DataFrame(rising, columns=both.columns)
     non_null = frame[frame["kind"] != "null"]
     sig_total = int(frame["significant"].sum())
     summary = {
@@ -187,8 +268,15 @@ def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
         "correlated_null_dimension_significant": int(frame["null_dimension_significant"].sum()),
         "learning_accounts": int(frame["learning_accounts"].sum()),
         "learning_called_improving": int(frame["learning_called_improving"].sum()),
-        "flat_accounts": int(frame["flat_accounts"].sum()),
-        "flat_called_trending": int(frame["flat_called_trending"].sum()),
+        "rising_worlds": len(rising),
+        "rising_accounts": int(rise["learning_accounts"].sum()),
+        "rising_called_improving": int(rise["learning_called_improving"].sum()),
+        "flat_accounts": int(both["flat_accounts"].sum()),
+        "flat_called_trending": int(both["flat_called_trending"].sum()),
+        "flat_called_volatile": int(both["flat_called_volatile"].sum()),
+        **trajectory_call_rates([c for calls in both["trajectory_calls"] for c in calls]),
+        "sparse_worlds": len(sparse),
+        **{f"sparse_{k}": int(sum(w[k] for w in sparse)) for k in POWER_FIGURES},
     }
     summary["targets"] = {
         "mean_fdp <= 0.10": summary["mean_fdp"] <= 0.10,
@@ -197,4 +285,40 @@ def evaluate(n_worlds: int = 10, seed: int = 100, **world_kw) -> dict:
         "no null world called improving": summary["null_worlds_called_improving"] == 0,
         "null correlated dimension never significant": summary["correlated_null_dimension_significant"] == 0,
     }
-    return {"summary": summary, "worlds": rows}
+    summary["targets"][f"truly risen accounts (>= +{RISEN:.0%}) called improving >= 80%"] = (
+        summary["risen_called_improving"] >= 0.8 * summary["risen_accounts"]
+    )
+    # A two-sided 95% interval calls about 5% of truly flat accounts trending by chance: the
+    # target is that the rate is not above that (one-sided binomial test at 5%).
+    excess = sps.binomtest(summary["flat_true_called_trending"], max(summary["flat_true_accounts"], 1), 0.05, "greater")
+    summary["flat_true_excess_p"] = float(excess.pvalue)
+    summary["targets"][
+        f"truly flat accounts (within +-{FLAT:.0%}) called trending not above 5% (binomial p > 0.05)"
+    ] = summary["flat_true_excess_p"] > 0.05
+    summary["targets"]["no account called trending against its true change"] = summary["wrong_direction"] == 0
+    summary["targets"]["sparse worlds: the weighted family finds at least what plain BH finds, nothing false"] = (
+        summary["sparse_weighted_q_found"] >= summary["sparse_plain_q_found"]
+        and summary["sparse_weighted_q_false"] == 0
+        and summary["sparse_claimed_false"] == 0
+    )
+    return {"summary": summary, "worlds": rows + rising + sparse}
+
+
+def trajectory_call_rates(calls: list[dict]) -> dict:
+    """The trajectory's calls scored against each account's true ROAS change: power on accounts
+    that truly rose by ``RISEN`` or more, false trends on accounts within ``FLAT`` of no change,
+    and calls against the direction of the truth."""
+    risen = [c for c in calls if c["true_change"] >= RISEN]
+    flat = [c for c in calls if abs(c["true_change"]) < FLAT]
+    trending = ("improving", "declining")
+    return {
+        "risen_accounts": len(risen),
+        "risen_called_improving": sum(c["status"] == "improving" for c in risen),
+        "risen_median_true_change": float(np.median([c["true_change"] for c in risen])) if risen else None,
+        "flat_true_accounts": len(flat),
+        "flat_true_called_trending": sum(c["status"] in trending for c in flat),
+        "flat_true_called_volatile": sum(c["status"] == "volatile" for c in flat),
+        "wrong_direction": sum(
+            (c["status"], c["true_change"] > 0) in (("improving", False), ("declining", True)) for c in calls
+        ),
+    }

@@ -32,7 +32,7 @@ from compound_learning.core.patterns import (
     pattern_candidates,
     patterns_from_candidates,
 )
-from compound_learning.core.trajectory import trajectory
+from compound_learning.core.trajectory import CHANGE_WINDOW_DAYS, trajectory
 from compound_learning.storage import schema as t
 from compound_learning.storage.retry import with_retries
 from compound_learning.storage.store import Store, get_store
@@ -598,39 +598,127 @@ def build_recommendations(ctx: CycleContext, day: date) -> dict:
 TRAJECTORY_COLUMNS = ["account_id", "spend", "revenue", "roas", "trajectory"]
 
 
+CREATIVE_DAY_COLUMNS = ["date", "account_id", "creative_id", "spend", "revenue", "conversions"]
+
+
+class _CreativeWindows:
+    """The shard's creative-day rows that the trajectories' change windows need (each account's
+    first ``CHANGE_WINDOW_DAYS`` days and the last ones before the day being processed) and the
+    attributes of those windows' creatives.
+
+    Read once for the first day of a run (bounded ranges, whatever the history's length) and
+    extended with each processed day's rows, so a long history costs no more to read."""
+
+    def __init__(self, store: Store, history: pd.DataFrame, day: date):
+        self.window = timedelta(days=CHANGE_WINDOW_DAYS - 1)
+        accounts = sorted(set(history["account_id"])) if len(history) else []
+        positive = history[(history["spend"] > 0) & (history["revenue"] > 0)] if len(history) else history
+        self.first = {a: pd.Timestamp(d).date() for a, d in positive.groupby("account_id")["date"].min().items()}
+        ranges = [(day - self.window, day - timedelta(days=1), accounts)] if accounts else []
+        by_start: dict[date, list[str]] = {}
+        for account, start in self.first.items():
+            if start < day - self.window:  # else its first window lies inside the recent range
+                by_start.setdefault(start, []).append(account)
+        for start, ids in sorted(by_start.items()):
+            ranges.append((start, min(start + self.window, day - self.window - timedelta(days=1)), ids))
+        parts, attrs = [], []
+        for start, end, ids in ranges:
+            parts.append(
+                store.read_range(t.creative_daily_stats, start, end, columns=CREATIVE_DAY_COLUMNS, accounts=ids)
+            )
+            attrs.append(store.creative_attributes(start, end, ids))
+        self.rows: dict[str, pd.DataFrame] = {}
+        self.attributes: dict[tuple[str, str], str] = {}
+        for frame in attrs:
+            keys = zip(frame["account_id"], frame["creative_id"], strict=True)
+            self.attributes.update(zip(keys, frame["attributes"], strict=True))
+        rows = [p for p in parts if len(p)]
+        if rows:
+            joined = pd.concat(rows, ignore_index=True)
+            joined["date"] = pd.to_datetime(joined["date"]).dt.date
+            self.rows = {a: g.drop(columns="account_id") for a, g in joined.groupby("account_id")}
+
+    def add(self, account_id: str, day: date, rows: pd.DataFrame) -> pd.DataFrame:
+        """Take in the account's rows of ``day`` (with ``attributes``); return what its windows
+        hold up to ``day``."""
+        if len(rows) and rows["revenue"].gt(0).any() and rows["spend"].gt(0).any():
+            self.first.setdefault(account_id, day)
+        self.attributes.update(
+            ((account_id, c), a) for c, a in zip(rows["creative_id"], rows["attributes"], strict=True)
+        )
+        today = rows.drop(columns=["account_id", "attributes"]).assign(date=day)
+        held = self.rows.get(account_id)
+        frame = today if held is None or held.empty else pd.concat([held, today], ignore_index=True)
+        start = self.first.get(account_id)
+        keep = frame["date"] >= day - self.window
+        if start is not None:
+            keep |= frame["date"] <= start + self.window
+        self.rows[account_id] = frame[keep]
+        return self.rows[account_id]
+
+    def predicted(self, account_id: str, creatives: pd.DataFrame, post) -> pd.DataFrame:
+        """``creatives`` with each one's log ROAS predicted from its attributes by ``post``."""
+        from compound_learning.core.recommend import predict_log_rate
+
+        by_attributes: dict[str, float] = {}
+        values = []
+        for creative_id in creatives["creative_id"]:
+            attrs = self.attributes.get((account_id, creative_id))
+            if attrs is None:
+                values.append(np.nan)
+                continue
+            if attrs not in by_attributes:
+                by_attributes[attrs] = predict_log_rate(post, json.loads(attrs))[0]
+            values.append(by_attributes[attrs])
+        return creatives.assign(predicted=values)
+
+
 def _trajectories(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
     """Each of the shard's accounts' ROAS on each day and its trajectory over every earlier day.
 
     The history is read once, for the first day; later days of the run extend it with the rows
-    this computes, which are the rows the combine step writes."""
+    this computes, which are the rows the combine step writes. The creative-day rows of the
+    change windows go along, with what the day's DNA predicts of each creative, so the change's
+    interval carries creative luck and says how much the attribute mix explains."""
+    from compound_learning.core.recommend import DNA
+
     store, cfg = ctx.store, ctx.cfg
     history = store.read_before(
         t.improvement_snapshots, days[0], "date", columns=["account_id", "date", "spend", "revenue"]
     )
     history = history[[shard.has(a) for a in history["account_id"]]] if len(history) else history
     series_of = {a: g[["date", "spend", "revenue"]] for a, g in history.groupby("account_id")} if len(history) else {}
+    windows = _CreativeWindows(store, history, days[0])
     out = {}
     for day in days:
         today = shard_cells(
-            store, t.creative_daily_stats, day, shard, day_column="date", columns=["account_id", "spend", "revenue"]
+            store,
+            t.creative_daily_stats,
+            day,
+            shard,
+            day_column="date",
+            columns=[*CREATIVE_DAY_COLUMNS[1:], "attributes"],
         )
+        dna = DNA(shard_cells(store, t.creative_dna, day, shard, also=[GLOBAL]))
         rows = []
         if len(today):
-            g = today.groupby("account_id").agg(
-                spend=("spend", "sum"), revenue=("revenue", lambda s: s.sum(min_count=1))
-            )
-            for account_id, r in g.iterrows():
-                revenue = None if pd.isna(r["revenue"]) else float(r["revenue"])
-                point = pd.DataFrame([{"date": day, "spend": r["spend"], "revenue": r["revenue"]}])
+            for account_id, creatives in today.groupby("account_id"):
+                spend = float(creatives["spend"].sum())
+                revenue = None if creatives["revenue"].isna().all() else float(creatives["revenue"].sum())
+                point = pd.DataFrame([{"date": day, "spend": spend, "revenue": revenue}])
                 earlier = series_of.get(account_id)
                 series = point if earlier is None else pd.concat([earlier, point], ignore_index=True)
                 series_of[account_id] = series
-                traj = trajectory(series, baseline_days=cfg.baseline_days)
-                roas = revenue / r["spend"] if r["spend"] > 0 and revenue is not None else None
+                window_rows = windows.add(account_id, day, creatives)
+                post = dna.posterior(account_id, "roas")
+                if post is not None:
+                    window_rows = windows.predicted(account_id, window_rows, post)
+                traj = trajectory(series, baseline_days=cfg.baseline_days, creatives=window_rows)
+                roas = revenue / spend if spend > 0 and revenue is not None else None
                 rows.append(
                     {
                         "account_id": account_id,
-                        "spend": float(r["spend"]),
+                        "spend": spend,
                         "revenue": revenue,
                         "roas": None if roas is None else float(roas),
                         "trajectory": json.dumps(traj),

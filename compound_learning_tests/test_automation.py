@@ -153,8 +153,8 @@ def test_run_status_sensor_writes_the_cycle_log(sqlite_url, env, world, instance
 
 
 def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url, env, world, monkeypatch, instance):
-    """Issue 13 item 1: ``creative_dna`` fails, ``improvement_snapshots`` (which does not depend
-    on it) still materializes; the day is not done, so the gap filler asks for it again."""
+    """Issue 13 item 1: ``cross_account_insights`` fails, ``improvement_snapshots`` (which does
+    not depend on it) still materializes; the day is not done, so the gap filler asks for it again."""
     from compound_learning import steps
     from compound_learning.orchestration.launch import run_in_process
 
@@ -165,10 +165,10 @@ def test_a_day_whose_step_failed_is_requested_again_by_the_gap_filler(sqlite_url
     _pretend_today(monkeypatch, day + timedelta(days=1))
 
     def boom(*_a, **_k):
-        raise RuntimeError("simulated failure of the DNA step")
+        raise RuntimeError("simulated failure of the insights step")
 
     with monkeypatch.context() as failing:
-        failing.setitem(steps.CYCLE_STEPS, "creative_dna", boom)
+        failing.setitem(steps.CYCLE_STEPS, "cross_account_insights", boom)
         assert run_in_process(day, day, instance=instance)["status"] == "FAILURE"
     assert day.isoformat() in instance.get_materialized_partitions(dg.AssetKey("improvement_snapshots"))
     result = _evaluate(missing_days_sensor, sqlite_url, instance=instance)

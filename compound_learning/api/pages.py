@@ -94,7 +94,7 @@ table{{border-collapse:collapse;font-size:0.9em}}td,th{{border-bottom:1px solid 
 .grid{{display:grid;grid-template-columns:1fr 1fr;gap:1em}} img{{max-width:100%}} h2{{margin-top:1.4em}}</style></head>
 <body><h1>{e(account_id)}</h1>
 <p>ROAS {fmt(traj["initial_roas"])} (first week) → {fmt(traj["current_roas"])} (last week). {e(traj.get("summary", ""))}.
-Trend: <b>{e(traj["learning_status"])}</b>, daily change {fmt(traj["daily_improvement_rate"], True)}. As of {e(traj["as_of"])}.</p>
+Status: <b>{e(traj["learning_status"])}</b>; ongoing daily trend: {e(traj.get("trend") or "n/a")}, daily change {fmt(traj["daily_improvement_rate"], True)}. As of {e(traj["as_of"])}.</p>
 <img alt="ROAS trajectory" src="{charts.data_uri(charts.trajectory_chart(series, traj))}">
 <ul>{proj}</ul>
 <h2>Top patterns</h2><img alt="patterns" src="{charts.data_uri(charts.patterns_chart(top))}">

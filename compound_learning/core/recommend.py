@@ -156,7 +156,7 @@ def _terms(post: MetricPosterior, attributes: dict[str, str]):
         yield f"{da} x {db}", f"{attributes[da]} x {attributes[db]}", weight, True
 
 
-def _mean_sd(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
+def predict_log_rate(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
     """The combination's posterior log rate: mean and sd."""
     mean, var = post.base, post.base_sd**2
     for _dim, _value, (m, sd, _n), _pair in _terms(post, attributes):
@@ -182,7 +182,7 @@ def _describe(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float,
                 "creatives": creatives,
             }
         )
-    return *_mean_sd(post, attributes), parts
+    return *predict_log_rate(post, attributes), parts
 
 
 def _key(combo: dict[str, str]) -> tuple:
@@ -355,7 +355,7 @@ def spend_split(
     prior_var = np.full(n, CREATIVE_SD**2 + (DEFAULT_PRIOR_SD**2 if roas is None else 0.0))
     if roas is not None:
         for i, attrs in enumerate(live["attributes"]):
-            mean, sd = _mean_sd(roas, attrs)
+            mean, sd = predict_log_rate(roas, attrs)
             prior_mean[i], prior_var[i] = mean, sd**2 + CREATIVE_SD**2
     spend = live["spend"].to_numpy(float)
     revenue = live["revenue"].fillna(0).to_numpy(float)

@@ -71,6 +71,9 @@ class WorldConfig:
     start: date = date(2024, 1, 1)
     learning_accounts_share: float = 0.4
     drift: bool = False  # the template effect flips sign halfway through
+    # The learning accounts' conversion rate grows by this share over the world's days (0.5: their
+    # ROAS rises 50% whatever they launch), on top of the better attributes they drift towards.
+    roas_growth: float = 0.0
     dimensions: dict[str, list[str]] = field(default_factory=lambda: dict(DIMENSIONS))
 
 
@@ -89,7 +92,7 @@ def _interaction_matrix(cfg: WorldConfig, metric: str) -> dict[tuple[str, str], 
     if cfg.null:
         return out
     for da, va, db, vb, m, gamma in INTERACTIONS:
-        if m != metric:
+        if m != metric or da not in cfg.dimensions or db not in cfg.dimensions:
             continue
         ka, kb = len(cfg.dimensions[da]), len(cfg.dimensions[db])
         ea = np.eye(ka)[cfg.dimensions[da].index(va)] - 1.0 / ka
@@ -188,6 +191,8 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
             a_row["log_ctr"] + quality_ctr[ci] + np.where(weekend, 0.10, 0.0) - 0.15 * cum_before.to_numpy() / 100_000
         )
         log_cvr = a_row["log_cvr"] + quality_cvr[ci] + np.where(weekend, -0.05, 0.0)
+        if learning[account] and cfg.roas_growth:
+            log_cvr = log_cvr + np.log1p(cfg.roas_growth) * di / max(cfg.days - 1, 1)
         for d in dims:
             idx = np.array([cfg.dimensions[d].index(v) for v in attrs[d]])[ci]
             ctr_d = ctr_eff[d] + acct_dev[(account, d, "ctr")]
@@ -244,11 +249,25 @@ def simulate(cfg: WorldConfig, true_rates: bool = False) -> tuple[pd.DataFrame, 
     )
     truth = _truth(cfg, ctr_eff, cvr_eff, inter, acct, learning)
     _add_library_effects(truth, data, cfg)
+    truth["true_roas_change"] = _true_roas_change(data)
     hidden = [c for c in data.columns if c.startswith("_")]
     out = data.drop(columns=hidden)
     if true_rates:
         out["true_ctr"] = data["_true_ctr"]
     return out, truth
+
+
+def _true_roas_change(data: pd.DataFrame, window: int = 14) -> dict[str, float]:
+    """Each account's expected ROAS (its creatives' own quality and the sampling noise left out)
+    of the last ``window`` days over the first ``window``: what its attributes and any growth did."""
+    day = pd.to_datetime(data["date"])
+    out = {}
+    for account, idx in data.groupby("account_id").groups.items():
+        d, rows = day[idx], data.loc[idx]
+        first, last = d < d.min() + pd.Timedelta(days=window), d > d.max() - pd.Timedelta(days=window)
+        roas = [rows.loc[m, "_expected_revenue"].sum() / rows.loc[m, "spend"].sum() for m in (first, last)]
+        out[account] = float(roas[1] / roas[0] - 1.0)
+    return out
 
 
 def _add_library_effects(truth: dict, data: pd.DataFrame, cfg: WorldConfig) -> None:

@@ -7,20 +7,28 @@ of log ROAS over time are fitted, each with autocorrelation-robust (HAC, Newey-W
 - ``saturating``: growth that levels off, ``log roas = a + c (1 - exp(-t / tau))``, tau on a grid;
 
 the one with the lower error on the held-out last fifth of the days is used. A third, flat
-model (no growth) competes too: ``improving`` / ``declining`` need both a growth interval that
-excludes zero and a growth model that beats the flat one on the held-out days. Projections at
-30 / 90 / 365 days carry 95% intervals, and are given only as far ahead as the history is long
-(``MAX_PROJECTION_MULTIPLE`` times its span; a trend fitted on 30 days says nothing about day
-395); the ones withheld are named in ``projection_notes``. ``on_track_for_10x`` only when the
-*lower* bound of the 365-day projection is 10x the initial ROAS, so never from an extrapolation.
-``learning_status`` says ``improving`` or ``declining`` only when the growth interval excludes
-zero, else ``stable``. Fewer than two snapshots: ``insufficient_data``; fewer than
-``min_days_to_judge``: ``learning``.
+model (no growth) competes too: the daily ``trend`` is ``rising`` / ``falling`` only when the
+growth interval excludes zero *and* a growth model beats the flat one on the held-out days.
+Projections at 30 / 90 / 365 days carry 95% intervals and follow the growth model only while
+that trend goes on; otherwise they hold the recent level. They are given only as far ahead as
+the history is long (``MAX_PROJECTION_MULTIPLE`` times its span; a trend fitted on 30 days says
+nothing about day 395); the ones withheld are named in ``projection_notes``.
+``on_track_for_10x`` only when the *lower* bound of the 365-day projection is 10x the initial
+ROAS, so never from an extrapolation.
 
-Beside the trend, ``change`` is what a marketer asks first: the ROAS of the last two weeks
-against the first two, with a 95% interval (day-of-week adjusted, HAC errors), and ``summary``
-says both in one sentence, so that a rise that happened early and then held ("stable" trend,
-+74% change) reads as what it is.
+``change`` is what a marketer asks first: the ROAS of the last two weeks against the first two,
+with a 95% interval (day-of-week adjusted, HAC errors). Given the account's creative-day rows,
+that interval also carries *creative luck*: which creatives happened to run moves an account by
+tens of percent with nothing getting better, and the daily noise does not show it (a creative's
+quality lasts its lifetime). A change in the attribute mix that the learned DNA explains is not
+luck, and ``attribute_mix_change`` says how much of the change it explains.
+
+``learning_status``: ``improving`` / ``declining`` when that change's interval excludes zero
+(the daily trend decides while the history is too short for two windows); otherwise
+``volatile`` for an account with fewer than ``LOW_VOLUME_CONVERSIONS`` conversions on a median
+recent day (too few to call anything), else ``stable``. Fewer than two snapshots:
+``insufficient_data``; fewer than ``min_days_to_judge`` days: ``learning``. ``summary`` says the
+change, the status and the trend in one sentence, so the words never contradict the numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ RECENT_DAYS = 14  # the level a "stable" account is projected to keep
 CHANGE_WINDOW_DAYS = 14  # the first and the last two weeks, compared in ``change``
 MAX_PROJECTION_MULTIPLE = 1.0  # project at most as far ahead as the history is long
 TAUS = (7.0, 14.0, 30.0, 60.0, 120.0)
+Z95 = 1.959964
+DEFAULT_CREATIVE_SD = 0.3  # creatives' spread of log ROAS beyond their attributes, when too few to estimate
+LOW_VOLUME_CONVERSIONS = 10  # conversions on a median recent day below which an account is volatile
 
 
 def _design(t: np.ndarray, model: str, tau: float | None, dow: np.ndarray | None = None) -> np.ndarray:
@@ -96,7 +107,10 @@ def _holdout_error(t, y, dow, model) -> float:
 
 def window_change(t: np.ndarray, y: np.ndarray, dow: np.ndarray, window: int = CHANGE_WINDOW_DAYS) -> dict | None:
     """Log ROAS of the last ``window`` days against the first ``window`` (day-of-week adjusted,
-    HAC errors with fixed-b critical values); None when the history cannot hold two windows."""
+    HAC errors with fixed-b critical values); None when the history cannot hold two windows.
+
+    ``log_change``, ``noise_se`` and ``critical_value`` are kept so that :func:`trajectory` can
+    widen the interval by the creative luck the daily noise does not carry."""
     import statsmodels.api as sm
     from scipy import stats as sps
 
@@ -118,7 +132,85 @@ def window_change(t: np.ndarray, y: np.ndarray, dow: np.ndarray, window: int = C
         "days_compared": int(window),
         "roas_change": float(np.expm1(est)),
         "roas_change_ci": [float(np.expm1(est - crit * se)), float(np.expm1(est + crit * se))],
+        "log_change": est,
+        "noise_se": se,
+        "critical_value": crit,
     }
+
+
+def creative_luck(creatives: pd.DataFrame, first: tuple, last: tuple) -> dict | None:
+    """How much the first-vs-last change in mean daily log ROAS could move from *which creatives
+    ran* alone, with nothing getting better or worse.
+
+    An account's daily ROAS is about the spend-weighted mean of its live creatives' own quality.
+    With creatives' quality independent draws of spread ``sigma`` (estimated from the creatives
+    themselves, their Poisson noise removed), the change between the two windows carries a
+    composition term ``sum_c (w_c_last - w_c_first) q_c`` whose variance is
+    ``sigma^2 * sum_c (w_c_last - w_c_first)^2``, where ``w_c`` is creative c's mean daily share of
+    spend in a window. A dozen live creatives with a 0.3 spread move an account by +-20% as they
+    come and go; the daily noise does not show it, since a creative's quality lasts its lifetime.
+
+    With a ``predicted`` column (each creative's log ROAS from its attributes, by the learned
+    weights), the spread is that of the creatives *beyond* their attributes: a change in the
+    attribute mix is explained, not luck, and ``attribute_mix_change`` says how much of the
+    change it explains.
+
+    ``creatives``: creative-day rows ``date, creative_id, spend, revenue, conversions`` (and
+    ``predicted``); ``first`` and ``last``: the windows' (start, end) timestamps. None when
+    either window has no spend.
+    """
+    rows = creatives[(creatives["spend"] > 0)].copy()
+    rows["date"] = pd.to_datetime(rows["date"])
+    shares = []
+    for start, end in (first, last):
+        w = rows[(rows["date"] >= start) & (rows["date"] <= end)]
+        if w.empty:
+            return None
+        share = w["spend"] / w.groupby("date")["spend"].transform("sum")
+        shares.append(share.groupby(w["creative_id"]).sum() / w["date"].nunique())
+    delta = shares[1].sub(shares[0], fill_value=0.0)
+    both = rows[rows["creative_id"].isin(delta.index)]
+    per = both.groupby("creative_id")[["spend", "revenue", "conversions"]].sum()
+    per = per[per["spend"] > 0]
+    predicted = None
+    if "predicted" in both.columns and both["predicted"].notna().all():
+        predicted = both.groupby("creative_id")["predicted"].first()
+    total_conv = float(per["conversions"].sum())
+    sigma2 = None
+    if len(per) >= 4 and total_conv > 0 and per["revenue"].sum() > 0:
+        roas = float(per["revenue"].sum() / per["spend"].sum())
+        value = float(per["revenue"].sum() / total_conv)  # revenue per conversion
+        # Half a conversion at the account's ROAS keeps creatives with no sale finite.
+        y = np.log((per["revenue"] + 0.5 * value) / (per["spend"] + 0.5 * value / roas))
+        if predicted is not None:  # what the attributes explain is not luck
+            y = y - predicted.reindex(y.index)
+        noise = 1.0 / (per["conversions"] + 0.5)
+        sigma2 = max(float(np.var(y, ddof=1) - noise.mean()), 0.0)
+    if sigma2 is None:
+        sigma2 = DEFAULT_CREATIVE_SD**2  # too few creatives to estimate their spread
+    variance = sigma2 * float((delta**2).sum())
+    mix = None if predicted is None else float(np.expm1((delta * predicted.reindex(delta.index)).sum()))
+    return {
+        "creatives_compared": len(delta),
+        "creative_sd": float(np.sqrt(sigma2)),
+        "luck_se": float(np.sqrt(variance)),
+        "attribute_mix_change": mix,
+        "daily_conversions_median": float(rows[rows["date"] >= last[0]].groupby("date")["conversions"].sum().median()),
+    }
+
+
+def _with_luck(change: dict, luck: dict | None) -> dict:
+    """The change's interval widened by creative luck (when the creatives are known)."""
+    out = {k: v for k, v in change.items() if k not in ("log_change", "noise_se", "critical_value")}
+    est, se, crit = change["log_change"], change["noise_se"], change["critical_value"]
+    if luck is not None:
+        # The two parts in quadrature, each at its own critical value: the daily noise's is the
+        # fixed-b HAC one, the luck's the normal one (its variance is known from the creatives).
+        half = float(np.sqrt((crit * se) ** 2 + (Z95 * luck["luck_se"]) ** 2))
+        out["roas_change_ci"] = [float(np.expm1(est - half)), float(np.expm1(est + half))]
+        out.update({k: luck[k] for k in ("creatives_compared", "creative_sd", "luck_se", "attribute_mix_change")})
+    out["includes_creative_luck"] = luck is not None
+    return out
 
 
 def _pct(x: float) -> str:
@@ -134,29 +226,56 @@ def summary_sentence(out: dict) -> str:
     if change:
         lo, hi = change["roas_change_ci"]
         clear = lo > 0 or hi < 0
+        beyond = " and which creatives happened to run" if change.get("includes_creative_luck") else ""
         parts.append(
             f"ROAS {_pct(change['roas_change'])} [{_pct(lo)}, {_pct(hi)}] between the first and the last "
-            f"{change['days_compared']} days" + ("" if clear else " (not distinguishable from no change)")
+            f"{change['days_compared']} days"
+            + ("" if clear else f" (not distinguishable from no change, given daily noise{beyond})")
         )
-    if status == "improving":
-        parts.append("still improving: the daily trend is above zero beyond noise")
-    elif status == "declining":
-        parts.append("declining: the daily trend is below zero beyond noise")
+    trend = out.get("trend")
+    if status in ("improving", "declining"):
+        word = "improved" if status == "improving" else "declined"
+        parts.append(
+            f"{status}: ROAS has {word} beyond daily noise"
+            + (" and creative luck" if change and change.get("includes_creative_luck") else "")
+        )
+        mix = change.get("attribute_mix_change") if change else None
+        if mix is not None:
+            parts.append(f"the attributes it now runs account for {_pct(mix)} by the learned DNA")
+        if trend in ("rising", "falling"):
+            parts.append(f"the daily trend is still {trend}")
+        else:
+            parts.append("no ongoing daily trend beyond noise, so the projection holds the recent level")
+    elif status == "volatile":
+        parts.append(
+            f"volatile: a median of {out['daily_conversions_median']:.0f} conversions a day is too few to call a trend"
+        )
     elif status == "stable":
-        parts.append("no ongoing trend beyond noise, so the projection holds the recent level")
+        parts.append("stable: no change beyond noise, so the projection holds the recent level")
     else:
         parts.append(f"{status}: too few days to judge a trend")
     return "; ".join(parts)
 
 
-def trajectory(series: pd.DataFrame, baseline_days: int = 7, min_days_to_judge: int = 14) -> dict:
-    """Fit the trajectory of one account from its daily ``date, spend, revenue`` rows."""
-    out = _trajectory(series, baseline_days, min_days_to_judge)
+def trajectory(
+    series: pd.DataFrame,
+    baseline_days: int = 7,
+    min_days_to_judge: int = 14,
+    creatives: pd.DataFrame | None = None,
+) -> dict:
+    """Fit the trajectory of one account from its daily ``date, spend, revenue`` rows.
+
+    With ``creatives`` (creative-day rows ``date, creative_id, spend, revenue, conversions``
+    covering the first and the last comparison windows) the change's interval also carries the
+    creative luck of :func:`creative_luck`, and an account with fewer than
+    ``LOW_VOLUME_CONVERSIONS`` conversions on a median recent day is ``volatile`` rather than
+    ``stable`` when no change is clear."""
+    out = _trajectory(series, baseline_days, min_days_to_judge, creatives)
     out["summary"] = summary_sentence(out)
     return out
 
 
-def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int) -> dict:
+def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int, creatives) -> dict:
     from scipy import stats as sps
 
     s = series.copy()
@@ -171,9 +290,12 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
         "daily_improvement_rate_ci": [None, None],
         "model": None,
         "learning_status": "insufficient_data",
+        "trend": None,
         "on_track_for_10x": False,
         "holdout_mse": {},
         "change": None,
+        "daily_conversions_median": None,
+        "projection_holds_level": None,
         "projection_notes": [],
     }
     for h in HORIZONS:
@@ -197,14 +319,22 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
     t = (positive["date"] - first).dt.days.to_numpy(float)
     y = np.log((positive["revenue"] / positive["spend"]).to_numpy(float))
     dow = positive["date"].dt.day_of_week.to_numpy()
-    out["change"] = window_change(t, y, dow)
+    change = window_change(t, y, dow)
+    luck = None
+    if change is not None and creatives is not None and len(creatives):
+        w = pd.Timedelta(days=change["days_compared"] - 1)
+        d0, d1 = positive["date"].iloc[0], positive["date"].iloc[-1]
+        luck = creative_luck(creatives, (d0, d0 + w), (d1 - w, d1))
+        if luck is not None:
+            out["daily_conversions_median"] = luck["daily_conversions_median"]
+    out["change"] = None if change is None else _with_luck(change, luck)
     if len(t) < 10:  # too few points for a trend next to 6 day-of-week terms
         out["learning_status"] = "learning"
         return out
     errors = {m: _holdout_error(t, y, dow, m) for m in ("flat", "compound", "saturating")}
     out["holdout_mse"] = {k: (None if not np.isfinite(v) else v) for k, v in errors.items()}
     model = "saturating" if errors["saturating"] < errors["compound"] else "compound"
-    # Growth is claimed only if a growth model also predicts the held-out days better than no
+    # Growth is projected only if a growth model also predicts the held-out days better than no
     # growth at all: in-sample trends from creative turnover do not survive that test.
     growth_predicts = min(errors["compound"], errors["saturating"]) < errors["flat"] or not np.isfinite(errors["flat"])
     tau = None
@@ -224,19 +354,19 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
     if n < min_days_to_judge:
         out["learning_status"] = "learning"
         return out  # too short to project anything honestly
-    if b - crit * se_b > 0 and growth_predicts:
-        out["learning_status"] = "improving"
-    elif b + crit * se_b < 0 and growth_predicts:
-        out["learning_status"] = "declining"
-    else:
-        out["learning_status"] = "stable"
-        # No evidence of a trend: project the recent level (the last two weeks), not the mean of
-        # the whole history, which would sit below an account that has already moved up.
+    rising, falling = b - crit * se_b > 0 and growth_predicts, b + crit * se_b < 0 and growth_predicts
+    out["trend"] = "rising" if rising else "falling" if falling else "none"
+    out["learning_status"] = _status(out["change"], rising, falling, out["daily_conversions_median"])
+    # The growth model drives the projection only while the trend goes on in the status's own
+    # direction; otherwise the recent level (the last two weeks), not the mean of the whole
+    # history, which would sit below an account that has already moved up.
+    if not ((out["learning_status"] == "improving" and rising) or (out["learning_status"] == "declining" and falling)):
         model, tau = "level", None
         recent = slice(max(len(t) - RECENT_DAYS, 0), None)
         res = _fit(t[recent], y[recent], "level", None, dow[recent])
         params, cov = np.asarray(res.params), np.asarray(res.cov_params())
-        out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level (no evidence of a trend)"
+        out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level (no ongoing trend)"
+    out["projection_holds_level"] = model == "level"
     t_last = float(t[-1])
     initial = out["initial_roas"]
     span = t_last - float(t[0]) + 1
@@ -258,3 +388,20 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
         out["learning_status"] == "improving" and initial and initial > 0 and low_365 and low_365 / initial >= 10.0
     )
     return out
+
+
+def _status(change: dict | None, rising: bool, falling: bool, conversions_median: float | None) -> str:
+    """``improving`` / ``declining`` when the first-vs-last change is clear beyond noise (and
+    creative luck, when known); with no change window, the daily trend decides. Otherwise
+    ``volatile`` for a low-volume account, else ``stable``."""
+    if change is not None:
+        lo, hi = change["roas_change_ci"]
+        if lo > 0:
+            return "improving"
+        if hi < 0:
+            return "declining"
+    elif rising or falling:
+        return "improving" if rising else "declining"
+    if conversions_median is not None and conversions_median < LOW_VOLUME_CONVERSIONS:
+        return "volatile"
+    return "stable"

@@ -541,7 +541,7 @@ def _trajectory_preview(summary: dict, store: StoreResource) -> str:
 
 @_sharded(
     "improvement_snapshots",
-    [daily_stats],
+    [daily_stats, creative_dna],
     "trajectory",
     {"python", "statsmodels", "sql"},
     TRAJECTORY_FIGURES,
@@ -549,7 +549,8 @@ def _trajectory_preview(summary: dict, store: StoreResource) -> str:
 )
 def improvement_snapshots(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Per account: the day's ROAS and its trajectory (compound vs saturating growth, HAC
-    intervals, projections at 30/90/365 days, learning status)."""
+    intervals, projections at 30/90/365 days, learning status). The day's DNA tells a change in
+    the attribute mix from creative luck in the first-vs-last change."""
     return _materialize(context, store, TRAJECTORY_FIGURES, _trajectory_preview)
 
 

@@ -51,6 +51,15 @@ def _ordered_by_key(stmt: sa.Select, table: sa.Table) -> sa.Select:
     return stmt.order_by(*table.primary_key.columns)
 
 
+def _of_accounts(stmt, table: sa.Table, accounts: Sequence[str] | None):
+    """``stmt`` limited to ``accounts`` (all when None)."""
+    if accounts is None:
+        return stmt
+    # rendered inline: thousands of accounts exceed SQLite's bound parameters
+    ids = sa.bindparam("accounts", in_list(accounts), expanding=True, literal_execute=True)
+    return stmt.where(table.c.account_id.in_(ids))
+
+
 def _select(table: sa.Table, columns: Sequence[str] | None) -> sa.Select:
     """All of ``table``, or only the named columns (a read of what a step uses costs far less
     than one that carries every row's attribute JSON along)."""
@@ -374,10 +383,7 @@ class Store(Database):
         accounts: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """One day's rows of ``table`` (only ``columns``, and ``accounts``, if given), in key order."""
-        stmt = _select(table, columns).where(table.c[day_column] == day)
-        if accounts is not None:  # rendered inline: thousands of accounts exceed SQLite's bound parameters
-            ids = sa.bindparam("accounts", in_list(accounts), expanding=True, literal_execute=True)
-            stmt = stmt.where(table.c.account_id.in_(ids))
+        stmt = _of_accounts(_select(table, columns).where(table.c[day_column] == day), table, accounts)
         return self.read_frame(_ordered_by_key(stmt, table), conn)
 
     def accounts_on(self, table: sa.Table, day: date, day_column: str = "as_of") -> list[str]:
@@ -428,10 +434,24 @@ class Store(Database):
         day_column: str = "date",
         conn=None,
         columns: Sequence[str] | None = None,
+        accounts: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """The rows of ``table`` for days ``start``..``end`` (only ``columns``, if given), in key order."""
+        """The rows of ``table`` for days ``start``..``end`` (only ``columns``, and ``accounts``, if
+        given), in key order."""
         stmt = _select(table, columns).where(table.c[day_column].between(start, end))
-        return self.read_frame(_ordered_by_key(stmt, table), conn)
+        return self.read_frame(_ordered_by_key(_of_accounts(stmt, table, accounts), table), conn)
+
+    def creative_attributes(self, start: date, end: date, accounts: Sequence[str]) -> pd.DataFrame:
+        """``account_id, creative_id, attributes`` of every creative that ran in ``start``..``end``
+        (one row each: the database groups the creative-days, so their JSON does not cross the wire)."""
+        c = t.creative_daily_stats.c
+        stmt = (
+            sa.select(c.account_id, c.creative_id, sa.func.min(c.attributes).label("attributes"))
+            .where(c.date.between(start, end))
+            .group_by(c.account_id, c.creative_id)
+            .order_by(c.account_id, c.creative_id)
+        )
+        return self.read_frame(_of_accounts(stmt, t.creative_daily_stats, accounts))
 
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
