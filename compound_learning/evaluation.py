@@ -265,7 +265,10 @@ def evaluate(
             frame.loc[frame["kind"] == "null", "accounts_called_improving"].sum()
         ),
         "null_world_accounts": int(frame.loc[frame["kind"] == "null", "accounts"].sum()),
-        "correlated_null_dimension_significant": int(frame["null_dimension_significant"].sum()),
+        # cta: null in every world but the sparse ones, and correlated with hook_type
+        "correlated_null_dimension_significant": int(
+            frame.loc[frame["kind"] != "sparse", "null_dimension_significant"].sum()
+        ),
         "learning_accounts": int(frame["learning_accounts"].sum()),
         "learning_called_improving": int(frame["learning_called_improving"].sum()),
         "rising_worlds": len(rising),
@@ -295,7 +298,9 @@ def evaluate(
     summary["targets"][
         f"truly flat accounts (within +-{FLAT:.0%}) called trending not above 5% (binomial p > 0.05)"
     ] = summary["flat_true_excess_p"] > 0.05
-    summary["targets"]["no account called trending against its true change"] = summary["wrong_direction"] == 0
+    summary["targets"][f"no account called trending against a true change of at least {FLAT:.0%}"] = (
+        summary["wrong_direction"] == 0
+    )
     summary["targets"]["sparse worlds: the weighted family finds at least what plain BH finds, nothing false"] = (
         summary["sparse_weighted_q_found"] >= summary["sparse_plain_q_found"]
         and summary["sparse_weighted_q_false"] == 0
@@ -308,6 +313,10 @@ def trajectory_call_rates(calls: list[dict]) -> dict:
     """The trajectory's calls scored against each account's true ROAS change: power on accounts
     that truly rose by ``RISEN`` or more, false trends on accounts within ``FLAT`` of no change,
     and calls against the direction of the truth."""
+
+    def against(c: dict) -> bool:
+        return (c["status"], c["true_change"] > 0) in (("improving", False), ("declining", True))
+
     risen = [c for c in calls if c["true_change"] >= RISEN]
     flat = [c for c in calls if abs(c["true_change"]) < FLAT]
     trending = ("improving", "declining")
@@ -318,7 +327,8 @@ def trajectory_call_rates(calls: list[dict]) -> dict:
         "flat_true_accounts": len(flat),
         "flat_true_called_trending": sum(c["status"] in trending for c in flat),
         "flat_true_called_volatile": sum(c["status"] == "volatile" for c in flat),
-        "wrong_direction": sum(
-            (c["status"], c["true_change"] > 0) in (("improving", False), ("declining", True)) for c in calls
-        ),
+        # a call against the direction of a true change of at least FLAT (closer to no change, a
+        # trending call is a flat account's false call, counted above)
+        "wrong_direction": sum(against(c) and abs(c["true_change"]) >= FLAT for c in calls),
+        "wrong_direction_near_zero": sum(against(c) and abs(c["true_change"]) < FLAT for c in calls),
     }

@@ -632,10 +632,11 @@ class _CreativeWindows:
         for frame in attrs:
             keys = zip(frame["account_id"], frame["creative_id"], strict=True)
             self.attributes.update(zip(keys, frame["attributes"], strict=True))
+        self.parsed: dict[str, dict] = {}
         rows = [p for p in parts if len(p)]
         if rows:
             joined = pd.concat(rows, ignore_index=True)
-            joined["date"] = pd.to_datetime(joined["date"]).dt.date
+            joined["date"] = pd.to_datetime(joined["date"])
             self.rows = {a: g.drop(columns="account_id") for a, g in joined.groupby("account_id")}
 
     def add(self, account_id: str, day: date, rows: pd.DataFrame) -> pd.DataFrame:
@@ -646,13 +647,14 @@ class _CreativeWindows:
         self.attributes.update(
             ((account_id, c), a) for c, a in zip(rows["creative_id"], rows["attributes"], strict=True)
         )
-        today = rows.drop(columns=["account_id", "attributes"]).assign(date=day)
+        today = rows[CREATIVE_DAY_COLUMNS[2:]].assign(date=pd.Timestamp(day))
         held = self.rows.get(account_id)
         frame = today if held is None or held.empty else pd.concat([held, today], ignore_index=True)
         start = self.first.get(account_id)
-        keep = frame["date"] >= day - self.window
+        dates = frame["date"].to_numpy()
+        keep = dates >= np.datetime64(day - self.window)
         if start is not None:
-            keep |= frame["date"] <= start + self.window
+            keep |= dates <= np.datetime64(start + self.window)
         self.rows[account_id] = frame[keep]
         return self.rows[account_id]
 
@@ -661,16 +663,19 @@ class _CreativeWindows:
         from compound_learning.core.recommend import predict_log_rate
 
         by_attributes: dict[str, float] = {}
-        values = []
-        for creative_id in creatives["creative_id"]:
+        values: dict[str, float] = {}
+        ids = creatives["creative_id"]
+        for creative_id in ids.unique():
             attrs = self.attributes.get((account_id, creative_id))
             if attrs is None:
-                values.append(np.nan)
+                values[creative_id] = np.nan
                 continue
             if attrs not in by_attributes:
-                by_attributes[attrs] = predict_log_rate(post, json.loads(attrs))[0]
-            values.append(by_attributes[attrs])
-        return creatives.assign(predicted=values)
+                if attrs not in self.parsed:
+                    self.parsed[attrs] = json.loads(attrs)
+                by_attributes[attrs] = predict_log_rate(post, self.parsed[attrs])[0]
+            values[creative_id] = by_attributes[attrs]
+        return creatives.assign(predicted=ids.map(values).to_numpy(float))
 
 
 def _trajectories(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:

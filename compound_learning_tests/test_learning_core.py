@@ -431,12 +431,13 @@ def test_trajectory_calls_are_scored_against_the_true_change():
         {"learning": False, "true_change": -0.02, "status": "volatile"},
         {"learning": False, "true_change": -0.3, "status": "improving"},  # against the truth
         {"learning": False, "true_change": 0.3, "status": "declining"},  # against the truth
+        {"learning": False, "true_change": 0.02, "status": "declining"},  # flat: a false call, not "against"
     ]
     rates = trajectory_call_rates(calls)
     assert (rates["risen_accounts"], rates["risen_called_improving"]) == (2, 1)
     assert (rates["flat_true_accounts"], rates["flat_true_called_trending"], rates["flat_true_called_volatile"]) == (
+        3,
         2,
         1,
-        1,
     )
-    assert rates["wrong_direction"] == 2
+    assert (rates["wrong_direction"], rates["wrong_direction_near_zero"]) == (2, 1)
