@@ -324,6 +324,8 @@ def trajectory_call_rates(calls: list[dict]) -> dict:
         "risen_accounts": len(risen),
         "risen_called_improving": sum(c["status"] == "improving" for c in risen),
         "risen_median_true_change": float(np.median([c["true_change"] for c in risen])) if risen else None,
+        "risen_learning_accounts": sum(c["learning"] for c in risen),
+        "risen_learning_called_improving": sum(c["learning"] and c["status"] == "improving" for c in risen),
         "flat_true_accounts": len(flat),
         "flat_true_called_trending": sum(c["status"] in trending for c in flat),
         "flat_true_called_volatile": sum(c["status"] == "volatile" for c in flat),

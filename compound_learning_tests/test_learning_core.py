@@ -435,6 +435,7 @@ def test_trajectory_calls_are_scored_against_the_true_change():
     ]
     rates = trajectory_call_rates(calls)
     assert (rates["risen_accounts"], rates["risen_called_improving"]) == (2, 1)
+    assert (rates["risen_learning_accounts"], rates["risen_learning_called_improving"]) == (2, 1)
     assert (rates["flat_true_accounts"], rates["flat_true_called_trending"], rates["flat_true_called_volatile"]) == (
         3,
         2,
