@@ -601,71 +601,89 @@ TRAJECTORY_COLUMNS = ["account_id", "spend", "revenue", "roas", "trajectory"]
 CREATIVE_DAY_COLUMNS = ["date", "account_id", "creative_id", "spend", "revenue", "conversions"]
 
 
+WINDOW_FIELDS = ("date", "creative_id", "spend", "revenue", "conversions")
+
+
 class _CreativeWindows:
     """The shard's creative-day rows that the trajectories' change windows need (each account's
     first ``CHANGE_WINDOW_DAYS`` days and the last ones before the day being processed) and the
     attributes of those windows' creatives.
 
     Read once for the first day of a run (bounded ranges, whatever the history's length) and
-    extended with each processed day's rows, so a long history costs no more to read."""
+    extended with each processed day's rows, so a long history costs no more to read. Each
+    account's rows are a dict of arrays: every account of every day passes through here, and
+    pandas' per-call overhead was most of the step's added cost."""
 
     def __init__(self, store: Store, history: pd.DataFrame, day: date):
-        self.window = timedelta(days=CHANGE_WINDOW_DAYS - 1)
+        self.window = np.timedelta64(CHANGE_WINDOW_DAYS - 1, "D")
         accounts = sorted(set(history["account_id"])) if len(history) else []
         positive = history[(history["spend"] > 0) & (history["revenue"] > 0)] if len(history) else history
-        self.first = {a: pd.Timestamp(d).date() for a, d in positive.groupby("account_id")["date"].min().items()}
-        ranges = [(day - self.window, day - timedelta(days=1), accounts)] if accounts else []
+        self.first = {
+            a: np.datetime64(pd.Timestamp(d).date(), "D")
+            for a, d in positive.groupby("account_id")["date"].min().items()
+        }
+        today = np.datetime64(day, "D")
+        ranges = [(day - timedelta(days=CHANGE_WINDOW_DAYS - 1), day - timedelta(days=1), accounts)] if accounts else []
         by_start: dict[date, list[str]] = {}
         for account, start in self.first.items():
-            if start < day - self.window:  # else its first window lies inside the recent range
-                by_start.setdefault(start, []).append(account)
+            if start < today - self.window:  # else its first window lies inside the recent range
+                by_start.setdefault(start.astype(date), []).append(account)
         for start, ids in sorted(by_start.items()):
-            ranges.append((start, min(start + self.window, day - self.window - timedelta(days=1)), ids))
+            end = min(start + timedelta(days=CHANGE_WINDOW_DAYS - 1), day - timedelta(days=CHANGE_WINDOW_DAYS))
+            ranges.append((start, end, ids))
         parts, attrs = [], []
         for start, end, ids in ranges:
             parts.append(
                 store.read_range(t.creative_daily_stats, start, end, columns=CREATIVE_DAY_COLUMNS, accounts=ids)
             )
             attrs.append(store.creative_attributes(start, end, ids))
-        self.rows: dict[str, pd.DataFrame] = {}
+        self.rows: dict[str, dict[str, np.ndarray]] = {}
         self.attributes: dict[tuple[str, str], str] = {}
+        self.parsed: dict[str, dict] = {}
         for frame in attrs:
             keys = zip(frame["account_id"], frame["creative_id"], strict=True)
             self.attributes.update(zip(keys, frame["attributes"], strict=True))
-        self.parsed: dict[str, dict] = {}
         rows = [p for p in parts if len(p)]
         if rows:
             joined = pd.concat(rows, ignore_index=True)
-            joined["date"] = pd.to_datetime(joined["date"])
-            self.rows = {a: g.drop(columns="account_id") for a, g in joined.groupby("account_id")}
+            joined["date"] = pd.to_datetime(joined["date"]).to_numpy("datetime64[D]")
+            for account, g in joined.groupby("account_id"):
+                self.rows[account] = {
+                    f: g[f].to_numpy(float if f in ("spend", "revenue", "conversions") else None) for f in WINDOW_FIELDS
+                }
 
-    def add(self, account_id: str, day: date, rows: pd.DataFrame) -> pd.DataFrame:
+    def add(self, account_id: str, day: date, rows: pd.DataFrame) -> dict[str, np.ndarray]:
         """Take in the account's rows of ``day`` (with ``attributes``); return what its windows
-        hold up to ``day``."""
+        hold up to ``day`` (a dict of arrays)."""
+        today = np.datetime64(day, "D")
         if len(rows) and rows["revenue"].gt(0).any() and rows["spend"].gt(0).any():
-            self.first.setdefault(account_id, day)
+            self.first.setdefault(account_id, today)
         self.attributes.update(
             ((account_id, c), a) for c, a in zip(rows["creative_id"], rows["attributes"], strict=True)
         )
-        today = rows[CREATIVE_DAY_COLUMNS[2:]].assign(date=pd.Timestamp(day))
+        new = {
+            "date": np.full(len(rows), today),
+            "creative_id": rows["creative_id"].to_numpy(),
+            **{f: rows[f].to_numpy(float) for f in ("spend", "revenue", "conversions")},
+        }
         held = self.rows.get(account_id)
-        frame = today if held is None or held.empty else pd.concat([held, today], ignore_index=True)
+        if held is not None:
+            new = {f: np.concatenate([held[f], new[f]]) for f in WINDOW_FIELDS}
+        keep = new["date"] >= today - self.window
         start = self.first.get(account_id)
-        dates = frame["date"].to_numpy()
-        keep = dates >= np.datetime64(day - self.window)
         if start is not None:
-            keep |= dates <= np.datetime64(start + self.window)
-        self.rows[account_id] = frame[keep]
+            keep |= new["date"] <= start + self.window
+        self.rows[account_id] = {f: v[keep] for f, v in new.items()}
         return self.rows[account_id]
 
-    def predicted(self, account_id: str, creatives: pd.DataFrame, post) -> pd.DataFrame:
+    def predicted(self, account_id: str, creatives: dict[str, np.ndarray], post) -> dict[str, np.ndarray]:
         """``creatives`` with each one's log ROAS predicted from its attributes by ``post``."""
         from compound_learning.core.recommend import predict_log_rate
 
         by_attributes: dict[str, float] = {}
         values: dict[str, float] = {}
         ids = creatives["creative_id"]
-        for creative_id in ids.unique():
+        for creative_id in pd.unique(ids):
             attrs = self.attributes.get((account_id, creative_id))
             if attrs is None:
                 values[creative_id] = np.nan
@@ -675,7 +693,7 @@ class _CreativeWindows:
                     self.parsed[attrs] = json.loads(attrs)
                 by_attributes[attrs] = predict_log_rate(post, self.parsed[attrs])[0]
             values[creative_id] = by_attributes[attrs]
-        return creatives.assign(predicted=ids.map(values).to_numpy(float))
+        return {**creatives, "predicted": np.array([values[c] for c in ids], dtype=float)}
 
 
 def _trajectories(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:

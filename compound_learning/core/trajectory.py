@@ -145,11 +145,11 @@ class _CreativeDays:
     and the two windows' masks. The trajectory of every account of a day builds one, so this
     is plain numpy: pandas' per-call overhead on a few hundred rows cost 20 ms an account."""
 
-    def __init__(self, creatives: pd.DataFrame, first: tuple, last: tuple):
-        spend = creatives["spend"].to_numpy(float)
+    def __init__(self, creatives, first: tuple, last: tuple):
+        spend = np.asarray(creatives["spend"], float)
         keep = spend > 0
-        creative, self.ids = pd.factorize(creatives["creative_id"].to_numpy()[keep], sort=True)
-        dates = creatives["date"].to_numpy()[keep].astype("datetime64[D]")
+        creative, self.ids = pd.factorize(np.asarray(creatives["creative_id"])[keep], sort=True)
+        dates = np.asarray(creatives["date"])[keep].astype("datetime64[D]")
         # in (creative, day) order: the sums below then do not depend on the rows' order
         order = np.lexsort((dates, creative))
         self.creative, dates = creative[order], dates[order]
@@ -158,7 +158,7 @@ class _CreativeDays:
         self.n = len(self.ids)
 
         def column(name: str) -> np.ndarray:
-            return creatives[name].to_numpy(float)[keep][order]
+            return np.asarray(creatives[name], float)[keep][order]
 
         self.spend = spend[keep][order]
         self.revenue = np.nan_to_num(column("revenue"))
@@ -168,7 +168,7 @@ class _CreativeDays:
             for start, end in (first, last)
         ]
         self.predicted = None
-        if "predicted" in creatives.columns:
+        if "predicted" in creatives:
             values = column("predicted")
             if not np.isnan(values).any():
                 self.predicted = np.zeros(self.n)
@@ -333,15 +333,15 @@ def trajectory(
     series: pd.DataFrame,
     baseline_days: int = 7,
     min_days_to_judge: int = 14,
-    creatives: pd.DataFrame | None = None,
+    creatives: pd.DataFrame | dict | None = None,
 ) -> dict:
     """Fit the trajectory of one account from its daily ``date, spend, revenue`` rows.
 
     With ``creatives`` (creative-day rows ``date, creative_id, spend, revenue, conversions``
-    covering the first and the last comparison windows) the change's interval also carries the
-    creative luck of :func:`creative_luck`, and an account with fewer than
-    ``LOW_VOLUME_CONVERSIONS`` conversions on a median recent day is ``volatile`` rather than
-    ``stable`` when no change is clear."""
+    covering the first and the last comparison windows, a DataFrame or a dict of arrays) the
+    change's interval also carries the creative luck of :func:`creative_luck`, and an account
+    with fewer than ``LOW_VOLUME_CONVERSIONS`` conversions on a median recent day is
+    ``volatile`` rather than ``stable`` when no change is clear."""
     out = _trajectory(series, baseline_days, min_days_to_judge, creatives)
     out["summary"] = summary_sentence(out)
     return out
@@ -393,7 +393,7 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
     dow = positive["date"].dt.day_of_week.to_numpy()
     change = window_change(t, y, dow)
     luck = None
-    if change is not None and creatives is not None and len(creatives):
+    if change is not None and creatives is not None and len(creatives["spend"]):
         w = pd.Timedelta(days=change["days_compared"] - 1)
         d0, d1 = positive["date"].iloc[0], positive["date"].iloc[-1]
         luck = creative_luck(creatives, (d0, d0 + w), (d1 - w, d1))
