@@ -442,3 +442,18 @@ def test_trajectory_calls_are_scored_against_the_true_change():
         1,
     )
     assert (rates["wrong_direction"], rates["wrong_direction_near_zero"]) == (2, 1)
+
+
+def test_a_trend_that_is_not_projected_is_not_called_absent():
+    """A low-volume account can show a daily trend without a clear change between the windows:
+    the projection holds the level, and its label says why instead of "no ongoing trend"."""
+    held = []
+    for seed in range(30):
+        daily, creatives = _creative_account(40, 6, 30, np.log(1.3) / 39, seed=seed, volume=60.0)
+        out = trajectory(daily, creatives=creatives)
+        if out["trend"] != "none" and out["projection_holds_level"]:
+            held.append(out)
+    assert held  # such accounts exist in this world (3 of 30 seeds)
+    for out in held:
+        assert "no ongoing trend" not in out["model"]
+        assert f"a {out['trend']} daily trend" in out["model"] and "is not projected" in out["model"]

@@ -437,7 +437,13 @@ def _trajectory(series: pd.DataFrame, baseline_days: int, min_days_to_judge: int
         recent = slice(max(len(t) - RECENT_DAYS, 0), None)
         res = _fit(t[recent], y[recent], "level", None, dow[recent])
         params, cov = np.asarray(res.params), np.asarray(res.cov_params())
-        out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level (no ongoing trend)"
+        if out["trend"] == "none":
+            why = "no ongoing trend"
+        elif out["learning_status"] in ("improving", "declining"):
+            why = f"a {out['trend']} daily trend against the change is not projected"
+        else:
+            why = f"a {out['trend']} daily trend without a clear change between the windows is not projected"
+        out["model"] = f"flat at the last {min(len(t), RECENT_DAYS)} days' level ({why})"
     out["projection_holds_level"] = model == "level"
     t_last = float(t[-1])
     initial = out["initial_roas"]
