@@ -187,7 +187,11 @@ class _CreativeDays:
         return self.per_creative(share, mask) / len(np.unique(self.day[mask]))
 
     def spread(self) -> tuple[float, int] | None:
-        """See :func:`creative_spread`."""
+        """The variance of the creatives' log ROAS beyond their attributes (``predicted``, when
+        the rows carry it) and beyond their window's level, their Poisson noise removed, with its
+        degrees of freedom. Only creatives with at least ``MIN_SPREAD_CONVERSIONS`` conversions in
+        the two windows count (below that a log ROAS is mostly counting noise); None with fewer
+        than 4."""
         either = self.windows[0] | self.windows[1]
         group = (np.bincount(self.creative[self.windows[0]], minlength=self.n) > 0) + 2 * (
             np.bincount(self.creative[self.windows[1]], minlength=self.n) > 0
@@ -217,14 +221,6 @@ class _CreativeDays:
         return max(float(((y - means[g]) ** 2).sum() / dof - noise.mean()), 0.0), dof
 
 
-def creative_spread(creatives: pd.DataFrame, first: tuple, last: tuple) -> tuple[float, int] | None:
-    """The variance of the creatives' log ROAS beyond their attributes (``predicted``, when the
-    rows carry it) and beyond their window's level, their Poisson noise removed, with its degrees
-    of freedom. Only creatives with at least ``MIN_SPREAD_CONVERSIONS`` conversions in the two
-    windows count (below that a log ROAS is mostly counting noise); None with fewer than 4."""
-    return _CreativeDays(creatives, first, last).spread()
-
-
 def creative_luck(creatives: pd.DataFrame, first: tuple, last: tuple) -> dict | None:
     """How much the first-vs-last change in mean daily log ROAS could move from *which creatives
     ran* alone, with nothing getting better or worse.
@@ -236,11 +232,12 @@ def creative_luck(creatives: pd.DataFrame, first: tuple, last: tuple) -> dict | 
     spend in a window. A dozen live creatives with a 0.3 spread move an account by +-20% as they
     come and go; the daily noise does not show it, since a creative's quality lasts its lifetime.
 
-    ``sigma^2`` is the account's own :func:`creative_spread`, shrunk towards a prior spread of
-    ``DEFAULT_CREATIVE_SD`` as if that were ``SPREAD_PRIOR_DOF`` creatives: two dozen creatives
-    estimate a spread too roughly to carry an interval alone (on the demo's accounts one came out
-    0, another 0.5, around a true 0.32). The prior is fixed, not pooled over the accounts, so
-    that an account's trajectory does not depend on which accounts share its shard.
+    ``sigma^2`` is the spread of the account's own creatives (``_CreativeDays.spread``), shrunk
+    towards a prior spread of ``DEFAULT_CREATIVE_SD`` as if that were ``SPREAD_PRIOR_DOF``
+    creatives: two dozen creatives estimate a spread too roughly to carry an interval alone (on
+    the demo's accounts one came out 0, another 0.5, around a true 0.32). The prior is fixed,
+    not pooled over the accounts, so that an account's trajectory does not depend on which
+    accounts share its shard.
 
     With a ``predicted`` column (each creative's log ROAS from its attributes, by the learned
     weights), the spread is that of the creatives *beyond* their attributes: a change in the
