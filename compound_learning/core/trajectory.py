@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from compound_learning.core.effects import Z95
+
 # statsmodels and scipy.stats are imported in the functions that use them: every process that loads the
 # definitions imports this module, and a day with nothing to fit should not pay a second for it.
 
@@ -44,7 +46,6 @@ RECENT_DAYS = 14  # the level a "stable" account is projected to keep
 CHANGE_WINDOW_DAYS = 14  # the first and the last two weeks, compared in ``change``
 MAX_PROJECTION_MULTIPLE = 1.0  # project at most as far ahead as the history is long
 TAUS = (7.0, 14.0, 30.0, 60.0, 120.0)
-Z95 = 1.959964
 DEFAULT_CREATIVE_SD = 0.3  # the prior spread of creatives' log ROAS beyond their attributes
 LOW_VOLUME_CONVERSIONS = 10  # conversions on a median recent day below which an account is volatile
 MIN_SPREAD_CONVERSIONS = 5  # a creative with fewer tells its counting noise, not its quality
@@ -221,7 +222,7 @@ class _CreativeDays:
         return max(float(((y - means[g]) ** 2).sum() / dof - noise.mean()), 0.0), dof
 
 
-def creative_luck(creatives: pd.DataFrame, first: tuple, last: tuple) -> dict | None:
+def creative_luck(creatives: pd.DataFrame | dict, first: tuple, last: tuple) -> dict | None:
     """How much the first-vs-last change in mean daily log ROAS could move from *which creatives
     ran* alone, with nothing getting better or worse.
 
@@ -245,8 +246,8 @@ def creative_luck(creatives: pd.DataFrame, first: tuple, last: tuple) -> dict | 
     change it explains.
 
     ``creatives``: creative-day rows ``date, creative_id, spend, revenue, conversions`` (and
-    ``predicted``); ``first`` and ``last``: the windows' (start, end) timestamps. None when
-    either window has no spend.
+    ``predicted``), a DataFrame or a dict of arrays; ``first`` and ``last``: the windows' (start,
+    end) timestamps. None when either window has no spend.
     """
     coded = _CreativeDays(creatives, first, last)
     shares = [coded.shares(0), coded.shares(1)]
