@@ -36,6 +36,7 @@ from compound_learning.storage.store import Store
 
 NULL_LIFT = 0.01
 KINDS = ["null", "small", "large", "correlated", "drift"]
+EFFECT_SCALES = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0, "rising": 0.5, "sparse": 0.5}
 RISING_GROWTH = 0.5  # a rising world's learning accounts: ROAS +50% over its days, whatever they launch
 RISING_DAYS = 60
 # A sparse world: ten dimensions, of which only two (hook and audience) have effects; the other
@@ -61,9 +62,7 @@ class WorldSpec:
     creatives: int = 25
 
     def config(self) -> WorldConfig:
-        scale = {"null": 0.0, "small": 0.4, "large": 1.5, "correlated": 1.0, "drift": 1.0, "rising": 0.5}
-        scale["sparse"] = 0.5
-        scale = scale[self.kind]
+        scale = EFFECT_SCALES[self.kind]
         return WorldConfig(
             days=self.days,
             accounts=self.accounts,
