@@ -193,14 +193,10 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     last = registry.iloc[-1] if len(registry) else None  # the last training, promoted or not
     window_start = day - timedelta(days=cfg.model_train_days + cfg.model_holdout_days - 1)
     holdout_start = day - timedelta(days=cfg.model_holdout_days - 1)
-    rows, dims = _model_rows(store, window_start, day)
     since = pd.Timestamp(last["holdout_end"]).date() if last is not None else None
-    if len(rows) == 0:
-        new_clicks = 0
-    elif since is None:
-        new_clicks = int(rows["clicks"].sum())
-    else:
-        new_clicks = int(rows.loc[rows["date"] > since, "clicks"].sum())
+    # Counted in the database: most days train nothing, and need not read the window's rows.
+    counted_from = window_start if since is None else max(window_start, since + timedelta(days=1))
+    new_clicks = int(store.total(t.creative_daily_stats, "clicks", counted_from, day)) if counted_from <= day else 0
     age_days = (day - pd.Timestamp(champ["as_of"]).date()).days if champ is not None else None
     decision = {
         "new_clicks": new_clicks,
@@ -228,6 +224,7 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
             f"{cfg.min_new_click_share:.0%} of the champion's training clicks) and the champion is "
             f"{age_days} of at most {cfg.max_model_age_days} days old",
         }
+    rows, dims = _model_rows(store, window_start, day)
     train = rows[rows["date"] < holdout_start] if len(rows) else rows
     hold = rows[rows["date"] >= holdout_start] if len(rows) else rows
     if train.empty or hold.empty or train["clicks"].sum() == 0 or hold["clicks"].sum() == 0:
@@ -240,9 +237,11 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
     from compound_learning.core import ctr_model as cm  # scikit-learn: only a day that trains loads it
 
     spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
+    aggregated = cm.aggregate(train, spec)  # once for both families
+    n_inputs = len(aggregated[0])
     candidates = {}
     for family in cm.FAMILIES:
-        model = cm.fit_model(train, spec, family)
+        model = cm.fit_model(train, spec, family, cfg.model_max_train_inputs, aggregated)
         p = cm.predict_ctr(model, hold, spec)
         candidates[family] = (model, p, cm.evaluate(p, hold))
     family = min(candidates, key=lambda f: candidates[f][2]["log_loss"])
@@ -277,6 +276,8 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
                 promote, reason = False, f"artifact failed verification after saving: {exc}"
         counts = {
             "train_rows": len(train),
+            "train_inputs": n_inputs,
+            "train_inputs_used": min(n_inputs, cfg.model_max_train_inputs),
             "holdout_rows": len(hold),
             "train_clicks": int(train["clicks"].sum()),
             "train_impressions": int(train["impressions"].sum()),
@@ -316,6 +317,8 @@ def train_ctr_model(ctx: CycleContext, day: date, force: bool = False) -> dict:
         "action": action,
         "version": version,
         "family": family,
+        "train_inputs": n_inputs,
+        "train_inputs_used": counts["train_inputs_used"],
         "reason": reason,
         "reliability": metrics["reliability"],
         "per_account": metrics["per_account"],

@@ -375,12 +375,10 @@ def build_knowledge_graph(ctx: CycleContext, day: date) -> dict:
     """Nodes and typed relationships of the day's patterns, with posterior confidence."""
     store = ctx.store
     patterns = store.read_day(t.learning_patterns, day)
-    cells = store.read_day(
-        t.creative_cumulative_stats, day, columns=["account_id", "creative_id", "attributes", "last_seen"]
-    )
+    totals = store.creative_totals(day)  # one row per creative, summed in the database
     creatives, dims = (
-        stats.expand_attributes(_consistent_attributes(cells).drop_duplicates(["account_id", "creative_id"]))
-        if len(cells)
+        stats.expand_attributes(totals[["account_id", "creative_id", "attributes"]])
+        if len(totals)
         else (pd.DataFrame(), [])
     )
     nodes, edges = build_graph(patterns, creatives, dims) if len(patterns) else (pd.DataFrame(), pd.DataFrame())
@@ -435,20 +433,16 @@ def build_cross_account_insights(ctx: CycleContext, day: date) -> dict:
 FATIGUE_WINDOW_DAYS = 28
 
 
-def live_creatives(cells: pd.DataFrame, day: date) -> pd.DataFrame:
-    """The creatives that ran on ``day`` with their totals so far and their attributes."""
-    if cells.empty:
-        return pd.DataFrame(columns=["account_id", "creative_id", "attributes", *stats.METRICS])
-    cells = _consistent_attributes(cells)
-    last = pd.to_datetime(cells["last_seen"]).dt.date
-    ran = cells.loc[last == day, ["account_id", "creative_id"]].drop_duplicates()
-    totals = (
-        cells.merge(ran, on=["account_id", "creative_id"])
-        .groupby(["account_id", "creative_id"], as_index=False)
-        .agg(attributes=("attributes", "last"), **{m: (m, "sum") for m in stats.METRICS})
-    )
-    totals["attributes"] = [json.loads(a) for a in totals["attributes"]]
-    return totals
+def live_creatives(totals: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The creatives that ran on ``day`` with their totals so far and their attributes (parsed),
+    from :meth:`Store.creative_totals`."""
+    columns = ["account_id", "creative_id", "attributes", *stats.METRICS]
+    if totals.empty:
+        return pd.DataFrame(columns=columns)
+    live = totals.loc[totals["last_seen"] == day, columns].reset_index(drop=True)
+    parsed: dict[str, dict] = {}  # creatives share attribute sets: each one is parsed once
+    live["attributes"] = [parsed.get(a) or parsed.setdefault(a, json.loads(a)) for a in live["attributes"]]
+    return live
 
 
 def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
@@ -482,8 +476,9 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
     out = {}
     for day in days:
         weights = shard_cells(store, t.creative_dna, day, shard, also=[GLOBAL])
-        cells = shard_cells(store, t.creative_cumulative_stats, day, shard)
-        live = live_creatives(cells, day)
+        # the shard's accounts: those its DNA rows name (the global rows ride along)
+        mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
+        live = live_creatives(store.creative_totals(day, accounts=mine), day)
         fatigue = infos[day]["fatigue"]
         rows: list[dict] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once

@@ -92,6 +92,36 @@ def test_gate_outcomes():
     assert cm.paired_bootstrap(bad, good, n, groups)["ci_low"] > 0
 
 
+def test_training_on_more_inputs_than_the_cap_uses_a_fixed_uniform_sample(prepared):
+    """Above ``model_max_train_inputs`` distinct inputs a model trains on a uniform sample of
+    them (fixed, so a rerun trains the same model), and the registry says how many it used."""
+    assert cm.training_sample(10, 20) is None and cm.training_sample(10, None) is None
+    picked = cm.training_sample(1000, 300)
+    assert len(picked) == 300 and len(np.unique(picked)) == 300 and picked.max() < 1000
+    assert np.array_equal(picked, cm.training_sample(1000, 300))
+    assert 0.4 < picked.mean() / 1000 < 0.6  # uniform, not the first inputs
+    store, ctx = prepared
+    rows, dims = mr._model_rows(store, START, START + timedelta(days=14))
+    spec = cm.FeatureSpec(categorical=[*dims, "account_id", "dow"])
+    X, clicks, impressions = cm.aggregate(rows, spec)
+    keep = cm.training_sample(len(X), 400)
+    sampled = cm.fit_model(rows, spec, "logistic", 400).named_steps["model"].coef_
+    by_hand = (
+        cm.fit_model(
+            rows, spec, "logistic", aggregated=(X.iloc[keep].reset_index(drop=True), clicks[keep], impressions[keep])
+        )
+        .named_steps["model"]
+        .coef_
+    )
+    whole = cm.fit_model(rows, spec, "logistic").named_steps["model"].coef_
+    assert np.allclose(sampled, by_hand) and sampled.shape == whole.shape and not np.allclose(sampled, whole)
+    capped = replace(ctx, cfg=replace(ctx.cfg, model_max_train_inputs=400))
+    out = mr.train_ctr_model(capped, START + timedelta(days=14))
+    assert out["train_inputs"] > 400 and out["train_inputs_used"] == 400, out
+    counts = json.loads(store.registry().iloc[-1]["counts"])
+    assert counts["train_inputs_used"] == 400 and counts["train_inputs"] == out["train_inputs"]
+
+
 def test_forced_worse_challenger_keeps_the_champion(prepared, monkeypatch):
     store, ctx = prepared
     day = START + timedelta(days=14)
@@ -99,7 +129,7 @@ def test_forced_worse_challenger_keeps_the_champion(prepared, monkeypatch):
 
     real_fit = cm.fit_model
 
-    def worse_fit(rows, spec, family):  # takes every feature, uses only the account
+    def worse_fit(rows, spec, family, *args):  # takes every feature, uses only the account
         return real_fit(rows, cm.FeatureSpec(categorical=["account_id"]), "logistic")
 
     monkeypatch.setattr(cm, "fit_model", worse_fit)

@@ -129,3 +129,47 @@ def test_a_connection_lost_during_a_copy_read_is_a_transient_sqlalchemy_error(pg
     finally:
         admin.dispose()
         db.dispose()
+
+
+def test_creative_totals_add_up_a_creatives_cells_and_keep_its_latest_attributes(db_url):
+    """The recommendations and the knowledge graph read one row per creative, summed in the
+    database: the same sums as adding the cells in pandas, unknown where no cell knew a metric,
+    and a creative whose attributes were restated carries its latest set."""
+    store = make_store(db_url)
+    day = date(2026, 3, 9)
+    cells = []
+    for creative, dow, age, attrs, seen, revenue in [
+        ("c1", 0, 0, '{"hook_type": "question"}', date(2026, 3, 2), 10.0),
+        ("c1", 1, 1, '{"hook_type": "story"}', date(2026, 3, 9), 5.5),  # restated: the latest wins
+        ("c1", 2, 1, '{"hook_type": "question"}', date(2026, 3, 3), None),
+        ("c2", 3, 0, '{"hook_type": "offer"}', date(2026, 3, 4), None),  # no revenue known at all
+    ]:
+        cells.append(
+            {
+                "account_id": "a1",
+                "creative_id": creative,
+                "dow": dow,
+                "age_bucket": age,
+                "impressions": 100.0 + dow,
+                "clicks": 3.0,
+                "conversions": 1.0,
+                "spend": 2.25,
+                "revenue": revenue,
+                "days": 1,
+                "attributes": attrs,
+                "last_seen": seen,
+            }
+        )
+    cells.append({**cells[-1], "account_id": "a2"})  # another account's creative of the same id
+    with store.transaction() as conn:
+        store.write_day(conn, t.creative_cumulative_stats, day, pd.DataFrame(cells))
+    totals = store.creative_totals(day).set_index(["account_id", "creative_id"])
+    assert len(totals) == 3
+    c1 = totals.loc[("a1", "c1")]
+    assert c1["impressions"] == 303.0 and c1["clicks"] == 9.0 and c1["revenue"] == 15.5
+    assert c1["attributes"] == '{"hook_type": "story"}' and c1["last_seen"] == date(2026, 3, 9)
+    c2 = totals.loc[("a1", "c2")]
+    assert pd.isna(c2["revenue"]) and c2["spend"] == 2.25 and c2["last_seen"] == date(2026, 3, 4)
+    only = store.creative_totals(day, accounts=["a2"])
+    assert list(only["account_id"]) == ["a2"] and list(only["creative_id"]) == ["c2"]
+    assert store.creative_totals(date(2026, 3, 10)).empty

@@ -28,7 +28,14 @@ def _prepare(data: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def quality(days: int = 60, accounts: int = 20, holdout_days: int = 7, seed: int = 3) -> dict:
+SAMPLE_SHARES = (1.0, 0.5, 0.25, 0.1)
+
+
+def quality(
+    days: int = 60, accounts: int = 20, holdout_days: int = 7, seed: int = 3, shares: tuple = SAMPLE_SHARES
+) -> dict:
+    """Holdout figures of each family next to the oracle's, trained on every distinct input and
+    on uniform samples of them (``shares``: what ``model_max_train_inputs`` does to a large day)."""
     data, _ = simulate(WorldConfig(days=days, accounts=accounts, seed=seed), true_rates=True)
     frame = _prepare(data)
     cut = frame["date"].max() - pd.Timedelta(days=holdout_days - 1)
@@ -41,16 +48,23 @@ def quality(days: int = 60, accounts: int = 20, holdout_days: int = 7, seed: int
         "holdout_clicks": int(hold["clicks"].sum()),
         "oracle": {k: oracle[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")},
     }
+    aggregated = cm.aggregate(train, spec)
+    out["train_inputs"] = len(aggregated[0])
     for family in cm.FAMILIES:
-        start = time.perf_counter()
-        model = cm.fit_model(train, spec, family)
-        fit_s = time.perf_counter() - start
-        m = cm.evaluate(cm.predict_ctr(model, hold, spec), hold)
-        out[family] = {
-            "fit_seconds": round(fit_s, 3),
-            "ne_vs_oracle": m["normalized_entropy"] / oracle["normalized_entropy"],
-            **{k: m[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")},
-        }
+        for share in shares:
+            start = time.perf_counter()
+            model = cm.fit_model(train, spec, family, round(share * len(aggregated[0])), aggregated)
+            fit_s = time.perf_counter() - start
+            m = cm.evaluate(cm.predict_ctr(model, hold, spec), hold)
+            figures = {
+                "fit_seconds": round(fit_s, 3),
+                "ne_vs_oracle": m["normalized_entropy"] / oracle["normalized_entropy"],
+                **{k: m[k] for k in ("log_loss", "normalized_entropy", "calibration_ratio", "auc")},
+            }
+            if share == 1.0:
+                out[family] = figures
+            else:
+                out.setdefault(f"{family}_on_a_sample", {})[f"{share:.0%} of the inputs"] = figures
     return out
 
 

@@ -103,12 +103,35 @@ def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
 FAMILIES = ("logistic", "hist_gradient_boosting")
 
 
-def fit_model(rows: pd.DataFrame, spec: FeatureSpec, family: str) -> Pipeline:
-    """A fitted pipeline for ``family``. Training runs on the distinct inputs (:func:`aggregate`),
-    each one twice: a click weighted by its clicks and a non-click weighted by the rest. The
-    encoders are fitted and applied once, on the distinct inputs (what they count as frequent
-    is a value's share of distinct inputs), and only the encoded matrix is doubled."""
-    X, clicks, impressions = aggregate(rows, spec)
+def training_sample(n_inputs: int, max_inputs: int | None, seed: int = 0) -> np.ndarray | None:
+    """Which of ``n_inputs`` distinct inputs train the model when there are more than
+    ``max_inputs`` (sorted positions of a uniform sample, fixed by ``seed``); None: all of them.
+
+    The log-likelihood is a sum over inputs, so a uniform sample with the inputs' own weights
+    estimates it without bias; a few hundred thousand inputs pin down a model of a few hundred
+    features and splits, while a cycle's training time stays bounded however many creatives run."""
+    if max_inputs is None or n_inputs <= max_inputs:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_inputs, size=max_inputs, replace=False))
+
+
+def fit_model(
+    rows: pd.DataFrame,
+    spec: FeatureSpec,
+    family: str,
+    max_inputs: int | None = None,
+    aggregated: tuple[pd.DataFrame, np.ndarray, np.ndarray] | None = None,
+) -> Pipeline:
+    """A fitted pipeline for ``family``. Training runs on the distinct inputs (:func:`aggregate`
+    of ``rows``, or ``aggregated`` when the caller has it already; at most ``max_inputs`` of
+    them, see :func:`training_sample`), each one twice: a click weighted by its clicks and a
+    non-click weighted by the rest. The encoders are fitted and applied once, on the distinct
+    inputs (what they count as frequent is a value's share of distinct inputs), and only the
+    encoded matrix is doubled."""
+    X, clicks, impressions = aggregated if aggregated is not None else aggregate(rows, spec)
+    sample = training_sample(len(X), max_inputs)
+    if sample is not None:
+        X, clicks, impressions = X.iloc[sample].reset_index(drop=True), clicks[sample], impressions[sample]
     y = np.r_[np.ones(len(X)), np.zeros(len(X))]
     w = np.r_[clicks, impressions - clicks]
     keep = w > 0

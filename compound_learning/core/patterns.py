@@ -200,10 +200,10 @@ def patterns_from_candidates(
     """q-values over every candidate of the cycle (one family), intervals, confidence and states.
 
     The result does not depend on the order of the candidates (the rows are sorted by key)."""
-    from scipy import stats as sps
-
     if candidates.empty:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
+    from scipy import stats as sps  # after the check: a day with nothing to test does not load scipy.stats
+
     df = candidates.reset_index(drop=True)
     df["testable"] = df["testable"].astype(bool)
     for col in ("log_effect", "std_error", "df"):

@@ -157,11 +157,18 @@ def _terms(post: MetricPosterior, attributes: dict[str, str]):
 
 
 def predict_log_rate(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
-    """The combination's posterior log rate: mean and sd."""
+    """The combination's posterior log rate: mean and sd (the terms of :func:`_terms`, in its
+    order, without its labels: the cycle predicts every live creative of every account)."""
     mean, var = post.base, post.base_sd**2
-    for _dim, _value, (m, sd, _n), _pair in _terms(post, attributes):
+    for dim, value in sorted(attributes.items()):
+        m, sd, _n = post.value(dim, value)
         mean += m
         var += sd**2
+    for (da, db), table in post.pairs.items():
+        found = table.get((attributes.get(da), attributes.get(db)))
+        if found is not None:
+            mean += found[0]
+            var += found[1] ** 2
     return mean, math.sqrt(var)
 
 
@@ -193,9 +200,16 @@ def _ranked(post: MetricPosterior, mains: dict[str, dict[str, float]], synergy, 
     """The ``k`` best combinations: the best by main effects, re-ranked with the synergy terms
     (``synergy(key, (mean, sd, creatives))`` gives each applicable one's value: mean or a draw)."""
     candidates = _k_best(mains, max(CANDIDATES, k))
-    scored = [
-        (score + sum(synergy(key, v) for key, v in _pair_terms(post, combo)), combo) for score, combo in candidates
-    ]
+    tables = list(post.pairs.items())
+    scored = []
+    for score, combo in candidates:  # the loop of _pair_terms, inlined: it runs for every candidate
+        terms = 0.0
+        for (da, db), table in tables:
+            values = (combo.get(da), combo.get(db))
+            found = table.get(values)
+            if found is not None:
+                terms += synergy((da, db, values), found)
+        scored.append((score + terms, combo))
     return [c for _, c in sorted(scored, key=lambda x: -x[0])[:k]]
 
 

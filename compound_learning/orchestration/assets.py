@@ -103,7 +103,8 @@ def _each_day(
             left = (now - started) / max(i - 1, 1) * (len(days) - i + 1)
             PROGRESS.info("%s: day %d/%d (%s), about %.0f s left in this step", name, i, len(days), day, left)
         summary = _escalating(lambda day=day: run_one(day))
-        context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
+        if len(days) > 1:  # a one-day run's figures are its materialization's metadata: no second copy
+            context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
         if summary.get("rows") == 0:
             context.log.warning(f"{day}: no data for this day (nothing was ingested for it)")
         results.append({"day": str(day), **summary})
@@ -471,6 +472,8 @@ def ctr_model(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Mat
             "new_clicks",
             "version",
             "family",
+            "train_inputs",
+            "train_inputs_used",
             "log_loss",
             "normalized_entropy",
             "auc",

@@ -453,6 +453,44 @@ class Store(Database):
         )
         return self.read_frame(_of_accounts(stmt, t.creative_daily_stats, accounts))
 
+    def creative_totals(self, day: date, accounts: Sequence[str] | None = None) -> pd.DataFrame:
+        """Each creative of ``day``'s cumulative snapshot with its cells added up in the database
+        (one row per creative, not one per day of week and age): ``account_id, creative_id``, the
+        summed metrics (unknown where no cell knew them), ``attributes`` (the most recently seen
+        set: a restatement may have corrected them) and ``last_seen``."""
+        c = t.creative_cumulative_stats.c
+        keys = ["account_id", "creative_id"]
+        stmt = (
+            sa.select(
+                c.account_id,
+                c.creative_id,
+                c.attributes,
+                *[sa.func.sum(c[m]).label(m) for m in METRIC_COLUMNS],
+                sa.func.max(c.last_seen).label("last_seen"),
+            )
+            .where(c.as_of == day)
+            .group_by(c.account_id, c.creative_id, c.attributes)
+            .order_by(c.account_id, c.creative_id)
+        )
+        frame = self.read_frame(_of_accounts(stmt, t.creative_cumulative_stats, accounts))
+        if frame.empty:
+            return pd.DataFrame(columns=[*keys, *METRIC_COLUMNS, "attributes", "last_seen"])
+        frame["last_seen"] = pd.to_datetime(frame["last_seen"]).dt.date
+        if not frame.duplicated(keys).any():  # one attribute set per creative: the usual case
+            return frame[[*keys, *METRIC_COLUMNS, "attributes", "last_seen"]]
+        frame = frame.sort_values([*keys, "last_seen"], kind="stable")
+        g = frame.groupby(keys, sort=True)
+        out = g[METRIC_COLUMNS].sum(min_count=1)
+        out[["attributes", "last_seen"]] = g[["attributes", "last_seen"]].last()
+        return out.reset_index()
+
+    def total(self, table: sa.Table, column: str, start: date, end: date, day_column: str = "date") -> float:
+        """The sum of ``column`` over days ``start``..``end`` (0 when there are none)."""
+        day = table.c[day_column]
+        stmt = sa.select(sa.func.sum(table.c[column])).where(day.between(start, end))
+        with self.engine.connect() as conn:
+            return float(conn.execute(stmt).scalar() or 0)
+
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
         conn.execute(table.delete().where(table.c[day_column] >= day))
