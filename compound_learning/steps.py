@@ -457,12 +457,11 @@ def _fatigue(ctx: CycleContext, day: date) -> dict:
     it; each would otherwise read the whole window)."""
     from compound_learning.core import recommend
 
-    recent = ctx.store.read_range(
-        t.creative_daily_stats,
-        day - timedelta(days=FATIGUE_WINDOW_DAYS - 1),
-        day,
-        columns=["account_id", "creative_id", "date", "impressions", "clicks"],
-    )
+    start = day - timedelta(days=FATIGUE_WINDOW_DAYS - 1)
+    if ctx.store.rolls_up_in_database(ctx.cfg.rollup_in_database):  # the window's rows stay in the database
+        return {"fatigue": recommend.slope_from_sums(*ctx.store.fatigue_sums_in_database(start, day))}
+    columns = ["account_id", "creative_id", "date", "impressions", "clicks"]
+    recent = ctx.store.read_range(t.creative_daily_stats, start, day, columns=columns)
     return {"fatigue": recommend.fatigue_slope(recent) if len(recent) else 0.0}
 
 

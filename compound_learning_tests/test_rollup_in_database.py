@@ -15,7 +15,7 @@ import pytest
 
 from compound_learning import steps
 from compound_learning.config import load_settings
-from compound_learning.core import stats
+from compound_learning.core import recommend, stats
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
 from compound_learning_tests.conftest import START, day_rows, make_context, make_store, small_world
@@ -140,3 +140,22 @@ def test_day_summary_counts_in_the_database(db_url, env):
     assert summary["data_version"] >= 1 and summary["invariant_violations"] == 0
     empty = steps.check_performance_day(ctx, START - timedelta(days=1))
     assert empty["rows"] == 0 and empty["spend"] == 0.0 and empty["data_version"] == 0
+
+
+def test_fatigue_slope_in_sql_equals_pandas(loaded_pg):
+    """The recommendations' fatigue slope from sums the database computes equals the one fitted
+    in pandas on the window's rows: the same within-creative sums, so the same slope."""
+    url, _ = loaded_pg
+    ctx = make_context(url, rollup_in_database=False)
+    for offset in range(DAYS):
+        steps.compute_daily_stats(ctx, START + timedelta(days=offset))
+    end = START + timedelta(days=DAYS - 1)
+    rows = ctx.store.read_range(
+        t.creative_daily_stats, START, end, columns=["account_id", "creative_id", "date", "impressions", "clicks"]
+    )
+    in_sql, in_pandas = ctx.store.fatigue_sums_in_database(START, end), recommend.fatigue_sums(rows)
+    assert in_sql[0] > 0 and in_sql[1] != 0
+    assert in_sql == pytest.approx(in_pandas, rel=1e-9)
+    on, off = (steps._fatigue(make_context(url, rollup_in_database=flag), end) for flag in (True, False))
+    assert on["fatigue"] == pytest.approx(off["fatigue"], rel=1e-9, abs=1e-12)
+    assert ctx.store.fatigue_sums_in_database(end + timedelta(days=30), end + timedelta(days=40)) == (0.0, 0.0)

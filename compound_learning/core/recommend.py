@@ -325,8 +325,14 @@ def fatigue_slope(daily: pd.DataFrame) -> float:
     ``daily``: creative_id (and account_id, when ids repeat across accounts), date, impressions,
     clicks. 0 when there is too little to tell; never positive (a creative is not assumed to
     improve with exposure)."""
+    return slope_from_sums(*fatigue_sums(daily))
+
+
+def fatigue_sums(daily: pd.DataFrame) -> tuple[float, float]:
+    """The slope's weighted sums of squares (``sxx``) and products (``sxy``) about each
+    creative's own weighted means (see :func:`fatigue_slope`)."""
     if daily.empty:
-        return 0.0
+        return 0.0, 0.0
     keys = ["account_id", "creative_id"] if "account_id" in daily else ["creative_id"]
     d = daily.sort_values([*keys, "date"])
     creative = d.groupby(keys, sort=False).ngroup()
@@ -337,10 +343,15 @@ def fatigue_slope(daily: pd.DataFrame) -> float:
     for col in ("x", "y"):
         wm = (frame[col] * frame["w"]).groupby(frame["c"]).transform("sum") / frame.groupby("c")["w"].transform("sum")
         frame[col] = frame[col] - wm
-    sxx = float((frame["w"] * frame["x"] ** 2).sum())
+    return float((frame["w"] * frame["x"] ** 2).sum()), float((frame["w"] * frame["x"] * frame["y"]).sum())
+
+
+def slope_from_sums(sxx: float, sxy: float) -> float:
+    """The fatigue slope from its within-creative sums (:func:`fatigue_slope`; the database
+    computes the same sums in ``storage.rollup.fatigue_sums``)."""
     if sxx <= 1e-9:
         return 0.0
-    return min(0.0, float((frame["w"] * frame["x"] * frame["y"]).sum() / sxx))
+    return min(0.0, sxy / sxx)
 
 
 def spend_split(

@@ -217,3 +217,34 @@ def roll_forward(conn: Connection, previous_day: date, day: date, decay: float) 
         params,
     ).one()
     return {"cumulative_cells": int(cells), "creatives": int(creatives), "accounts": int(accounts)}
+
+
+def fatigue_sums(conn: Connection, start: date, end: date) -> tuple[float, float]:
+    """The two sums of ``core.recommend.fatigue_slope`` over the creative-days of
+    ``start``..``end``, in SQL (a window's rows never cross the wire: two numbers come back).
+
+    Within each creative, x is its impressions before the day (in the window, per 100k) and y
+    its log CTR, weighted by clicks + 0.5; the slope's ``sxx`` and ``sxy`` are the weighted
+    sums of squares and products about the creative's own weighted means, here in the
+    equivalent form ``sum(wxx) - sum(wx)^2 / sum(w)`` per creative."""
+    row = conn.execute(
+        sa.text(
+            f"""
+            WITH d AS (
+                SELECT account_id, creative_id, clicks + 0.5 AS w,
+                       (SUM(impressions) OVER running - impressions) / 1e5 AS x,
+                       LN((clicks + 0.5) / (impressions + 1.0)) AS y
+                FROM {t.creative_daily_stats.name}
+                WHERE date BETWEEN :start AND :end
+                WINDOW running AS (PARTITION BY account_id, creative_id ORDER BY date ROWS UNBOUNDED PRECEDING)
+            ), c AS (
+                SELECT SUM(w) AS sw, SUM(w * x) AS swx, SUM(w * y) AS swy, SUM(w * x * x) AS swxx,
+                       SUM(w * x * y) AS swxy
+                FROM d GROUP BY account_id, creative_id
+            )
+            SELECT coalesce(SUM(swxx - swx * swx / sw), 0), coalesce(SUM(swxy - swx * swy / sw), 0) FROM c
+            """
+        ),
+        {"start": start, "end": end},
+    ).one()
+    return float(row[0]), float(row[1])

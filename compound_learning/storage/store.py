@@ -340,6 +340,11 @@ class Store(Database):
         """Rewrite ``day``'s creative and attribute statistics from its raw rows, in SQL."""
         return rollup.daily_stats(conn, day)
 
+    def fatigue_sums_in_database(self, start: date, end: date) -> tuple[float, float]:
+        """The fatigue slope's within-creative sums over ``start``..``end``, in SQL."""
+        with self.engine.connect() as conn:
+            return rollup.fatigue_sums(conn, start, end)
+
     def roll_forward_in_database(self, conn, previous_day: date, day: date, decay: float) -> dict:
         """Write ``day``'s cumulative snapshot from ``previous_day``'s and ``day``'s statistics, in SQL."""
         return rollup.roll_forward(conn, previous_day, day, decay)
