@@ -36,7 +36,7 @@ bench: install
 # The daily cycle at agency scale (100k rows a day after 8 days, on a fresh PostgreSQL database)
 # and a day with no data next to a trivial asset; about 6 minutes. BENCHMARKS.md "Daily cycle".
 bench-cycle: install
-	$(BIN)/python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 8 --measure 2 --pg-url $(BENCH_PG_URL)
+	$(BIN)/python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 --measure 2 --pg-url $(BENCH_PG_URL)
 	$(BIN)/python -m compound_learning.benchmarks.empty_day
 
 lint: install
