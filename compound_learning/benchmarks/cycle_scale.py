@@ -7,7 +7,11 @@ measured days run every step of the cycle in order, as the daily schedule would;
 seconds and the process's peak memory are printed as JSON.
 
     python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 \\
-        [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0]
+        [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0] [--lifetime 28]
+
+With ``--lifetime`` each creative runs that many days and a new one takes its slot (the same
+daily volume, ever more creatives): day 365 against day 30 at the same volume shows how the
+knowledge, and so a cycle, grows with the history.
 
 With ``--pg-url`` the run gets a fresh database on that server (dropped afterwards); with
 ``--url`` it uses that database, which must be empty.
@@ -40,12 +44,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_history(ctx: steps.CycleContext, rows: int, days: int) -> dict:
+def build_history(ctx: steps.CycleContext, rows: int, days: int, lifetime: int | None = None) -> dict:
     """Ingest ``days`` days, compute their daily statistics, roll the evidence to the last one."""
     started = time.perf_counter()
     for i in range(days):
         day = FIRST_DAY + timedelta(days=i)
-        ingest_frame(day_frame(rows, day), store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
+        frame = day_frame(rows, day, lifetime_days=lifetime)
+        ingest_frame(frame, store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
         steps.run_day(ctx, day, only=["daily_stats"])
     ingested = time.perf_counter() - started
     last = FIRST_DAY + timedelta(days=days - 1)
@@ -54,14 +59,22 @@ def build_history(ctx: steps.CycleContext, rows: int, days: int) -> dict:
     return {"history_seconds": round(ingested, 1), "first_learning_seconds": round(time.perf_counter() - started, 1)}
 
 
-def measure(ctx: steps.CycleContext, rows: int, days: int, measure_days: int, profile: str | None = None) -> list[dict]:
+def measure(
+    ctx: steps.CycleContext,
+    rows: int,
+    days: int,
+    measure_days: int,
+    profile: str | None = None,
+    lifetime: int | None = None,
+) -> list[dict]:
     """Ingest and run the full cycle for the ``measure_days`` days after the history (the last
     one under cProfile into ``profile``, if given)."""
     out = []
     for i in range(measure_days):
         day = FIRST_DAY + timedelta(days=days + i)
         started = time.perf_counter()
-        ingest_frame(day_frame(rows, day), store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
+        frame = day_frame(rows, day, lifetime_days=lifetime)
+        ingest_frame(frame, store=ctx.store, settings=ctx.settings, today=date(2100, 1, 1))
         ingest_seconds = time.perf_counter() - started
         if profile and i == measure_days - 1:
             import cProfile
@@ -79,6 +92,7 @@ def measure(ctx: steps.CycleContext, rows: int, days: int, measure_days: int, pr
                 "ingest_seconds": round(ingest_seconds, 2),
                 "cycle_seconds": round(sum(timing.values()), 2),
                 "cumulative_cells": result["learning_patterns"]["cumulative_cells"],
+                "creatives_known": result["learning_patterns"]["creatives"],
                 "peak_mb": round(_peak_mb()),
                 **timing,
             }
@@ -96,6 +110,11 @@ def main() -> None:
     parser.add_argument("--pg-url", help="a PostgreSQL server: the run makes a fresh database there and drops it")
     parser.add_argument("--profile", help="write a cProfile of the last measured day to this file")
     parser.add_argument("--half-life", type=float, help="forgetting half-life in days (0: off)")
+    parser.add_argument(
+        "--lifetime",
+        type=int,
+        help="days each creative runs before a new one takes its slot (default: the same creatives every day)",
+    )
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="cycle_scale_")
     server = Postgres(args.pg_url) if args.pg_url else None
@@ -108,8 +127,9 @@ def main() -> None:
         raise SystemExit(f"{url} already holds performance rows: the benchmark needs an empty database")
     ctx = steps.CycleContext(store, settings, CycleSettings.from_settings(settings))
     try:
-        print(json.dumps({"rows": args.rows, "history_days": args.days, **build_history(ctx, args.rows, args.days)}))
-        measure(ctx, args.rows, args.days, args.measure, args.profile)
+        history = build_history(ctx, args.rows, args.days, args.lifetime)
+        print(json.dumps({"rows": args.rows, "history_days": args.days, "lifetime": args.lifetime, **history}))
+        measure(ctx, args.rows, args.days, args.measure, args.profile, args.lifetime)
     finally:
         store.dispose()
         if server:
