@@ -440,8 +440,7 @@ def live_creatives(totals: pd.DataFrame, day: date) -> pd.DataFrame:
     if totals.empty:
         return pd.DataFrame(columns=columns)
     live = totals.loc[totals["last_seen"] == day, columns].reset_index(drop=True)
-    parsed: dict[str, dict] = {}  # creatives share attribute sets: each one is parsed once
-    live["attributes"] = [parsed.get(a) or parsed.setdefault(a, json.loads(a)) for a in live["attributes"]]
+    live["attributes"] = [json.loads(a) for a in live["attributes"]]
     return live
 
 
