@@ -81,3 +81,36 @@ def test_absorbing_the_accounts_changes_no_figure(monkeypatch):
         for name in ("effects", "baselines"):
             a, b = getattr(dense, name), getattr(absorbed, name)
             pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-10)
+
+
+def test_interactions_are_centred_cells_whatever_the_reference():
+    """Every cell of a fitted pair is a double-centred contrast (how far the pair departs from
+    the sum of its main effects), reference levels included, so the estimates mean the same
+    whichever value has the most exposure. Reference-coded indicators left the reference
+    level's cells out and changed meaning when the majority changed."""
+    data, truth = small_world(days=16, accounts=6, creatives=70, seed=3)
+    true = {
+        (i["attributes"]["hook_type"], i["attributes"]["format"]): i["log_effect"]
+        for i in truth["interactions"]
+        if i["metric"] == "ctr" and set(i["attributes"]) == {"hook_type", "format"}
+    }
+    found = {}
+    for majority in ("video", "image"):  # drop most of the other format's creatives
+        other = data[data["format"] != majority]["creative_id"].unique()
+        dropped = set(np.random.default_rng(0).choice(other, size=len(other) * 2 // 3, replace=False))
+        cells, dims = cells_of(data[~data["creative_id"].isin(dropped)])
+        fit = fit_effects(
+            cells, dims, "ctr", interaction_pairs=[("hook_type", "format")], min_cell_creatives=3, inference="creative"
+        )
+        inter = fit.interactions
+        assert set(inter["dimension"] + "|" + inter["dimension2"]) == {"hook_type|format"}
+        cells_found = {(r.value, r.value2): (r.log_effect, r.std_error) for r in inter.itertuples()}
+        assert set(cells_found) == set(true)  # the reference levels' cells too
+        # centred: each row and each column of the table sums to zero
+        table = inter.pivot(index="value", columns="value2", values="log_effect")
+        assert np.allclose(table.sum(axis=0), 0.0, atol=1e-9) and np.allclose(table.sum(axis=1), 0.0, atol=1e-9)
+        est, se = cells_found[("question", "video")]
+        assert abs(est - true[("question", "video")]) < 3 * se
+        found[majority] = est
+    assert true[("question", "video")] > 0.1
+    assert found["video"] > 0.05 and found["image"] > 0.05  # the same sign and size either way

@@ -164,6 +164,19 @@ def test_closed_loop_benchmark_end_to_end(tmp_path):
     assert result["trajectory"]["accounts"] == 8
 
 
+def test_closed_loop_seeds_in_parallel_and_a_world_of_shared_effects(tmp_path):
+    """Seeds run in two processes give the figures of one at a time; with no account
+    deviations, knowing the common effects is knowing everything."""
+    kw = {"days": 12, "seeds": 2, "accounts": 3, "account_sd": 0.0}
+    apart = closed_loop.run(**kw, jobs=2, out_dir=tmp_path / "apart")
+    serial = closed_loop.run(**kw, out_dir=tmp_path / "serial")
+    assert apart["windows"] == serial["windows"]
+    assert (tmp_path / "apart" / "closed_loop_default_account_sd_0.png").exists()
+    window = apart["windows"][0]
+    assert window["oracle_common"] == window["oracle"]
+    assert apart["config"]["account_deviation_sd"] == 0.0
+
+
 def test_cli_score_explains_its_numbers(recommended):
     _, _, _, url = recommended
     creative = '{"hook_type": "question", "audience": "retargeting"}'

@@ -344,6 +344,12 @@ def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
     plt.close(fig)
 
 
+def output_name(world: str, account_sd: float) -> str:
+    """The PNG's and the JSON's name: one per world, and per account spread when not the default."""
+    suffix = "" if account_sd == LoopConfig.account_deviation_sd else f"_account_sd_{account_sd:g}"
+    return f"closed_loop_{world}{suffix}"
+
+
 def run(
     days: int = 90,
     seeds: int = 10,
@@ -356,23 +362,50 @@ def run(
     out_dir: Path | None = None,
     explore_share: float | None = None,
     progress=None,
+    account_sd: float = LoopConfig.account_deviation_sd,
+    jobs: int = 1,
 ) -> dict:
-    """Run the benchmark; returns the summary with each target's verdict (and writes the PNG)."""
+    """Run the benchmark; returns the summary with each target's verdict (and writes the PNG).
+    ``jobs`` > 1 runs that many seeds at a time in separate processes (the seeds are independent;
+    the figures are the same as one at a time)."""
     half_life = (21.0 if world == "change" else 0.0) if half_life_days is None else half_life_days
     started = time.perf_counter()
-    results = []
-    for i in range(seeds):
-        cfg = LoopConfig(days=days, accounts=accounts, seed=first_seed + i, effect_scale=effect_scale, world=world)
-        results.append(run_seed(cfg, half_life, refit_days, explore_share))
+    configs = [
+        LoopConfig(
+            days=days,
+            accounts=accounts,
+            seed=first_seed + i,
+            effect_scale=effect_scale,
+            world=world,
+            account_deviation_sd=account_sd,
+        )
+        for i in range(seeds)
+    ]
+
+    def done(i: int) -> None:
         if progress:
             elapsed = time.perf_counter() - started
-            progress(
-                f"seed {i + 1}/{seeds} done in {elapsed:.0f} s; about {elapsed / (i + 1) * (seeds - i - 1):.0f} s left"
-            )
+            progress(f"seed {i}/{seeds} done in {elapsed:.0f} s; about {elapsed / i * (seeds - i):.0f} s left")
+
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_seed, c, half_life, refit_days, explore_share) for c in configs]
+            results = []
+            for f in futures:  # in seed order, whatever finishes first
+                results.append(f.result())
+                done(len(results))
+    else:
+        results = []
+        for c in configs:
+            results.append(run_seed(c, half_life, refit_days, explore_share))
+            done(len(results))
+    cfg = configs[-1]
     summary = summarize(results, cfg)
     out_dir = Path(out_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"closed_loop_{world}.png"
+    png = out_dir / f"{output_name(world, account_sd)}.png"
     plot(results, cfg, png)
     verdicts = {}
     w = summary["windows"]
@@ -403,6 +436,7 @@ def run(
             "accounts": accounts,
             "effect_scale": effect_scale,
             "world": world,
+            "account_deviation_sd": account_sd,
             "half_life_days": half_life,
             "refit_days": refit_days,
             "explore_share": explore_share,
@@ -463,6 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--half-life", type=float, help="forgetting half-life in days (default: 21 in the change world)")
     p.add_argument("--refit-days", type=int, default=7)
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument(
+        "--account-sd",
+        type=float,
+        default=LoopConfig.account_deviation_sd,
+        help="sd of each account's own deviation of every effect (log, per metric); 0: accounts share the effects",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
     p.add_argument("--out", default=".state/benchmarks", help="folder for the PNG and the JSON")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -477,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         args.first_seed,
         Path(args.out),
         progress=lambda m: print(m, file=sys.stderr, flush=True),
+        account_sd=args.account_sd,
+        jobs=args.jobs,
     )
-    (Path(args.out) / f"closed_loop_{args.world}.json").write_text(json.dumps(result, indent=2))
+    (Path(args.out) / f"{output_name(args.world, args.account_sd)}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if all(result["targets"].values()) else 1
 

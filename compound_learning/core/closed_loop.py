@@ -47,6 +47,7 @@ class LoopConfig:
     lifetime_days: int = 14
     daily_budget: float = 400.0
     change_day: int = 45
+    account_deviation_sd: float = 0.05  # each account's own deviation of every effect (log scale, per metric)
     start: date = date(2024, 1, 1)
     dimensions: dict[str, list[str]] = field(default_factory=lambda: dict(DIMENSIONS))
 
@@ -81,7 +82,7 @@ class World:
         self.log_cvr = dict(zip(self.accounts, rng.normal(np.log(0.05), 0.3, n), strict=True))
         self.aov = dict(zip(self.accounts, np.exp(rng.normal(np.log(60.0), 0.3, n)), strict=True))
         self.cpm = dict(zip(self.accounts, np.exp(rng.normal(np.log(8.0), 0.2, n)), strict=True))
-        dev_sd = 0.0 if cfg.world == "null" else 0.05
+        dev_sd = 0.0 if cfg.world == "null" else cfg.account_deviation_sd
         self.dev = {
             (a, d, m): rng.normal(0, dev_sd, len(v))
             for a in self.accounts

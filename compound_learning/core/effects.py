@@ -317,21 +317,9 @@ def fit_coded(
         meta = _fit_creative_re(y_c, count_c, e_c, Xi)
         if meta is not None:
             p_i, cov_i, df_i = meta
-            for k, (d1, v1, d2, v2, mask) in enumerate(terms):
-                j = Xc.shape[1] + k
-                se = float(np.sqrt(cov_i[j, j])) if cov_i[j, j] > 0 else np.nan
-                irows.append(
-                    {
-                        "dimension": d1,
-                        "value": v1,
-                        "dimension2": d2,
-                        "value2": v2,
-                        "log_effect": float(p_i[j]),
-                        "std_error": se,
-                        "df": df_i,
-                        **coded.support(mask),
-                    }
-                )
+            irows = _centred_interactions(
+                terms, Xc.shape[1], p_i, cov_i, df_i, dim_levels, dim_codes, coded, min_cell_creatives
+            )
     interactions = pd.DataFrame(irows)
 
     # Baseline of each account: a fresh creative (first age bucket), average day of week,
@@ -349,6 +337,52 @@ def fit_coded(
         est, se = contrast(vec)
         brows.append({"account_id": a, "log_rate": est, "std_error": se})
     return EffectFit(metric, effects, interactions, pd.DataFrame(brows), coded.n, coded.n_creatives, converged, notes)
+
+
+def _centred_interactions(
+    terms, first, p_i, cov_i, df_i, dim_levels, dim_codes, coded, min_cell_creatives
+) -> list[dict]:
+    """Every supported cell of every fitted pair as a double-centred contrast: the cell's
+    interaction coefficient less its row's and its column's mean, plus the table's mean (the
+    fitted indicators are the non-reference cells; the others are zero).
+
+    The indicators alone are effects against the reference levels, which are the values with
+    the most exposure: when what an account launches most changes, so would their meaning. The
+    centred table does not depend on the reference: every cell (reference levels included) says
+    how far the pair departs from the sum of its two main effects, the form the simulator's
+    truth and a reader both use."""
+    by_pair: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+    for k, (d1, v1, d2, v2, _mask) in enumerate(terms):
+        by_pair.setdefault((d1, d2), {})[(v1, v2)] = first + k
+    rows = []
+    for (d1, d2), cols in by_pair.items():
+        levels1 = [dim_levels[d1][0], *dim_levels[d1][1]]
+        levels2 = [dim_levels[d2][0], *dim_levels[d2][1]]
+        n1, n2 = len(levels1), len(levels2)
+        (c1, l1), (c2, l2) = dim_codes[d1], dim_codes[d2]
+        for v1 in levels1:
+            m1 = c1 == l1.index(v1)
+            for v2 in levels2:
+                mask = m1 & (c2 == l2.index(v2))
+                if mask.sum() < min_cell_creatives:
+                    continue
+                vec = np.zeros(len(p_i))
+                for (k1, k2), j in cols.items():
+                    vec[j] = (k1 == v1) * (k2 == v2) - (k2 == v2) / n1 - (k1 == v1) / n2 + 1.0 / (n1 * n2)
+                var = float(vec @ cov_i @ vec)
+                rows.append(
+                    {
+                        "dimension": d1,
+                        "value": v1,
+                        "dimension2": d2,
+                        "value2": v2,
+                        "log_effect": float(vec @ p_i),
+                        "std_error": float(np.sqrt(var)) if var > 0 else np.nan,
+                        "df": df_i,
+                        **coded.support(mask),
+                    }
+                )
+    return rows
 
 
 COUNT_FOR_VARIANCE = {"ctr": "clicks", "cvr": "conversions", "roas": "conversions"}
