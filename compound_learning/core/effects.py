@@ -140,7 +140,8 @@ def fit_effects(
     Returns None when there is not enough data to fit anything (no exposure, one creative).
     With ``interaction_pairs`` a second fit adds the supported interaction terms; main effects
     always come from the model without them, since with reference-coded interactions a "main"
-    coefficient becomes the effect at the partner's reference level.
+    coefficient becomes the effect at the partner's reference level. The interactions are
+    reported as double-centred contrasts of every supported cell (``_centred_interactions``).
 
     ``inference="cluster"`` (many creatives): the cells' Poisson fit with a creative-clustered
     sandwich. ``inference="creative"`` (few creatives, e.g. one account): the point estimates and
