@@ -85,12 +85,28 @@ class PatternSettings:
     primary_share: float = 0.25
 
 
+@dataclass(frozen=True)
+class DriftSettings:
+    """The drift test of the learning step and the exploration burst that answers a drop
+    (``core.drift``)."""
+
+    window_days: int = 14  # the recent evidence tested against the older; 0 turns the test off
+    z_threshold: float = 4.0  # one-sided; tested every day, so a false alarm has to be rare
+    burst_days: int = 7  # how long the launches explore after a drop
+    burst_explore_share: float = 0.5  # the share of launch picks that explore during a burst
+    # What the evidence before a burst's first day still counts afterwards (a power prior on the
+    # old evidence): the drop says it no longer describes what runs, and the burst's new evidence
+    # must be able to outweigh it within days, not half-lives. 1 keeps it all.
+    burst_evidence_weight: float = 0.3
+
+
 @dataclass
 class CycleSettings:
     """Tunable knobs of the learning cycle. Build from the environment with
     :meth:`from_settings`; the defaults of the environment-backed fields are the same constants."""
 
     patterns: PatternSettings = field(default_factory=PatternSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
     min_accounts_for_insight: int = MIN_ACCOUNTS_FOR_SHARED
     max_top2_share: float = MAX_TOP2_SHARE

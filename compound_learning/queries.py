@@ -195,13 +195,35 @@ def recommendations(store: Store, account_id: str, n: int = 5) -> dict:
     n_explore = round(n * sum(p["pick"] == "explore" for p in launches) / len(launches)) if launches else 0
     picks = [p for p in launches if p["pick"] == "exploit"][: n - n_explore]
     picks += [p for p in launches if p["pick"] == "explore"][:n_explore]
+    as_of = pd.Timestamp(frame["as_of"].iloc[0]).date()
     return {
         "account_id": account_id,
-        "as_of": str(pd.Timestamp(frame["as_of"].iloc[0]).date()),
+        "as_of": str(as_of),
         "launch": picks,
         "explore_picks": sum(p["pick"] == "explore" for p in picks),
         "spend": spend,
         "spend_exploration_share": round(sum(s["exploration"] for s in spend), 4),
+        "drift": _drift(store, as_of),
+    }
+
+
+def _drift(store: Store, day) -> dict | None:
+    """The day's drift test (``core.drift``): all accounts' evidence, the same for every account."""
+    row = store.read_day(t.evidence_drift, day)
+    if row.empty:
+        return None
+    r = row.iloc[0]
+
+    def number(v):
+        return None if pd.isna(v) else round(float(v), 4)
+
+    return {
+        "summary": r["summary"],
+        "level_shift": number(r["level_shift"]),
+        "z": number(r["z"]),
+        "flagged": bool(r["flagged"]),
+        "exploring": bool(r["exploring"]),
+        "burst_start": None if pd.isna(r["burst_start"]) else str(pd.Timestamp(r["burst_start"]).date()),
     }
 
 

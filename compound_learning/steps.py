@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.config import GLOBAL, CycleSettings, Settings, load_settings
-from compound_learning.core import stats
+from compound_learning.core import drift, stats
 from compound_learning.core.dna import dna_weights
 from compound_learning.core.effects import METRIC_SPECS, CodedCells
 from compound_learning.core.insights import cross_account_insights
@@ -131,12 +131,29 @@ def _same_frame(old: pd.DataFrame, new: pd.DataFrame) -> bool:
 
 
 # -- cumulative statistics + patterns ---------------------------------------------------------
-def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd.DataFrame, int]:
+def burst_starts(store: Store, start: date, end: date) -> set[date]:
+    """The days in ``[start, end]`` on which an exploration burst began (``core.drift``): the
+    evidence up to such a day counts ``burst_evidence_weight`` from the next day on."""
+    rows = store.read_range(t.evidence_drift, start, end, day_column="as_of", columns=["as_of", "burst_start"])
+    days = [(pd.Timestamp(a).date(), pd.Timestamp(b).date()) for a, b in rows.itertuples(index=False) if pd.notna(b)]
+    return {a for a, b in days if a == b}
+
+
+def evidence_weight(ctx: CycleContext, since: date, day: date, starts: set[date] | None = None) -> float:
+    """What evidence as of ``since`` counts on ``day``: the forgetting decay, times the burst
+    weight for every burst that began in ``[since, day)``."""
+    starts = burst_starts(ctx.store, since, day - timedelta(days=1)) if starts is None else starts
+    bursts = sum(since <= s < day for s in starts)
+    return stats.decay_factor(ctx.cfg.half_life_days, (day - since).days) * ctx.cfg.drift.burst_evidence_weight**bursts
+
+
+def cumulative_cells(ctx: CycleContext, day: date) -> tuple[pd.DataFrame, int]:
     """Cumulative cells as of ``day``: the last snapshot before it plus the days since.
 
     Returns the cells and how many days had to be rolled forward (1 in steady state, so a cycle
     costs the new day plus the size of the knowledge, not the history).
     """
+    store = ctx.store
     previous_day = store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=1))
     if previous_day is not None:
         cells = store.read_day(t.creative_cumulative_stats, previous_day)
@@ -147,17 +164,17 @@ def cumulative_cells(store: Store, day: date, half_life_days: float) -> tuple[pd
         previous_day = start - timedelta(days=1)
     days_rolled = 0
     last = previous_day
+    starts = burst_starts(store, previous_day, day - timedelta(days=1))
     for offset in range((day - start).days + 1):
         current = start + timedelta(days=offset)
         day_stats = store.read_day(t.creative_daily_stats, current, "date")
         if day_stats.empty and current != day:
             continue
-        decay = stats.decay_factor(half_life_days, (current - last).days)
-        cells = stats.roll_forward(cells, day_stats, decay, current)
+        cells = stats.roll_forward(cells, day_stats, evidence_weight(ctx, last, current, starts), current)
         last = current
         days_rolled += 1
     if last != day:  # no data on `day` itself but forgetting still applies
-        cells = stats.roll_forward(cells, pd.DataFrame(), stats.decay_factor(half_life_days, (day - last).days), day)
+        cells = stats.roll_forward(cells, pd.DataFrame(), evidence_weight(ctx, last, day, starts), day)
     return cells, days_rolled
 
 
@@ -235,7 +252,7 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     store, cfg = ctx.store, ctx.cfg
     previous = _one_step_roll(store, day) if store.rolls_up_in_database(cfg.rollup_in_database) else None
     if previous is not None:
-        decay = stats.decay_factor(cfg.half_life_days, (day - previous).days)
+        decay = evidence_weight(ctx, previous, day)
         with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
             size = store.roll_forward_in_database(conn, previous, day, decay)
             pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
@@ -246,7 +263,7 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
             "creatives": size["creatives"],
             "accounts": size["accounts"],
         }
-    cells, rolled = cumulative_cells(store, day, cfg.half_life_days)
+    cells, rolled = cumulative_cells(ctx, day)
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.creative_cumulative_stats, day, cells)
         pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
@@ -294,8 +311,25 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
             fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
             baselines = pd.concat(fitted, ignore_index=True) if fitted else None
             notes = [n for f in global_fits.values() for n in f.notes]
+        tested = _drift_test(ctx, day, cells) if drift.DRIFT_METRIC in shard.global_metrics else None
         out[day] = {"candidates": candidates, "baselines": baselines, "notes": notes, "dimensions": dims}
+        out[day]["drift"] = tested
     return out
+
+
+def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | None:
+    """The drift test on the day's cells (``core.drift``): the recent window's evidence against the
+    snapshot before it. None when it is off or the evidence does not reach back past the window."""
+    window = ctx.cfg.drift.window_days
+    if window <= 0 or cells.empty:
+        return None
+    older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=window))
+    if older_day is None:
+        return None
+    older = ctx.store.read_day(t.creative_cumulative_stats, older_day)
+    older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
+    found = drift.level_drift(drift.split_evidence(_consistent_attributes(cells), older), ctx.cfg.drift.z_threshold)
+    return None if found is None else {**found, "window_start": older_day + timedelta(days=1)}
 
 
 def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict]) -> dict:
@@ -311,9 +345,11 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         if fitted
         else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
     )
+    drift_row = _drift_row(ctx, day, next((p["drift"] for p in parts if p.get("drift")), None))
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
+        store.write_day(conn, t.evidence_drift, day, pd.DataFrame([drift_row]))
     glob = patterns[patterns["account_id"] == GLOBAL] if len(patterns) else patterns
     states = glob["state"].value_counts().to_dict() if len(glob) else {}
     return {
@@ -325,6 +361,36 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         "states_global": {k: int(v) for k, v in states.items()},
         "fit_notes": [n for p in parts for n in p["notes"]],
         "top_patterns": _top(glob),
+        "drift": drift_row["summary"],
+        "drift_z": None if drift_row["z"] is None else round(float(drift_row["z"]), 2),
+        "exploring": drift_row["exploring"],
+    }
+
+
+def _drift_row(ctx: CycleContext, day: date, found: dict | None) -> dict:
+    """The day's ``evidence_drift`` row: the test's figures and the exploration burst, which
+    continues from the last row before the day."""
+    settings = ctx.cfg.drift
+    store = ctx.store
+    prev_day = store.latest_day(t.evidence_drift, on_or_before=day - timedelta(days=1))
+    last_start, was_flagged = None, False
+    if prev_day is not None:
+        prev = store.read_day(t.evidence_drift, prev_day)
+        if len(prev) and pd.notna(prev["burst_start"].iloc[0]):
+            last_start = pd.Timestamp(prev["burst_start"].iloc[0]).date()
+        was_flagged = bool(len(prev) and prev["flagged"].iloc[0])
+    flagged = bool(found and found["flagged"])
+    burst_start, exploring = drift.exploration_burst(last_start, day, flagged, was_flagged, settings)
+    empty = {"level_shift": None, "std_error": None, "z": None, "recent_creatives": 0, "older_creatives": 0}
+    return {
+        "metric": drift.DRIFT_METRIC,
+        "window_start": (found or {}).get("window_start", day - timedelta(days=settings.window_days - 1)),
+        "window_days": settings.window_days,
+        **{k: (found or empty)[k] for k in empty},
+        "flagged": flagged,
+        "exploring": exploring,
+        "burst_start": burst_start,
+        "summary": drift.describe(found, exploring, burst_start, settings),
     }
 
 
@@ -451,17 +517,25 @@ def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
 
 
+def exploring(store: Store, day: date) -> bool:
+    """Whether the launches of ``day`` are in an exploration burst (the day's ``evidence_drift``)."""
+    row = store.read_day(t.evidence_drift, day)
+    return bool(len(row) and row["exploring"].iloc[0])
+
+
 def _fatigue(ctx: CycleContext, day: date) -> dict:
     """The day's fatigue slope, fitted once over every account's recent days (the shards share
-    it; each would otherwise read the whole window)."""
+    it; each would otherwise read the whole window), and whether the launches explore after a
+    drift (``core.drift``)."""
     from compound_learning.core import recommend
 
+    burst = exploring(ctx.store, day)
     start = day - timedelta(days=FATIGUE_WINDOW_DAYS - 1)
     if ctx.store.rolls_up_in_database(ctx.cfg.rollup_in_database):  # the window's rows stay in the database
-        return {"fatigue": recommend.slope_from_sums(*ctx.store.fatigue_sums_in_database(start, day))}
+        return {"fatigue": recommend.slope_from_sums(*ctx.store.fatigue_sums_in_database(start, day)), "burst": burst}
     columns = ["account_id", "creative_id", "date", "impressions", "clicks"]
     recent = ctx.store.read_range(t.creative_daily_stats, start, day, columns=columns)
-    return {"fatigue": recommend.fatigue_slope(recent) if len(recent) else 0.0}
+    return {"fatigue": recommend.fatigue_slope(recent) if len(recent) else 0.0, "burst": burst}
 
 
 def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
@@ -477,7 +551,8 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         # the shard's accounts: those its DNA rows name (the global rows ride along)
         mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
         live = live_creatives(store.creative_totals(day, accounts=mine), day)
-        fatigue = infos[day]["fatigue"]
+        fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
+        explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
         rows: list[dict] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once
         live_of = dict(tuple(live.groupby("account_id")))
@@ -488,7 +563,9 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
             rng = _day_seed(day, account_id, cfg.recommendation_seed)
             mine = live_of.get(account_id, no_live).reset_index(drop=True)
             # What is live may be proposed again: a fresh creative of the best combination beats a fatigued one.
-            picks = recommend.launch_picks(dna, account_id, cfg.recommendations_per_account, cfg.explore_share, rng)
+            picks = recommend.launch_picks(
+                dna, account_id, cfg.recommendations_per_account, explore_share, rng, restart=burst
+            )
             rows += [_launch_row(account_id, p) for p in picks]
             split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
             split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
@@ -573,7 +650,8 @@ def _write_recommendations(ctx: CycleContext, day: date, info: dict, parts: list
         "explore_picks": int((launches["pick"] == "explore").sum()) if len(launches) else 0,
         "live_creatives": int((frame["kind"] == "spend").sum()) if len(frame) else 0,
         "fatigue_per_100k_impressions": round(info["fatigue"], 4),
-        "explore_share": cfg.explore_share,
+        "explore_share": cfg.drift.burst_explore_share if info.get("burst") else cfg.explore_share,
+        "exploration_burst": bool(info.get("burst")),
         "top_picks": preview[:50],
     }
 

@@ -157,6 +157,7 @@ DERIVED_BY_DAY = [
     (t.creative_cumulative_stats, "as_of"),
     (t.learning_patterns, "as_of"),
     (t.account_baselines, "as_of"),
+    (t.evidence_drift, "as_of"),
     (t.knowledge_nodes, "as_of"),
     (t.knowledge_relationships, "as_of"),
     (t.creative_dna, "as_of"),

@@ -68,7 +68,12 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         else f"<p>As of {e(rec['as_of'])}; {rec['explore_picks']} of {len(rec['launch'])} picks explore "
         f"little-tested values; {rec['spend_exploration_share']:.0%} of tomorrow's spend goes beyond the "
         "best-looking creative, so the others keep earning evidence.</p>"
-        "<table><tr><th>#</th><th>pick</th><th>attributes</th><th>expected ROAS [95%]</th><th>why</th></tr>"
+        + (
+            f"<p><strong>Drift:</strong> {e(rec['drift']['summary'])}</p>"
+            if rec["drift"] and (rec["drift"]["flagged"] or rec["drift"]["exploring"])
+            else ""
+        )
+        + "<table><tr><th>#</th><th>pick</th><th>attributes</th><th>expected ROAS [95%]</th><th>why</th></tr>"
         f"{picks}</table><h3>Tomorrow's spend</h3>"
         "<table><tr><th>creative</th><th>share</th><th>P(best)</th><th>expected ROAS</th></tr>"
         f"{spend}</table>"

@@ -6,9 +6,11 @@ Four arms live in the same world (``core.closed_loop``) with the same seed:
 - ``random``: random attribute combinations, even spend;
 - ``learner``: this project's own cycle on the data the arm itself generates: every day's rows
   are ingested through the contract and rolled into daily statistics (``steps.run_day``); every
-  ``refit_days`` the patterns, the DNA weights and the recommendations are rebuilt by the same
-  steps the Dagster assets run; launches follow the recommendations (the best pick, and every
-  ``1 / explore_share``-th launch an explore pick), and every day's spend split is
+  ``refit_days`` (1 by default: the daily schedule's cadence) the patterns, the drift test, the
+  DNA weights and the recommendations are rebuilt by the same steps the Dagster assets run;
+  launches follow the recommendations (the best pick, and every ``1 / explore_share``-th launch
+  an explore pick; during an exploration burst after a drop, ``core.drift``, the burst's share
+  of launches drawn evenly from the design space), and every day's spend split is
   ``core.recommend.spend_split`` on the latest DNA and the arm's own figures;
 - ``oracle``: knows the truth (best combination, best creative today);
 - ``fatigue_only``: random combinations, spend moved away from creatives its own data show as
@@ -122,7 +124,7 @@ class LearnerPolicy(_OwnData):
         rng: np.random.Generator,
         root: Path,
         half_life_days: float = 0.0,
-        refit_days: int = 7,
+        refit_days: int = 1,
         explore_share: float | None = None,
         **cfg_changes,
     ):
@@ -144,6 +146,8 @@ class LearnerPolicy(_OwnData):
         self.weights = recommend.DNA(pd.DataFrame())
         self.space: dict[str, list[str]] = {}
         self.best: dict[str, dict[str, str]] = {}  # account -> its best recommended combination
+        self.burst = False  # an exploration burst after a drift (core.drift)
+        self.drift_log: list[tuple[int, float | None, bool]] = []  # (day, z, exploring) of every refit
         self.launched = dict.fromkeys(world.accounts, 0)
         self.fit_seconds = 0.0
 
@@ -163,6 +167,10 @@ class LearnerPolicy(_OwnData):
             self.fit_seconds += time.perf_counter() - started
             self.weights = recommend.DNA(self.store.read_day(t.creative_dna, d))
             self.space = self.weights.space
+            self.burst = steps.exploring(self.store, d)
+            row = self.store.read_day(t.evidence_drift, d)
+            z = row["z"].iloc[0] if len(row) else None
+            self.drift_log.append((day, None if z is None or pd.isna(z) else round(float(z), 1), self.burst))
             self.best = {}
             for account in self.world.accounts:
                 try:  # the step's first pick is its best exploit pick
@@ -174,6 +182,11 @@ class LearnerPolicy(_OwnData):
         best = self.best.get(account)
         if best is None:
             return super().launch(account, n, day)  # nothing learned yet: as the account would
+        if self.burst:  # as the step's picks: this share drawn evenly from the design space
+            share = self.ctx.cfg.drift.burst_explore_share
+            return [
+                recommend.uniform_pick(self.space, self.rng) if self.rng.random() < share else best for _ in range(n)
+            ]
         every = round(1 / self.ctx.cfg.explore_share) if self.ctx.cfg.explore_share > 0 else 0
         out = []
         for _ in range(n):
@@ -229,6 +242,7 @@ def run_seed(
             out[f"{arm}_seconds"] = time.perf_counter() - started
             if arm == "learner":
                 out["learner_fit_seconds"] = policy.fit_seconds
+                out["learner_drift"] = policy.drift_log
                 policy.close()
     return out
 
@@ -344,6 +358,16 @@ def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
     plt.close(fig)
 
 
+def bursts(drift_log: list[tuple[int, float | None, bool]]) -> list[int]:
+    """The days (1-based) on which the learner's exploration bursts began."""
+    out, was = [], False
+    for day, _z, exploring in drift_log:
+        if exploring and not was:
+            out.append(day + 1)
+        was = exploring
+    return out
+
+
 def output_name(world: str, account_sd: float) -> str:
     """The PNG's and the JSON's name: one per world, and per account spread when not the default."""
     suffix = "" if account_sd == LoopConfig.account_deviation_sd else f"_account_sd_{account_sd:g}"
@@ -357,7 +381,7 @@ def run(
     effect_scale: float = 0.5,
     world: str = "default",
     half_life_days: float | None = None,
-    refit_days: int = 7,
+    refit_days: int = 1,
     first_seed: int = 0,
     out_dir: Path | None = None,
     explore_share: float | None = None,
@@ -449,6 +473,7 @@ def run(
         },
         "seconds": round(time.perf_counter() - started, 1),
         "learner_fit_seconds_per_seed": round(float(np.mean([r["learner_fit_seconds"] for r in results])), 1),
+        "exploration_bursts": [bursts(r["learner_drift"]) for r in results],
         **summary,
         "trajectory": trajectory_report(results, cfg),
         "plot": str(png),
@@ -480,6 +505,11 @@ def format_table(result: dict) -> str:
         f"random arm in the last 30 days x{tr['median_true_gain_over_random_last_30d']:.2f} "
         f"(by call: { {k: round(v, 2) for k, v in tr['true_gain_by_call'].items()} })"
     )
+    started = result.get("exploration_bursts", [])
+    lines.append(
+        f"exploration bursts after a drift (core.drift): {sum(map(len, started))} over {len(started)} seeds, "
+        f"starting on days {[d for seed in started for d in seed]}"
+    )
     for target, ok in result["targets"].items():
         lines.append(f"[{'ok' if ok else 'MISSED'}] {target}")
     return "\n".join(lines)
@@ -495,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effect-scale", type=float, default=0.5)
     p.add_argument("--world", choices=["default", "null", "change"], default="default")
     p.add_argument("--half-life", type=float, help="forgetting half-life in days (default: 21 in the change world)")
-    p.add_argument("--refit-days", type=int, default=7)
+    p.add_argument(
+        "--refit-days", type=int, default=1, help="days between the learner's re-fits (1: daily, as the schedule)"
+    )
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument(
         "--account-sd",

@@ -46,6 +46,9 @@ class EffectFit:
     n_creatives: int = 0
     converged: bool = True
     notes: list[str] = field(default_factory=list)
+    # with a ``period`` column in the cells (1: the recent evidence, 0: the older): the recent
+    # part's log level against the older part's, net of everything else, and its std error
+    level_shift: tuple[float, float] | None = None
 
 
 DENSE_LIMIT = 2_000_000  # creatives x columns up to which the creative-level design is dense
@@ -65,6 +68,8 @@ class CodedCells:
         self.creative = self.account.astype(np.int64) * max(len(ids), 1) + creative_id
         self.dow = cells["dow"].to_numpy(dtype=int)
         self.age = cells["age_bucket"].to_numpy(dtype=int)
+        # optional: which part of a split evidence a cell belongs to (see ``core.drift``)
+        self.period = cells["period"].to_numpy(dtype=int) if "period" in cells else None
         self.values = {c: cells[c].to_numpy(dtype=float) for c in SUPPORT_SUMS}
         self.attributes: dict[str, tuple[np.ndarray, list[str]]] = {}
         for dim in self.dims:
@@ -197,6 +202,7 @@ def fit_coded(
 
     dows = add_nuisance("dow", cells.dow[rows])
     add_nuisance("age", cells.age[rows])
+    periods = add_nuisance("period", cells.period[rows]) if cells.period is not None else []
 
     dim_levels: dict[str, tuple[str, list[str]]] = {}
     dim_codes: dict[str, tuple[np.ndarray, list[str]]] = {}  # per creative
@@ -337,7 +343,14 @@ def fit_coded(
         vec[index[("account", a)]] += 1.0
         est, se = contrast(vec)
         brows.append({"account_id": a, "log_rate": est, "std_error": se})
-    return EffectFit(metric, effects, interactions, pd.DataFrame(brows), coded.n, coded.n_creatives, converged, notes)
+    level_shift = None
+    if len(periods) == 2:
+        vec = np.zeros(len(params))
+        vec[index[("period", int(periods[1]))]] = 1.0
+        level_shift = contrast(vec)
+    return EffectFit(
+        metric, effects, interactions, pd.DataFrame(brows), coded.n, coded.n_creatives, converged, notes, level_shift
+    )
 
 
 def _centred_interactions(

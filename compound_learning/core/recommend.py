@@ -230,6 +230,23 @@ def _thompson(
     return [c for c in ranked if _key(c) not in seen][:k]
 
 
+def _uniform(space: dict[str, list[str]], rng: np.random.Generator, seen: set[tuple]) -> list[dict[str, str]]:
+    """A combination drawn evenly from the design space that is not in ``seen`` ([] when every
+    one is)."""
+    total = math.prod(len(v) for v in space.values())
+    if len(seen) >= total:
+        return []
+    while True:  # rejection: the seen combinations are a few of many
+        combo = {d: str(vals[rng.integers(len(vals))]) for d, vals in sorted(space.items())}
+        if _key(combo) not in seen:
+            return [combo]
+
+
+def uniform_pick(space: dict[str, list[str]], rng: np.random.Generator) -> dict[str, str]:
+    """One combination drawn evenly from the design space (an exploration burst's launch)."""
+    return _uniform(space, rng, set())[0]
+
+
 def _reason(parts: list[dict], kind: str) -> str:
     label = {"ctr": "CTR", "cvr": "conversion rate", "roas": "ROAS"}
     if kind == "exploit":
@@ -271,10 +288,15 @@ def launch_picks(
     explore_share: float,
     rng: np.random.Generator,
     space: dict[str, list[str]] | None = None,
+    restart: bool = False,
 ) -> list[dict]:
     """The next ``n`` creatives to launch for ``account_id``: ``round(n * explore_share)``
     Thompson picks, the rest the best posterior means; each with expected ROAS and CTR, 95%
-    intervals, per-attribute contributions and a reason. The picks are distinct combinations."""
+    intervals, per-attribute contributions and a reason. The picks are distinct combinations.
+
+    ``restart`` (an exploration burst after the evidence drifted, ``core.drift``): the explore
+    picks are drawn evenly from the design space instead, since the drop says the posterior no
+    longer describes what runs, and a value it is sure is poor may be the one that changed."""
     dna = as_dna(weights)
     roas = dna.posterior(account_id, "roas")
     if roas is None or n <= 0:
@@ -293,7 +315,7 @@ def launch_picks(
     while len(picks) < n:
         # Thompson: one draw of every weight from its posterior; the best combination under the
         # draw that is not proposed already (so the configured share is honoured).
-        fresh = _thompson(roas, space, rng, 1, seen)
+        fresh = _uniform(space, rng, seen) if restart else _thompson(roas, space, rng, 1, seen)
         if not fresh:
             break  # the design space is exhausted
         picks.append(("explore", fresh[0]))
@@ -301,6 +323,11 @@ def launch_picks(
     out = []
     for rank, (kind, combo) in enumerate(picks, start=1):
         mean, sd, parts = _describe(roas, combo)
+        reason = _reason(parts, kind)
+        if restart and kind == "explore":
+            reason = (
+                "exploration after a drop of what runs (the evidence may be out of date): " + reason.split(": ", 1)[1]
+            )
         row = {
             "rank": rank,
             "kind": kind,
@@ -308,7 +335,7 @@ def launch_picks(
             "expected_roas": float(np.exp(mean)),
             "roas_ci": [float(np.exp(mean - Z95 * sd)), float(np.exp(mean + Z95 * sd))],
             "contributions": parts,
-            "reason": _reason(parts, kind),
+            "reason": reason,
         }
         if ctr is not None:
             cmean, csd, cparts = _describe(ctr, combo)

@@ -370,8 +370,11 @@ def _patterns_preview(summary: dict, store: StoreResource) -> str:
         }
         for p in summary.get("top_patterns", [])
     ]
-    return "**Top global patterns** (lift vs the dimension's average value)\n\n" + _md_table(
-        rows, ["metric", "attributes", "lift", "95% CI", "q", "state"]
+    drift = f"**Drift**: {summary['drift']}\n\n" if summary.get("drift") else ""
+    return (
+        drift
+        + "**Top global patterns** (lift vs the dimension's average value)\n\n"
+        + _md_table(rows, ["metric", "attributes", "lift", "95% CI", "q", "state"])
     )
 
 
@@ -384,6 +387,8 @@ LEARNING_FIGURES = [
     "accounts",
     "cumulative_cells",
     "days_rolled_forward",
+    "drift_z",
+    "exploring",
 ]
 
 
@@ -394,7 +399,8 @@ def learning_patterns(context: dg.AssetExecutionContext, store: StoreResource) -
     """Cumulative evidence up to the day (yesterday's knowledge + today's statistics, optional
     forgetting) -> adjusted effects of every attribute value and supported pair on CTR, CVR and
     ROAS, with creative-clustered 95% intervals, BH q-values, confidence and state; global and
-    per account."""
+    per account. Also the drift test: the last two weeks' ROAS level against the older evidence's,
+    net of the creatives' attributes; a significant drop starts an exploration burst."""
     return _materialize(context, store, LEARNING_FIGURES, _patterns_preview)
 
 
@@ -493,8 +499,13 @@ def creative_dna(context: dg.AssetExecutionContext, store: StoreResource) -> dg.
 
 
 def _recommendations_preview(summary: dict, store: StoreResource) -> str:
+    burst = (
+        " during an exploration burst after a drop, see learning_patterns' drift"
+        if summary.get("exploration_burst")
+        else ""
+    )
     return (
-        f"**Next launch per account** ({summary.get('explore_share', 0):.0%} of picks explore; "
+        f"**Next launch per account** ({summary.get('explore_share', 0):.0%} of picks explore{burst}; "
         f"fatigue {summary.get('fatigue_per_100k_impressions', 0):+.3f} log CTR per 100k impressions)\n\n"
         + _md_table(
             summary.get("top_picks", []),
@@ -503,7 +514,14 @@ def _recommendations_preview(summary: dict, store: StoreResource) -> str:
     )
 
 
-RECOMMENDATION_FIGURES = ["accounts", "launch_picks", "explore_picks", "live_creatives", "fatigue_per_100k_impressions"]
+RECOMMENDATION_FIGURES = [
+    "accounts",
+    "launch_picks",
+    "explore_picks",
+    "exploration_burst",
+    "live_creatives",
+    "fatigue_per_100k_impressions",
+]
 
 
 @_sharded(

@@ -170,6 +170,26 @@ account_baselines = sa.Table(
     sa.Column("std_error", sa.Float),
 )
 
+evidence_drift = sa.Table(
+    # one row per day the learning step ran the drift test (core.drift): the recent evidence's
+    # level against the older evidence's, and whether the launches explore because of it
+    "evidence_drift",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("window_start", sa.Date, nullable=False),  # first day of the recent evidence
+    sa.Column("window_days", sa.Integer, nullable=False),
+    sa.Column("level_shift", sa.Float),  # log; None when there was nothing to test
+    sa.Column("std_error", sa.Float),
+    sa.Column("z", sa.Float),
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("recent_creatives", sa.Integer, nullable=False),
+    sa.Column("older_creatives", sa.Integer, nullable=False),
+    sa.Column("exploring", sa.Boolean, nullable=False),
+    sa.Column("burst_start", sa.Date),  # the latest exploration burst's first day (carried forward)
+    sa.Column("summary", sa.Text, nullable=False),
+)
+
 knowledge_nodes = sa.Table(
     "knowledge_nodes",
     metadata,

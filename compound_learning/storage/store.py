@@ -29,6 +29,7 @@ from compound_learning.storage.database import Database, in_list
 LEARNING_TABLES = [
     t.creative_daily_stats,
     t.account_baselines,
+    t.evidence_drift,
     t.attribute_daily_stats,
     t.creative_cumulative_stats,
     t.learning_patterns,
