@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.config import DriftSettings
-from compound_learning.core.effects import CodedCells, fit_coded
+from compound_learning.core.effects import Z95, CodedCells, fit_coded
 from compound_learning.core.stats import CELL_KEYS, METRICS, expand_attributes
 
 DRIFT_METRIC = "roas"
@@ -99,15 +99,13 @@ def describe(drift: dict | None, exploring: bool, burst_start: date | None, sett
         return "the drift test is off (its window is 0 days)"
     if drift is None:
         return "no drift test yet (the evidence does not reach back past the recent window)"
-    change = np.expm1(drift["level_shift"])
-    lo, hi = (
-        np.expm1(drift["level_shift"] - 1.96 * drift["std_error"]),
-        np.expm1(drift["level_shift"] + 1.96 * drift["std_error"]),
-    )
+    shift, se = drift["level_shift"], drift["std_error"]
+    change, lo, hi = np.expm1([shift, shift - Z95 * se, shift + Z95 * se])
     head = (
         f"ROAS of the last {settings.window_days} days {change:+.0%} [{lo:+.0%}, {hi:+.0%}] against the older "
-        f"evidence, net of the creatives' attributes (z {drift['z']:.1f})"
+        f"evidence, net of the creatives' attributes (z {drift['z']:.1f}): "
+        + ("a drop" if drift["flagged"] else "no significant drop")
     )
     if exploring:
-        return f"{head}: a drop; launches explore the design space since {burst_start} for {settings.burst_days} days"
-    return head + (": a drop" if drift["flagged"] else ": no significant drop")
+        return f"{head}; launches explore the design space since {burst_start} for {settings.burst_days} days"
+    return head
