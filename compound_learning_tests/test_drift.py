@@ -98,7 +98,8 @@ def test_restart_picks_spread_over_the_design_space():
     assert {(p["attributes"]["hook"], p["attributes"]["format"]) for p in restarted} == {
         (h, f) for h in "abc" for f in "xy"
     }
-    assert all(p["reason"].startswith("exploration after a drop") for p in restarted)
+    assert all(p["reason"].startswith(recommend.RESTART_LEAD + ": ") for p in restarted)
+    assert not any("plausible winner" in p["reason"] for p in restarted)  # an even draw, not a Thompson one
 
 
 @pytest.fixture(scope="module")

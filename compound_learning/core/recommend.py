@@ -247,7 +247,10 @@ def uniform_pick(space: dict[str, list[str]], rng: np.random.Generator) -> dict[
     return _uniform(space, rng, set())[0]
 
 
-def _reason(parts: list[dict], kind: str) -> str:
+RESTART_LEAD = "exploration after a drop of what runs (the evidence may be out of date)"
+
+
+def _reason(parts: list[dict], kind: str, restart: bool = False) -> str:
     label = {"ctr": "CTR", "cvr": "conversion rate", "roas": "ROAS"}
     if kind == "exploit":
         strongest = sorted(parts, key=lambda p: -abs(p["lift"]))[:2]
@@ -264,6 +267,8 @@ def _reason(parts: list[dict], kind: str) -> str:
                 f"[{p['ci_low']:+.0%}, {p['ci_high']:+.0%}], {p['creatives']} creatives"
             )
     lead = "best expected ROAS" if kind == "exploit" else "exploration: a plausible winner with little evidence"
+    if restart and kind == "explore":
+        lead = RESTART_LEAD
     return f"{lead}: " + "; ".join(words)
 
 
@@ -323,11 +328,7 @@ def launch_picks(
     out = []
     for rank, (kind, combo) in enumerate(picks, start=1):
         mean, sd, parts = _describe(roas, combo)
-        reason = _reason(parts, kind)
-        if restart and kind == "explore":
-            reason = (
-                "exploration after a drop of what runs (the evidence may be out of date): " + reason.split(": ", 1)[1]
-            )
+        reason = _reason(parts, kind, restart)
         row = {
             "rank": rank,
             "kind": kind,
