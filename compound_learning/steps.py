@@ -300,10 +300,10 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
     out = {}
     settings = ctx.cfg.patterns
     for day in days:
-        cells = shard_cells(ctx.store, t.creative_cumulative_stats, day, shard)
+        cells = _consistent_attributes(shard_cells(ctx.store, t.creative_cumulative_stats, day, shard))
         candidates, baselines, notes, dims = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], []
         if len(cells):
-            wide, dims = stats.expand_attributes(_consistent_attributes(cells))
+            wide, dims = stats.expand_attributes(cells)
             coded = CodedCells(wide, dims)
             global_fits = fit_global(coded, settings, shard.global_metrics) if shard.global_metrics else {}
             account_fits = fit_accounts(coded, settings, shard.has) if shard.indices else {}
@@ -326,9 +326,10 @@ def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | Non
     older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=window))
     if older_day is None:
         return None
-    older = ctx.store.read_day(t.creative_cumulative_stats, older_day)
+    # the split needs the older part's sums only (attributes come from today's cells)
+    older = ctx.store.read_day(t.creative_cumulative_stats, older_day, columns=[*stats.CELL_KEYS, *stats.METRICS])
     older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
-    found = drift.level_drift(drift.split_evidence(_consistent_attributes(cells), older), ctx.cfg.drift.z_threshold)
+    found = drift.level_drift(drift.split_evidence(cells, older), ctx.cfg.drift.z_threshold)
     return None if found is None else {**found, "window_start": older_day + timedelta(days=1)}
 
 
@@ -749,21 +750,18 @@ class _CreativeWindows:
 
     def predicted(self, account_id: str, creatives: dict[str, np.ndarray], post) -> dict[str, np.ndarray]:
         """``creatives`` with each one's log ROAS predicted from its attributes by ``post``."""
-        from compound_learning.core.recommend import predict_log_rate
+        from compound_learning.core.recommend import predict_log_rates
 
-        by_attributes: dict[str, float] = {}
-        values: dict[str, float] = {}
         ids = creatives["creative_id"]
-        for creative_id in pd.unique(ids):
-            attrs = self.attributes.get((account_id, creative_id))
-            if attrs is None:
-                values[creative_id] = np.nan
-                continue
-            if attrs not in by_attributes:
-                if attrs not in self.parsed:
-                    self.parsed[attrs] = json.loads(attrs)
-                by_attributes[attrs] = predict_log_rate(post, self.parsed[attrs])[0]
-            values[creative_id] = by_attributes[attrs]
+        unique = pd.unique(ids)
+        sets = [self.attributes.get((account_id, c)) for c in unique]
+        distinct = list(dict.fromkeys(a for a in sets if a is not None))  # each attribute set predicted once
+        for attrs in distinct:
+            if attrs not in self.parsed:
+                self.parsed[attrs] = json.loads(attrs)
+        means = predict_log_rates(post, [self.parsed[a] for a in distinct])[0] if distinct else []
+        by_attributes = dict(zip(distinct, means, strict=True))
+        values = {c: (np.nan if a is None else by_attributes[a]) for c, a in zip(unique, sets, strict=True)}
         return {**creatives, "predicted": np.array([values[c] for c in ids], dtype=float)}
 
 

@@ -76,6 +76,60 @@ def test_explore_share_is_configurable(recommended):
     steps.build_recommendations(ctx, end)  # leave the module's table as the default wrote it
 
 
+def _posterior(rng: np.random.Generator, space: dict[str, list[str]], ties: bool) -> recommend.MetricPosterior:
+    """A posterior over ``space`` with random weights (rounded to make ties) and synergies on
+    some pairs of values."""
+
+    def weight() -> tuple[float, float, int]:
+        mean = rng.normal(0, 0.3)
+        return (round(mean, 1) if ties else mean, float(rng.uniform(0.05, 0.3)), int(rng.integers(1, 40)))
+
+    mains = {d: {v: weight() for v in vals if rng.random() < 0.8} for d, vals in space.items()}
+    pairs = {
+        (da, db): {(va, vb): weight() for va in space[da] for vb in space[db] if rng.random() < 0.4}
+        for da in sorted(space)
+        for db in sorted(space)
+        if da < db and rng.random() < 0.7
+    }
+    return recommend.MetricPosterior("roas", 0.1, 0.05, mains, pairs)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_combinatorial_search_is_exact(ties):
+    """The array search (beam over dimensions, synergies re-ranked) returns the best
+    combinations, best first, as scoring every combination of the design space does, and the
+    batch prediction gives each combination's own prediction, to the bit."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    space = {"cta": ["a", "b", "c"], "format": ["f1", "f2"], "hook": ["h1", "h2", "h3", "h4"], "tone": ["x", "y"]}
+    for _ in range(5):
+        post = _posterior(rng, space, ties)
+        combos = [
+            dict(zip(sorted(space), values, strict=True))
+            for values in itertools.product(*map(space.get, sorted(space)))
+        ]
+        means, sds = recommend.predict_log_rates(post, combos)
+        one_by_one = [recommend.predict_log_rate(post, c) for c in combos]
+        assert means.tolist() == [m for m, _ in one_by_one] and sds.tolist() == [s for _, s in one_by_one]
+        # every combination scored (main effects + synergies), best first, ties in enumeration order
+        order = sorted(range(len(combos)), key=lambda i: -means[i])
+        arrays = recommend._Space.of(post, space)
+        synergy = [mean for _a, _b, mean, _sd, _present in arrays.pairs]
+        found = recommend._ranked(arrays, arrays.means, synergy, 7)
+        # the best scores, best first (with ties the order among equal scores may differ)
+        assert np.allclose(recommend.predict_log_rates(post, found)[0], means[order[:7]], rtol=0, atol=1e-12)
+        if not ties:
+            assert [recommend._key(c) for c in found] == [recommend._key(combos[i]) for i in order[:7]]
+    # the beam alone, on a space of more combinations than it keeps: the exact k best sums
+    wide = {f"d{j}": [f"v{i}" for i in range(n)] for j, n in enumerate([4, 6, 3, 5, 4])}  # 1,440
+    scores = [np.round(rng.normal(0, 1, len(v)), 1 if ties else 12) for v in wide.values()]
+    sums = np.array([sum(p) for p in itertools.product(*scores)])
+    total, index = recommend._k_best(scores, 50)
+    assert np.allclose(total, np.sort(sums)[::-1][:50], rtol=0, atol=1e-9)
+    assert np.allclose(total, [sum(s[i] for s, i in zip(scores, row, strict=True)) for row in index], atol=1e-9)
+
+
 def test_spend_split_follows_evidence_floor_and_fatigue():
     rng = np.random.default_rng(0)
     live = pd.DataFrame(

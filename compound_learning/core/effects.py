@@ -99,6 +99,12 @@ class _Coded:
         account, present = pd.factorize(cells.account[rows])
         self.accounts = cells.accounts[present]
         self.account = account[self.first_row]  # per creative
+        # the rows grouped by creative (in creative order), for sums of several columns at once;
+        # cells read in key order already are (a copy of a large matrix per IRLS step is not free)
+        contiguous = self.n < 2 or bool(np.all(np.diff(self.creative) >= 0))
+        self.order = None if contiguous else np.argsort(self.creative, kind="stable")
+        grouped = self.creative if contiguous else self.creative[self.order]
+        self.starts = np.flatnonzero(np.r_[True, np.diff(grouped) != 0])
         self.sums, self.known = {}, {}
         for c in SUPPORT_SUMS:
             v = cells.values[c][rows]
@@ -108,6 +114,30 @@ class _Coded:
     def per_creative(self, values: np.ndarray) -> np.ndarray:
         """A cell-level column summed per creative."""
         return np.bincount(self.creative, weights=values, minlength=self.n_creatives)
+
+    def per_creative_columns(self, values: np.ndarray) -> np.ndarray:
+        """Each column of a cell-level matrix summed per creative (one row per creative)."""
+        if not values.shape[1]:
+            return np.zeros((self.n_creatives, 0))
+        return np.add.reduceat(values if self.order is None else values[self.order], self.starts, axis=0)
+
+    def support_by_level(self, codes: np.ndarray, n_levels: int) -> list[dict]:
+        """:meth:`support` of every level of a per-creative code at once (level ``i``: the
+        creatives whose code is ``i``)."""
+        sums = {c: np.bincount(codes, weights=v, minlength=n_levels) for c, v in self.sums.items()}
+        known = {c: np.bincount(codes, weights=k.astype(float), minlength=n_levels) > 0 for c, k in self.known.items()}
+        creatives = np.bincount(codes, minlength=n_levels)
+        n_acc = max(len(self.accounts), 1)
+        level_accounts = np.unique(codes.astype(np.int64) * n_acc + self.account) // n_acc
+        accounts = np.bincount(level_accounts, minlength=n_levels)
+        return [
+            {
+                **{c: float(sums[c][i]) if known[c][i] else np.nan for c in sums},
+                "creatives": int(creatives[i]),
+                "accounts": int(accounts[i]),
+            }
+            for i in range(n_levels)
+        ]
 
     def support(self, mask: np.ndarray) -> dict:
         """Sums and counts over the creatives in ``mask`` (one flag per creative)."""
@@ -119,6 +149,23 @@ class _Coded:
 
 def _indicator(codes: np.ndarray, level: int) -> np.ndarray:
     return (codes == level).astype(float)[:, None]
+
+
+def _design(blocks: list[tuple[np.ndarray, int]], n_rows: int) -> np.ndarray | sp.csr_matrix:
+    """Indicator blocks side by side (each a column index per row, -1 for none): dense when
+    small (one account: dense products beat sparse bookkeeping), else sparse."""
+    import scipy.sparse as sp
+
+    width = sum(n for _, n in blocks)
+    if n_rows * width > DENSE_LIMIT:
+        return sp.hstack([_one_hot(column, n) for column, n in blocks], format="csr")
+    dense = np.zeros((n_rows, width))
+    offset = 0
+    for column, n in blocks:
+        rows = np.flatnonzero(column >= 0)
+        dense[rows, offset + column[rows]] = 1.0
+        offset += n
+    return dense
 
 
 def _one_hot(column_of_row: np.ndarray, n_columns: int) -> sp.csr_matrix:
@@ -187,7 +234,7 @@ def fit_coded(
     offset = np.log(exposure)
     # The creative-level part of the design: account, then attribute dummies.
     n_acc = len(coded.accounts)
-    a_blocks = [_one_hot(coded.account, n_acc)]
+    a_blocks = [(coded.account, n_acc)]  # (column of each creative, columns) per block
     a_names: list[tuple] = [("account", a) for a in coded.accounts]
     # The cell-level part: day of week and age bucket (their first level is the reference).
     z_blocks: list[np.ndarray] = []
@@ -224,18 +271,17 @@ def fit_coded(
         if MISSING in levels:
             column[levels.index(MISSING)] = len(others)
             a_names.append((f"attr:{dim}", MISSING))
-        a_blocks.append(_one_hot(column[codes], int(column.max()) + 1))
+        a_blocks.append((column[codes], int(column.max()) + 1))
         dim_levels[dim] = (levels[ref], [levels[i] for i in others])
         dim_codes[dim] = (codes, levels)
 
-    A = sp.hstack(a_blocks, format="csr")
-    if A.shape[0] * A.shape[1] <= DENSE_LIMIT:
-        A = A.toarray()  # small (one account): dense products beat sparse bookkeeping
+    A = _design(a_blocks, coded.n_creatives)
     Z = np.hstack(z_blocks) if z_blocks else np.zeros((coded.n, 0))
     names = a_names + z_names
     index = {n: i for i, n in enumerate(names)}
     notes: list[str] = []
-    fitted = _fit_glm(y, A, Z, offset, coded, n_acc)
+    # the creative-level model replaces the covariance: only the point estimates are needed
+    fitted = _fit_glm(y, A, Z, offset, coded, n_acc, sandwich=inference != "creative")
     if fitted is None:
         return EffectFit(
             metric,
@@ -284,6 +330,7 @@ def fit_coded(
         for lv in others:
             mean_vec[index[(f"attr:{dim}", lv)]] += 1.0 / len(levels)
         codes, all_levels = dim_codes[dim]
+        supports = coded.support_by_level(codes, len(all_levels))
         for lv in levels:
             vec = -mean_vec.copy()
             if lv != ref:
@@ -296,7 +343,7 @@ def fit_coded(
                     "log_effect": est,
                     "std_error": se,
                     "df": dof,
-                    **coded.support(codes == all_levels.index(lv)),
+                    **supports[all_levels.index(lv)],
                 }
             )
     effects = pd.DataFrame(rows)
@@ -496,9 +543,7 @@ class AbsorbedCov:
 
 def _per_creative_z(coded: _Coded, Z: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Sum over each creative's cells of ``w * Z``: one row per creative."""
-    if not Z.shape[1]:
-        return np.zeros((coded.n_creatives, 0))
-    return np.column_stack([coded.per_creative(w * Z[:, j]) for j in range(Z.shape[1])])
+    return coded.per_creative_columns(w[:, None] * Z)
 
 
 def _irls(y, offset, A, Z, coded: _Coded, solve, max_iter: int, tol: float):
@@ -528,7 +573,9 @@ def _irls(y, offset, A, Z, coded: _Coded, solve, max_iter: int, tol: float):
     return beta, mu, False
 
 
-def _fit_glm(y, A, Z, offset, coded: _Coded, n_accounts: int = 0, max_iter: int = 50, tol: float = 1e-8):
+def _fit_glm(
+    y, A, Z, offset, coded: _Coded, n_accounts: int = 0, max_iter: int = 50, tol: float = 1e-8, sandwich: bool = True
+):
     """Poisson quasi-likelihood fit by IRLS with the covariance clustered by creative; the design
     is ``[A[creative], Z]``: ``A`` one (sparse) row per creative, ``Z`` the cell-level columns.
     None if it cannot be fitted.
@@ -542,6 +589,9 @@ def _fit_glm(y, A, Z, offset, coded: _Coded, n_accounts: int = 0, max_iter: int 
     indicator each), their block of the information matrix is diagonal, since a creative belongs
     to one account: it is absorbed (Schur complement), so a step costs accounts x others^2
     instead of accounts^3, and the covariance comes back as an :class:`AbsorbedCov`.
+
+    ``sandwich=False``: the covariance is not computed (None), for a caller that takes only the
+    point estimates.
     """
     n, k_a, k_z = len(y), A.shape[1], Z.shape[1]
     k = k_a + k_z
@@ -568,6 +618,8 @@ def _fit_glm(y, A, Z, offset, coded: _Coded, n_accounts: int = 0, max_iter: int 
         if fitted is None:
             return None
         beta, mu, converged = fitted
+        if not sandwich:
+            return (beta, None, converged) if np.all(np.isfinite(beta)) else None
         try:
             bread = np.linalg.inv(information(mu))
         except np.linalg.LinAlgError:

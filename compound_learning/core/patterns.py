@@ -80,7 +80,10 @@ def _rows_from_fit(fit: EffectFit, account_id: str, settings: PatternSettings) -
     for frame, is_inter in frames:
         if frame is None or frame.empty:
             continue
-        for r in frame.to_dict("records"):
+        columns = list(frame.columns)
+        # (DataFrame.to_dict("records") cost more than the rest of the loop: 1,500 small frames a day)
+        for values in zip(*(frame[c].tolist() for c in columns), strict=True):
+            r = dict(zip(columns, values, strict=True))
             if is_inter:
                 attrs = {r["dimension"]: r["value"], r["dimension2"]: r["value2"]}
                 ptype = "interaction"
