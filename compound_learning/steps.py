@@ -555,6 +555,7 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
         explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
         rows: list[dict] = []
+        spend: list[pd.DataFrame] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once
         live_of = dict(tuple(live.groupby("account_id")))
         no_live = live.iloc[:0]
@@ -569,9 +570,9 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
             )
             rows += [_launch_row(account_id, p) for p in picks]
             split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
-            split = split.merge(mine[["creative_id", "attributes", "impressions"]], on="creative_id")
-            ranked = split.sort_values("share", ascending=False).itertuples(index=False)
-            rows += [_spend_row(account_id, rank, r, fatigue) for rank, r in enumerate(ranked, start=1)]
+            # the split's rows are the live creatives', in their order
+            split["attributes"], split["impressions"] = mine["attributes"].to_numpy(), mine["impressions"].to_numpy()
+            spend.append(_spend_rows(account_id, split.sort_values("share", ascending=False), fatigue))
             if picks:
                 top = picks[0]
                 preview.append(
@@ -585,8 +586,10 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
                     }
                 )
         columns = [c.name for c in t.creative_recommendations.columns if c.name != "as_of"]
+        frames = [pd.DataFrame(rows, columns=columns)] if rows else []
+        frames += [f for f in spend if len(f)]
         out[day] = {
-            "rows": pd.DataFrame(rows, columns=columns),
+            "rows": pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
             "accounts": len(accounts),
             "fatigue": fatigue,
             "preview": preview,
@@ -614,24 +617,32 @@ def _launch_row(account_id: str, p: dict) -> dict:
     }
 
 
-def _spend_row(account_id: str, rank: int, r, fatigue: float) -> dict:
-    return {
-        "account_id": account_id,
-        "kind": "spend",
-        "rank": rank,
-        "creative_id": r.creative_id,
-        "pick": "live",
-        "attributes": json.dumps(r.attributes, sort_keys=True),
-        "expected_roas": float(r.expected_roas),
-        "roas_ci_low": float(r.roas_ci_low),
-        "roas_ci_high": float(r.roas_ci_high),
-        "expected_ctr": None,
-        "share": float(r.share),
-        "p_best": float(r.p_best),
-        "exploration": float(r.exploration),
-        "reason": f"{r.p_best:.0%} chance of being the best live creative; {int(r.impressions):,} impressions so far",
-        "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
-    }
+def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.DataFrame:
+    """An account's spend rows, best share first (``ranked``: its split with each creative's
+    attributes and impressions), built column by column: a 1M-row day has a million of them."""
+    p_best, impressions = ranked["p_best"].to_numpy(float), ranked["impressions"].to_numpy(float)
+    return pd.DataFrame(
+        {
+            "account_id": account_id,
+            "kind": "spend",
+            "rank": np.arange(1, len(ranked) + 1),
+            "creative_id": ranked["creative_id"].to_numpy(),
+            "pick": "live",
+            "attributes": [json.dumps(a, sort_keys=True) for a in ranked["attributes"]],
+            "expected_roas": ranked["expected_roas"].to_numpy(float),
+            "roas_ci_low": ranked["roas_ci_low"].to_numpy(float),
+            "roas_ci_high": ranked["roas_ci_high"].to_numpy(float),
+            "expected_ctr": np.nan,
+            "share": ranked["share"].to_numpy(float),
+            "p_best": p_best,
+            "exploration": ranked["exploration"].to_numpy(float),
+            "reason": [
+                f"{p:.0%} chance of being the best live creative; {int(n):,} impressions so far"
+                for p, n in zip(p_best, impressions, strict=True)
+            ],
+            "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
+        }
+    )
 
 
 def _write_recommendations(ctx: CycleContext, day: date, info: dict, parts: list[dict]) -> dict:
