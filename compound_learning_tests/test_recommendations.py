@@ -110,8 +110,10 @@ def test_the_combinatorial_search_is_exact(ties):
             for values in itertools.product(*map(space.get, sorted(space)))
         ]
         means, sds = recommend.predict_log_rates(post, combos)
-        one_by_one = [recommend.predict_log_rate(post, c) for c in combos]
-        assert means.tolist() == [m for m, _ in one_by_one] and sds.tolist() == [s for _, s in one_by_one]
+        # each combination's named terms (the reasons' own path), summed in the same order
+        terms = [[w for _d, _v, w, _pair in recommend._terms(post, c)] for c in combos]
+        assert means.tolist() == [sum((w[0] for w in ws), post.base) for ws in terms]
+        assert sds.tolist() == [np.sqrt(sum((w[1] ** 2 for w in ws), post.base_sd**2)) for ws in terms]
         # every combination scored (main effects + synergies), best first, ties in enumeration order
         order = sorted(range(len(combos)), key=lambda i: -means[i])
         arrays = recommend._Space.of(post, space)

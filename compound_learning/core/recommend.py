@@ -148,24 +148,15 @@ def _terms(post: MetricPosterior, attributes: dict[str, str]):
 
 def predict_log_rate(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
     """The combination's posterior log rate: mean and sd (the terms of :func:`_terms`, in its
-    order, without its labels: the cycle predicts every live creative of every account)."""
-    mean, var = post.base, post.base_sd**2
-    for dim, value in sorted(attributes.items()):
-        m, sd, _n = post.value(dim, value)
-        mean += m
-        var += sd**2
-    for (da, db), table in post.pairs.items():
-        found = table.get((attributes.get(da), attributes.get(db)))
-        if found is not None:
-            mean += found[0]
-            var += found[1] ** 2
-    return mean, math.sqrt(var)
+    order)."""
+    mean, sd = predict_log_rates(post, [attributes])
+    return float(mean[0]), float(sd[0])
 
 
 def predict_log_rates(post: MetricPosterior, attributes: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`predict_log_rate` of many combinations at once: means and sds, the same numbers
-    (each term added in the same order), one pass per dimension and synergy table instead of
-    one function call per combination."""
+    """The posterior log rates of many combinations: means and sds, each the sum of the
+    baseline and the terms of :func:`_terms` (in its order), one pass per dimension and synergy
+    table (the cycle predicts every live creative of every account)."""
     n = len(attributes)
     mean, var = np.full(n, post.base), np.full(n, post.base_sd**2)
     for dim in sorted({d for a in attributes for d in a}):
