@@ -51,7 +51,7 @@ def test_one_default_per_setting(monkeypatch):
     cycle = config.CycleSettings()
     from_env = config.CycleSettings.from_settings(settings)
     # the environment-backed knobs have the same default whichever way they are built
-    for f in ("half_life_days", "min_new_clicks", "explore_share"):
+    for f in ("half_life_days", "min_new_clicks", "explore_share", "spend_floor_share"):
         assert getattr(cycle, f) == getattr(from_env, f) == getattr(settings, f)
     assert cycle.min_new_clicks == config.DEFAULT_MIN_NEW_CLICKS == 5000
     assert cycle.min_accounts_for_insight == config.MIN_ACCOUNTS_FOR_SHARED
@@ -76,6 +76,10 @@ def test_bad_setting_is_named(monkeypatch):
     monkeypatch.setenv("COMPOUND_LEARNING_MIN_NEW_CLICKS", "10")
     monkeypatch.setenv("COMPOUND_LEARNING_EXPLORE_SHARE", "1.5")
     with pytest.raises(ValueError, match=r"EXPLORE_SHARE must be within 0\.\.1"):
+        config.load_settings()
+    monkeypatch.setenv("COMPOUND_LEARNING_EXPLORE_SHARE", "0.2")
+    monkeypatch.setenv("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", "-0.1")
+    with pytest.raises(ValueError, match=r"SPEND_FLOOR_SHARE must be within 0\.\.1, got -0\.1"):
         config.load_settings()
 
 

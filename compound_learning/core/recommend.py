@@ -29,13 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from compound_learning.config import GLOBAL
+from compound_learning.config import DEFAULT_SPEND_FLOOR_SHARE, GLOBAL
 from compound_learning.core.dna import BASELINE_VALUE, PAIR_PREFIX, WEIGHT_COLUMNS, is_pair
 from compound_learning.core.effects import Z95
 
 DEFAULT_PRIOR_SD = 0.5  # an attribute value never seen: about a 1.6x multiplier either way
 CREATIVE_SD = 0.3  # spread of creatives' log ROAS beyond their attributes (quality)
-FLOOR_SHARE = 0.2  # of the spend split evenly, so every live creative keeps earning evidence
 THOMPSON_DRAWS = 2000
 DOMINATED_Z = 6.0  # sds apart at which a creative cannot be the best of a draw (spend_split)
 CANDIDATES = 200  # best combinations by main effects, re-ranked with the synergy weights
@@ -433,7 +432,7 @@ def spend_split(
     account_id: str,
     rng: np.random.Generator,
     fatigue_per_100k: float = 0.0,
-    floor_share: float = FLOOR_SHARE,
+    floor_share: float = DEFAULT_SPEND_FLOOR_SHARE,
     use_evidence: bool = True,
 ) -> pd.DataFrame:
     """Shares of tomorrow's spend over the live creatives.
