@@ -81,6 +81,9 @@ def test_bad_setting_is_named(monkeypatch):
     monkeypatch.setenv("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", "-0.1")
     with pytest.raises(ValueError, match=r"SPEND_FLOOR_SHARE must be within 0\.\.1, got -0\.1"):
         config.load_settings()
+    # a valid value reaches the cycle's spend split
+    monkeypatch.setenv("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", "0.1")
+    assert config.CycleSettings.from_settings(config.load_settings()).spend_floor_share == 0.1
 
 
 def test_no_sql_outside_storage():
