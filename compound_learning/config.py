@@ -190,6 +190,14 @@ def _number(name: str, default, kind):
         raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {text!r}") from None
 
 
+def _share(name: str, default: float) -> float:
+    """A share (0..1) from the environment."""
+    value = _number(name, default, float)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within 0..1, got {value}")
+    return value
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment; raises ``ValueError`` naming a bad variable."""
     state_dir = Path(_env("COMPOUND_LEARNING_STATE_DIR", DEFAULT_STATE_DIR)).resolve()
@@ -206,12 +214,8 @@ def load_settings() -> Settings:
     min_new_clicks = _number("COMPOUND_LEARNING_MIN_NEW_CLICKS", DEFAULT_MIN_NEW_CLICKS, int)
     if min_new_clicks < 0:
         raise ValueError("COMPOUND_LEARNING_MIN_NEW_CLICKS must be >= 0")
-    explore = _number("COMPOUND_LEARNING_EXPLORE_SHARE", DEFAULT_EXPLORE_SHARE, float)
-    if not 0.0 <= explore <= 1.0:
-        raise ValueError(f"COMPOUND_LEARNING_EXPLORE_SHARE must be within 0..1, got {explore}")
-    floor = _number("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", DEFAULT_SPEND_FLOOR_SHARE, float)
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"COMPOUND_LEARNING_SPEND_FLOOR_SHARE must be within 0..1, got {floor}")
+    explore = _share("COMPOUND_LEARNING_EXPLORE_SHARE", DEFAULT_EXPLORE_SHARE)
+    floor = _share("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", DEFAULT_SPEND_FLOOR_SHARE)
     intervals = {
         name: _number(f"COMPOUND_LEARNING_{name.upper()}", default, int)
         for name, default in (
