@@ -15,6 +15,7 @@ from compound_learning.core.dna import dna_weights, score_creative
 from compound_learning.core.insights import cross_account_insights, dersimonian_laird
 from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import PatternSettings, build_patterns, fit_cycle
+from compound_learning.core.shrinkage import posterior, prior_variance
 from compound_learning.core.trajectory import trajectory
 from compound_learning_tests.conftest import small_world
 
@@ -89,6 +90,28 @@ def test_null_world_claims_almost_nothing():
     testable = patterns[patterns["state"] != "insufficient_data"]
     assert len(testable) > 50
     assert (testable["state"] == "significant").mean() <= 0.05
+
+
+@pytest.mark.parametrize("true_tau2", [0.0, 0.0025, 0.04])
+def test_prior_variance_recovers_the_spread_of_true_effects(true_tau2):
+    rng = np.random.default_rng(7)
+    se = rng.uniform(0.02, 0.5, 3000)  # errors that differ by an order of magnitude, as DNA rows do
+    est = rng.normal(0.0, np.sqrt(true_tau2), se.size) + rng.normal(0.0, se)
+    assert prior_variance(est, se) == pytest.approx(true_tau2, abs=max(0.25 * true_tau2, 2e-4))
+    # around a known, per-row prior mean (an account's weights around the global ones)
+    shift = rng.normal(0.0, 0.3, se.size)
+    assert prior_variance(est + shift, se, shift) == pytest.approx(prior_variance(est, se), rel=1e-6)
+
+
+def test_a_few_precise_effects_are_not_shrunk_away_by_many_wide_small_ones():
+    # Conversion-rate weights of one day in the change world: the moment estimate
+    # mean(est^2) - mean(se^2) is negative here and shrank every weight, offer's +0.12 +- 0.04 too.
+    est = np.array([0.12, -0.12, 0.0, -0.05, 0.03, 0.04, -0.02, 0.06, -0.04, 0.01])
+    se = np.array([0.04, 0.04, 0.03, 0.10, 0.12, 0.15, 0.10, 0.14, 0.12, 0.11])
+    assert np.mean(est**2) < np.mean(se**2)
+    mean, sd = posterior(est, se, prior_variance(est, se))
+    assert mean[0] > 0.06 and mean[1] < -0.06  # the precise effects keep most of their size
+    assert abs(mean[3]) < abs(est[3]) and np.all(sd < se)  # the wide ones are still shrunk
 
 
 def test_states_need_persistence_and_flip_to_contradicted(learned):

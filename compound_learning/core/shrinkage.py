@@ -9,13 +9,40 @@ import numpy as np
 
 
 def prior_variance(estimates: np.ndarray, std_errors: np.ndarray, prior_mean: np.ndarray | float = 0.0) -> float:
-    """Method-of-moments spread of true effects: ``mean((est - m)^2) - mean(se^2)``, floored."""
+    """Spread ``tau^2`` of the true effects around ``prior_mean``, by maximum likelihood.
+
+    Each estimate is taken as ``N(prior_mean, tau^2 + se^2)``; the prior mean is known (zero for
+    weights against a dimension's geometric mean, the global weight for an account's), so
+    maximum likelihood is also REML here. The likelihood weighs each estimate by its precision:
+    a few precise, large effects are not cancelled by many wide, small ones, which is what the
+    unweighted moment estimate ``mean(d^2) - mean(se^2)`` did (it shrank every weight of a metric
+    to zero on days when the wide errors outnumbered the precise effects). Floored at 1e-6.
+    """
     est, se = np.asarray(estimates, float), np.asarray(std_errors, float)
-    ok = np.isfinite(est) & np.isfinite(se)
+    ok = np.isfinite(est) & np.isfinite(se) & (se > 0)
     if ok.sum() < 2:
         return 0.0
     m = np.broadcast_to(np.asarray(prior_mean, float), est.shape)[ok]
-    return float(max(np.mean((est[ok] - m) ** 2) - np.mean(se[ok] ** 2), 1e-6))
+    d2, s2 = (est[ok] - m) ** 2, se[ok] ** 2
+
+    def neg_log_likelihood(tau2: float) -> float:
+        v = s2 + tau2
+        return 0.5 * float(np.sum(np.log(v) + d2 / v))
+
+    # The likelihood in tau^2 can have more than one local optimum when the errors differ by
+    # orders of magnitude: a log grid finds the right basin, a bounded search then refines it.
+    high = max(float(d2.max()), 1e-6)
+    grid = np.concatenate([[0.0], np.geomspace(1e-8, high, 80)])
+    values = [neg_log_likelihood(t) for t in grid]
+    best = int(np.argmin(values))
+    tau2 = float(grid[best])
+    if 0 < best < len(grid) - 1:
+        from scipy.optimize import minimize_scalar
+
+        found = minimize_scalar(neg_log_likelihood, bounds=(grid[best - 1], grid[best + 1]), method="bounded")
+        if found.fun <= values[best]:
+            tau2 = float(found.x)
+    return max(tau2, 1e-6)
 
 
 def posterior(estimates, std_errors, tau2: float, prior_mean=0.0) -> tuple[np.ndarray, np.ndarray]:
