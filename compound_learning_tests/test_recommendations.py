@@ -214,6 +214,11 @@ def test_closed_loop_benchmark_end_to_end(tmp_path):
     for arm in closed_loop.ARMS:
         assert window[arm]["mean"] > 0
     assert window["oracle"]["mean"] > window["random"]["mean"]  # the oracle's knowledge is worth something
+    # each seed's figures are kept (for paired comparisons between runs) and agree with the means
+    for arm in closed_loop.ARMS:
+        assert len(window["seeds"][arm]) == 2
+        assert np.mean(window["seeds"][arm]) == pytest.approx(window[arm]["mean"], rel=1e-5)
+    assert len(window["seeds"]["captured_share"]) == 2
     assert len(result["targets"]) == 1 and isinstance(next(iter(result["targets"].values())), bool)
     table = closed_loop.format_table(result)
     assert "learner / random" in table and "oracle_common" in table and ("[ok]" in table or "[MISSED]" in table)

@@ -289,6 +289,9 @@ def summarize(results: list[dict], cfg: LoopConfig) -> dict:
             float((per["learner"].mean() - per["random"].mean()) / common_gain) if common_gain else None
         )
         row["captured_share_per_seed"] = dict(zip(("mean", "ci_low", "ci_high"), _ci(captured), strict=True))
+        # every seed's figures, so that two commits' runs can be compared seed by seed (paired)
+        row["seeds"] = {arm: [round(float(x), 6) for x in per[arm]] for arm in ARMS}
+        row["seeds"]["captured_share"] = [None if x != x else round(float(x), 6) for x in captured]
         table.append(row)
     return {"windows": table}
 
