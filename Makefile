@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/compound-learning demo
 
+# One worker per core (pytest-xdist), each test file on one worker: a file's module fixtures are
+# built once. Every test has its own databases, queues and ports, so files run side by side.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The full tier of the fault and hostile-input tests (RELIABILITY.md); CI runs a quick tier of
 # the same tests inside `make test`.

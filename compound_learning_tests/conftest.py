@@ -36,6 +36,19 @@ def small_world(days: int = 12, accounts: int = 6, creatives: int = 25, seed: in
     return simulate(WorldConfig(days=days, accounts=accounts, creatives_per_account=creatives, seed=seed, **kw))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home(tmp_path_factory):
+    """A Dagster instance of the test session's own (per pytest-xdist worker): ``make test``
+    exports DAGSTER_HOME as the project folder, and runs a test launches must not land in the
+    instance the user's ``make demo`` and ``make dev`` share, nor two workers write one SQLite
+    run storage. Tests that need another instance set DAGSTER_HOME themselves."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\ntelemetry:\n  enabled: false\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def world():
     """A small world (12 days x 6 accounts x 25 creatives) shared read-only by tests."""
