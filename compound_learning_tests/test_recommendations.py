@@ -3,7 +3,9 @@ isolation, the CLI, and the closed-loop benchmark end to end on a tiny configura
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from datetime import date, timedelta
 
 import numpy as np
@@ -236,6 +238,40 @@ def test_closed_loop_seeds_in_parallel_and_a_world_of_shared_effects(tmp_path):
     window = apart["windows"][0]
     assert window["oracle_common"] == window["oracle"]
     assert apart["config"]["account_deviation_sd"] == 0.0
+
+
+def test_two_closed_loop_runs_compared_seed_by_seed(tmp_path, capsys):
+    """``--compare``: the paired difference of the learner's captured share between two runs of
+    the same worlds, and a clear refusal where the runs cannot be paired."""
+    before = closed_loop.run(days=12, seeds=2, accounts=3, out_dir=tmp_path)
+    after = copy.deepcopy(before)
+    shares = after["windows"][0]["seeds"]["captured_share"]
+    shares[0] += 0.1  # the learner of seed 0 did better by 10 points, seed 1 the same
+    row = closed_loop.compare(before, after)[0]
+    assert row["difference"]["mean"] == pytest.approx(0.05)
+    assert row["seeds_gaining"] == 1 and row["seeds"] == 2
+    assert row["after"] - row["before"] == pytest.approx(0.05)
+    assert closed_loop.compare(before, before)[0]["difference"]["mean"] == 0.0
+
+    files = [tmp_path / "before.json", tmp_path / "after.json"]
+    for path, run in zip(files, (before, after), strict=True):
+        path.write_text(json.dumps(run))
+    assert closed_loop.main(["--compare", *map(str, files)]) == 0
+    assert "| days 1-12 |" in capsys.readouterr().out
+
+    other = copy.deepcopy(before)
+    other["config"]["effect_scale"] = 1.0
+    with pytest.raises(ValueError, match=re.escape("not the same worlds: effect_scale 0.5 vs 1.0")):
+        closed_loop.compare(before, other)
+    other = copy.deepcopy(before)
+    other["windows"][0]["seeds"]["random"][1] *= 1.01
+    with pytest.raises(ValueError, match="the random arm differs"):
+        closed_loop.compare(before, other)
+    old = copy.deepcopy(before)
+    del old["windows"][0]["seeds"]
+    files[0].write_text(json.dumps(old))
+    assert closed_loop.main(["--compare", *map(str, files)]) == 2
+    assert "the before run has no per-seed figures" in capsys.readouterr().err
 
 
 def test_cli_score_explains_its_numbers(recommended):

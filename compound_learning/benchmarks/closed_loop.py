@@ -22,6 +22,7 @@ bands; and what the project's ``trajectory`` says of the learner's accounts next
 gain over the random arm.
 
     compound-learning benchmark closed-loop --days 90 --seeds 10 [--effect-scale 0.5] [--world default|null|change]
+    compound-learning benchmark closed-loop --compare BEFORE.json AFTER.json   # two runs, seed by seed
 """
 
 from __future__ import annotations
@@ -518,6 +519,64 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+WORLD_KEYS = ("days", "seeds", "first_seed", "accounts", "effect_scale", "world", "account_deviation_sd")
+
+
+def compare(before: dict, after: dict) -> list[dict]:
+    """Two runs of the same worlds (say, two commits of the learner), seed by seed: per window,
+    the mean difference of the learner's captured share of the oracle's gain with its 95%
+    t-interval, and how many seeds gained. The random and oracle arms must agree to the digit:
+    that is what makes the comparison paired. Raises ValueError naming what does not match."""
+    for name, run in (("before", before), ("after", after)):
+        if any("seeds" not in w for w in run.get("windows", [])) or not run.get("windows"):
+            raise ValueError(
+                f"the {name} run has no per-seed figures (written before the benchmark kept them): run it again"
+            )
+    differ = [k for k in WORLD_KEYS if before["config"].get(k) != after["config"].get(k)]
+    if differ:
+        pairs = ", ".join(f"{k} {before['config'].get(k)!r} vs {after['config'].get(k)!r}" for k in differ)
+        raise ValueError(f"the two runs are not the same worlds: {pairs}")
+    rows = []
+    for b, a in zip(before["windows"], after["windows"], strict=True):
+        for arm in ("random", "oracle"):
+            if not np.allclose(b["seeds"][arm], a["seeds"][arm], rtol=1e-9, atol=0):
+                raise ValueError(f"the {arm} arm differs between the runs in {b['window']}: not the same worlds")
+        pairs = [
+            (x, y)
+            for x, y in zip(b["seeds"]["captured_share"], a["seeds"]["captured_share"], strict=True)
+            if x is not None and y is not None
+        ]
+        diff = np.array([y - x for x, y in pairs])
+        mean, low, high = _ci(diff)
+        rows.append(
+            {
+                "window": b["window"],
+                "before": float(np.mean([x for x, _ in pairs])),
+                "after": float(np.mean([y for _, y in pairs])),
+                "difference": {"mean": mean, "ci_low": low, "ci_high": high},
+                "seeds_gaining": int((diff > 0).sum()),
+                "seeds": len(pairs),
+            }
+        )
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    lines = [
+        "| window | before | after | paired difference [95%] | seeds that gain |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        d = r["difference"]
+        lines.append(
+            f"| {r['window']} | {r['before']:.1%} | {r['after']:.1%} | "
+            f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] | "
+            f"{r['seeds_gaining']}/{r['seeds']} |"
+        )
+    lines.append("(captured share of the oracle's gain over random, per-seed mean; difference in points)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -541,7 +600,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
     p.add_argument("--out", default=".state/benchmarks", help="folder for the PNG and the JSON")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE.json", "AFTER.json"),
+        help="run nothing: compare two earlier runs' JSON seed by seed (the learner's captured share)",
+    )
     args = p.parse_args(argv)
+    if args.compare:
+        try:
+            rows = compare(*(json.loads(Path(f).read_text()) for f in args.compare))
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"cannot compare {args.compare[0]} with {args.compare[1]}: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
+        return 0
     result = run(
         args.days,
         args.seeds,
