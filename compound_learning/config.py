@@ -98,7 +98,7 @@ class DriftSettings:
     window_days: int = 14  # the recent evidence tested against the older; 0 turns the test off
     z_threshold: float = 4.0  # one-sided; tested every day, so a false alarm has to be rare
     burst_days: int = 7  # how long the launches explore after a drop
-    burst_explore_share: float = 0.5  # the share of launch picks that explore during a burst
+    burst_explore_share: float = 0.5  # the share of launch picks, and of spend spread evenly, during a burst
     # What the evidence before a burst's first day still counts afterwards (a power prior on the
     # old evidence): the drop says it no longer describes what runs, and the burst's new evidence
     # must be able to outweigh it within days, not half-lives. 1 keeps it all.

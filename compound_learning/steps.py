@@ -518,6 +518,12 @@ def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
 
 
+def burst_spend_floor(cfg: CycleSettings) -> float:
+    """The share of a day's spend spread evenly over the live creatives during an exploration
+    burst: the burst's share of the launches, and never less than the everyday floor."""
+    return max(cfg.drift.burst_explore_share, cfg.spend_floor_share)
+
+
 def exploring(store: Store, day: date) -> bool:
     """Whether the launches of ``day`` are in an exploration burst (the day's ``evidence_drift``)."""
     row = store.read_day(t.evidence_drift, day)
@@ -553,7 +559,10 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
         live = live_creatives(store.creative_totals(day, accounts=mine), day)
         fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
+        # A burst explores with the spend too: a creative launched to test a value the stale
+        # evidence rates poorly would otherwise get the floor's crumbs and never show its worth.
         explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
+        floor_share = burst_spend_floor(cfg) if burst else cfg.spend_floor_share
         rows: list[dict] = []
         spend: list[pd.DataFrame] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once
@@ -569,7 +578,7 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
                 dna, account_id, cfg.recommendations_per_account, explore_share, rng, restart=burst
             )
             rows += [_launch_row(account_id, p) for p in picks]
-            split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=cfg.spend_floor_share)
+            split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=floor_share)
             # the split's rows are the live creatives', in their order
             split["attributes"], split["impressions"] = mine["attributes"].to_numpy(), mine["impressions"].to_numpy()
             spend.append(_spend_rows(account_id, split.sort_values("share", ascending=False), fatigue))

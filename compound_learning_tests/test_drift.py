@@ -136,6 +136,13 @@ def test_the_cycle_flags_the_drop_once_and_its_launches_explore(dropped):
     share = ctx.cfg.drift.burst_explore_share
     per_account = launches.groupby("account_id")["pick"].apply(lambda p: (p == "explore").sum())
     assert (per_account == round(ctx.cfg.recommendations_per_account * share)).all()
+    # the spend explores too: the burst's share of it is spread evenly over the live creatives,
+    # where on a day before the drop only the everyday floor is
+    split = recs[recs["kind"] == "spend"].groupby("account_id")["share"]
+    assert (split.min() * split.size() >= share - 1e-9).all()
+    calm = ctx.store.read_day(t.creative_recommendations, START + timedelta(days=DAYS - DROPPED - 1))
+    calm_split = calm[calm["kind"] == "spend"].groupby("account_id")["share"]
+    assert (calm_split.min() * calm_split.size() < share).all()
 
 
 def test_recommend_says_why_it_explores(dropped):

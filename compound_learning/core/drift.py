@@ -107,5 +107,8 @@ def describe(drift: dict | None, exploring: bool, burst_start: date | None, sett
         + ("a drop" if drift["flagged"] else "no significant drop")
     )
     if exploring:
-        return f"{head}; launches explore the design space since {burst_start} for {settings.burst_days} days"
+        return (
+            f"{head}; launches explore the design space, and at least {settings.burst_explore_share:.0%} of the "
+            f"spend is spread evenly over the live creatives, since {burst_start} for {settings.burst_days} days"
+        )
     return head
