@@ -559,8 +559,8 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
         live = live_creatives(store.creative_totals(day, accounts=mine), day)
         fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
-        # A burst explores with the spend too: a creative launched to test a value the stale
-        # evidence rates poorly would otherwise get the floor's crumbs and never show its worth.
+        # A burst explores with the spend too: the split would otherwise go to the incumbents,
+        # whose evidence is long, and leave the burst's launches too little to show their worth.
         explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
         floor_share = burst_spend_floor(cfg) if burst else cfg.spend_floor_share
         rows: list[dict] = []
