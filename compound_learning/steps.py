@@ -518,10 +518,12 @@ def _day_seed(day: date, account_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{day.isoformat()}|{account_id}".encode())])
 
 
-def burst_spend_floor(cfg: CycleSettings) -> float:
-    """The share of a day's spend spread evenly over the live creatives during an exploration
-    burst: the burst's share of the launches, and never less than the everyday floor."""
-    return max(cfg.drift.burst_explore_share, cfg.spend_floor_share)
+def spend_floor_share(cfg: CycleSettings, burst: bool) -> float:
+    """The share of a day's spend spread evenly over the live creatives: the everyday floor, and
+    during an exploration burst the burst's share of the launches (never less than the floor).
+    A burst explores with the spend too: the split would otherwise go to the incumbents, whose
+    evidence is long, and leave the burst's launches too little to show their worth."""
+    return max(cfg.drift.burst_explore_share, cfg.spend_floor_share) if burst else cfg.spend_floor_share
 
 
 def exploring(store: Store, day: date) -> bool:
@@ -559,10 +561,8 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
         live = live_creatives(store.creative_totals(day, accounts=mine), day)
         fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
-        # A burst explores with the spend too: the split would otherwise go to the incumbents,
-        # whose evidence is long, and leave the burst's launches too little to show their worth.
         explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
-        floor_share = burst_spend_floor(cfg) if burst else cfg.spend_floor_share
+        floor_share = spend_floor_share(cfg, burst)
         rows: list[dict] = []
         spend: list[pd.DataFrame] = []
         dna = recommend.DNA(weights)  # every account's posterior, read once

@@ -206,7 +206,7 @@ class LearnerPolicy(_OwnData):
             account,
             self.rng,
             self.fatigue,
-            floor_share=steps.burst_spend_floor(self.ctx.cfg) if self.burst else self.ctx.cfg.spend_floor_share,
+            floor_share=steps.spend_floor_share(self.ctx.cfg, self.burst),
         )
         return split["share"].to_numpy()
 
