@@ -293,7 +293,8 @@ def _print_recommendations(r: dict, spend_rows: int = 15) -> None:
     for s in r["spend"][:spend_rows]:
         print(
             f"  {s['share']:>6.1%}  {s['creative_id']:<28} expected ROAS {s['expected_roas']:.2f}  "
-            f"P(best) {s['p_best']:.0%}"
+            + (f"CTR {s['expected_ctr']:.2%}  " if s.get("expected_ctr") is not None else "")
+            + f"P(best) {s['p_best']:.0%}"
         )
 
 

@@ -186,6 +186,7 @@ def recommendations(store: Store, account_id: str, n: int = 5) -> dict:
                     "p_best": float(r["p_best"]),
                     "expected_roas": float(r["expected_roas"]),
                     "roas_ci": interval(r, "roas_ci_low", "roas_ci_high"),
+                    "expected_ctr": None if pd.isna(r["expected_ctr"]) else float(r["expected_ctr"]),
                     "exploration": float(r["exploration"]),
                     "reason": r["reason"],
                 }

@@ -580,7 +580,8 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
             rows += [_launch_row(account_id, p) for p in picks]
             split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=floor_share)
             # the split's rows are the live creatives', in their order
-            split["attributes"], split["impressions"] = mine["attributes"].to_numpy(), mine["impressions"].to_numpy()
+            for column in ("attributes", "impressions", "clicks"):
+                split[column] = mine[column].to_numpy()
             spend.append(_spend_rows(account_id, split.sort_values("share", ascending=False), fatigue))
             if picks:
                 top = picks[0]
@@ -630,6 +631,7 @@ def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.Dat
     """An account's spend rows, best share first (``ranked``: its split with each creative's
     attributes and impressions), built column by column: a 1M-row day has a million of them."""
     p_best, impressions = ranked["p_best"].to_numpy(float), ranked["impressions"].to_numpy(float)
+    ctr, clicks = ranked["expected_ctr"].to_numpy(float), ranked["clicks"].to_numpy(float)
     return pd.DataFrame(
         {
             "account_id": account_id,
@@ -641,13 +643,18 @@ def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.Dat
             "expected_roas": ranked["expected_roas"].to_numpy(float),
             "roas_ci_low": ranked["roas_ci_low"].to_numpy(float),
             "roas_ci_high": ranked["roas_ci_high"].to_numpy(float),
-            "expected_ctr": np.nan,
+            "expected_ctr": ctr,
             "share": ranked["share"].to_numpy(float),
             "p_best": p_best,
             "exploration": ranked["exploration"].to_numpy(float),
             "reason": [
-                f"{p:.0%} chance of being the best live creative; {int(n):,} impressions so far"
-                for p, n in zip(p_best, impressions, strict=True)
+                f"{p:.0%} chance of being the best live creative; "
+                + (
+                    f"expected CTR {c:.2%}; {int(n):,} impressions and {int(k):,} clicks so far"
+                    if np.isfinite(c) and np.isfinite(k)
+                    else f"{int(n):,} impressions so far"
+                )
+                for p, n, c, k in zip(p_best, impressions, ctr, clicks, strict=True)
             ],
             "details": json.dumps({"fatigue_per_100k_impressions": fatigue}),
         }

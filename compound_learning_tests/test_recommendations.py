@@ -69,6 +69,23 @@ def test_explore_share_is_honoured_and_the_step_is_deterministic(recommended):
     assert np.allclose(spend.groupby("account_id")["share"].sum(), 1.0)
 
 
+def test_spend_rows_state_each_creatives_expected_ctr_from_its_clicks(recommended):
+    ctx, end, _, _ = recommended
+    recs = ctx.store.read_day(t.creative_recommendations, end)
+    spend = recs[recs["kind"] == "spend"].merge(
+        ctx.store.creative_totals(end)[["account_id", "creative_id", "impressions", "clicks"]],
+        on=["account_id", "creative_id"],
+    )
+    assert len(spend) and spend["expected_ctr"].notna().all()
+    observed = spend["clicks"] / spend["impressions"]
+    sure = spend["clicks"] >= 300  # the creative's own clicks outweigh its prediction
+    assert sure.sum() >= 10
+    ratio = spend.loc[sure, "expected_ctr"] / observed[sure]
+    assert ratio.between(0.8, 1.25).all(), ratio.describe()
+    for r in spend.itertuples():
+        assert f"expected CTR {r.expected_ctr:.2%}" in r.reason and f"{int(r.clicks):,} clicks so far" in r.reason
+
+
 def test_explore_share_is_configurable(recommended):
     ctx, end, _, url = recommended
     none = steps.build_recommendations(make_context(url, explore_share=0.0), end)
@@ -76,6 +93,93 @@ def test_explore_share_is_configurable(recommended):
     half = steps.build_recommendations(make_context(url, explore_share=0.5), end)
     assert half["explore_picks"] == half["launch_picks"] // 2
     steps.build_recommendations(ctx, end)  # leave the module's table as the default wrote it
+
+
+def _baseline_dna(account: str, ctr: float, roas: float) -> pd.DataFrame:
+    """A DNA that knows only the account's baselines (no attribute weights)."""
+    from compound_learning.core.dna import BASELINE_VALUE, WEIGHT_COLUMNS
+
+    rows = [(account, m, BASELINE_VALUE, BASELINE_VALUE, np.log(v), 0.05, 0) for m, v in (("ctr", ctr), ("roas", roas))]
+    return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
+
+
+def test_clicks_tell_creatives_apart_long_before_their_conversions():
+    """Two creatives with the same spend, revenue and (few) conversions; one has twice the
+    other's CTR over thousands of clicks. Revenue alone cannot tell them apart; the clicks can,
+    since a creative's value per click strays less than its CTR is known to differ."""
+    live = pd.DataFrame(
+        {
+            "creative_id": ["a", "b"],
+            "attributes": [{}, {}],
+            "impressions": [200_000.0, 200_000.0],
+            "clicks": [4_000.0, 2_000.0],
+            "spend": [1_000.0, 1_000.0],
+            "revenue": [2_000.0, 2_000.0],
+            "conversions": [8.0, 8.0],
+        }
+    )
+    dna = _baseline_dna("x", ctr=0.015, roas=2.0)
+    split = recommend.spend_split(live, dna, "x", np.random.default_rng(0), floor_share=0.0)
+    assert split.loc[0, "p_best"] > 0.75, split
+    assert split.loc[0, "expected_roas"] > 2.0 > split.loc[1, "expected_roas"]
+    without_clicks = recommend.spend_split(
+        live.drop(columns="clicks"), dna, "x", np.random.default_rng(0), floor_share=0.0
+    )
+    assert without_clicks.loc[0, "p_best"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_click_bait_learned_from_the_account_tempers_a_new_creatives_high_ctr():
+    """In an account whose creatives that draw more clicks draw worse ones (CTR and the value of
+    a click stray in opposite directions), a new creative's high CTR promises less ROAS than in
+    an account where the two are unrelated; its conversions are too few yet to say."""
+    rng = np.random.default_rng(5)
+    n = 60
+    quality = rng.normal(0, 0.3, n)
+
+    def account(value_quality: np.ndarray) -> pd.DataFrame:
+        impressions = np.full(n, 400_000.0)
+        clicks = np.round(impressions * 0.015 * np.exp(quality))
+        conversions = np.round(clicks * 0.05 * np.exp(value_quality))
+        revenue = conversions * 60.0
+        frame = pd.DataFrame(
+            {
+                "creative_id": [f"c{i}" for i in range(n)],
+                "attributes": [{}] * n,
+                "impressions": impressions,
+                "clicks": clicks,
+                "spend": impressions * 8.0 / 1000.0,
+                "revenue": revenue,
+                "conversions": conversions,
+            }
+        )
+        new = {"creative_id": "new", "attributes": {}, "impressions": 20_000.0, "clicks": 600.0}
+        new |= {"spend": 160.0, "revenue": 60.0, "conversions": 1.0}  # CTR 3%: twice the account's
+        return pd.concat([frame, pd.DataFrame([new])], ignore_index=True)
+
+    roas = 0.015 * 0.05 * 60.0 / 8.0 * 1000.0
+    dna = _baseline_dna("x", ctr=0.015, roas=roas)
+    bait = recommend.spend_split(account(-quality), dna, "x", np.random.default_rng(0))
+    unrelated = recommend.spend_split(account(rng.normal(0, 0.3, n)), dna, "x", np.random.default_rng(0))
+    new_bait, new_unrelated = (f.set_index("creative_id").loc["new", "expected_roas"] for f in (bait, unrelated))
+    assert new_unrelated > 1.3 * roas  # its clicks lift it
+    assert new_bait < new_unrelated * 0.8  # the account's own creatives say clicks like these are worth less
+
+
+def test_the_creatives_spread_is_learned_from_the_account_and_kept_near_the_prior_when_few():
+    rng = np.random.default_rng(4)
+
+    def part(n: int, true_sd: float) -> recommend._Part:
+        prior = rng.normal(-4.0, 0.3, n)
+        obs_var = np.full(n, 1e-3)
+        return recommend._Part(prior, np.full(n, 1e-3), prior + rng.normal(0, true_sd, n), obs_var)
+
+    prior_var = 0.045
+    many = part(400, 0.25).spread(prior_var)
+    assert 0.055 < many < 0.07  # 0.0625 true, shrunk a little towards 0.045
+    assert part(400, 0.05).spread(prior_var) < 0.01
+    few = part(3, 0.6).spread(prior_var)  # three creatives far apart move the spread, not all the way
+    assert prior_var < few < 0.15
+    assert part(1, 0.6).spread(prior_var) == prior_var
 
 
 def _posterior(rng: np.random.Generator, space: dict[str, list[str]], ties: bool) -> recommend.MetricPosterior:
@@ -285,3 +389,19 @@ def test_cli_score_explains_its_numbers(recommended):
     assert f"DNA score {score['dna_score']:.0f}: its expected ROAS as a percentage" in human.stdout
     assert "not the account's first or current ROAS" in human.stdout
     assert f"{score['predictions']['roas']['predicted']:.2f}" in human.stdout
+
+
+def test_the_spend_split_check_scores_every_account_day_against_the_truth(capsys):
+    from compound_learning.benchmarks import spend_split_check
+
+    scores = spend_split_check.check_seed(LoopConfig(days=6, accounts=3, seed=1))
+    assert len(scores) == 6 * 3
+    assert (scores["best"] >= scores["even"]).all()
+    for variant in spend_split_check.VARIANTS:  # a spend-weighted truth lies between the worst and the best
+        assert (scores[variant] <= scores["best"] + 1e-9).all()
+    table = spend_split_check.summarize(scores, 6)
+    expected = float((scores["shipped"] - scores["even"]).sum() / (scores["best"] - scores["even"]).sum())
+    assert table.loc[0, "shipped"] == pytest.approx(expected)
+    assert 0.0 <= table.loc[0, "coverage_95"] <= 1.0
+    assert spend_split_check.main(["--seeds", "1", "--days", "4"]) == 0
+    assert "mean over seeds" in capsys.readouterr().out

@@ -58,7 +58,10 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         if rec is None
         else "".join(
             f"<tr><td>{e(s['creative_id'])}</td><td>{s['share']:.1%}</td><td>{s['p_best']:.0%}</td>"
-            f"<td>{s['expected_roas']:.2f}</td></tr>"
+            f"<td>{s['expected_roas']:.2f}"
+            + (f" [{s['roas_ci'][0]:.2f}, {s['roas_ci'][1]:.2f}]" if s["roas_ci"] else "")
+            + "</td>"
+            f"<td>{'' if s.get('expected_ctr') is None else format(s['expected_ctr'], '.2%')}</td></tr>"
             for s in rec["spend"][:10]
         )
     )
@@ -75,7 +78,8 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         )
         + "<table><tr><th>#</th><th>pick</th><th>attributes</th><th>expected ROAS [95%]</th><th>why</th></tr>"
         f"{picks}</table><h3>Tomorrow's spend</h3>"
-        "<table><tr><th>creative</th><th>share</th><th>P(best)</th><th>expected ROAS</th></tr>"
+        "<table><tr><th>creative</th><th>share</th><th>P(best)</th><th>expected ROAS [95%]</th>"
+        "<th>expected CTR</th></tr>"
         f"{spend}</table>"
     )
     model = dash["model"]

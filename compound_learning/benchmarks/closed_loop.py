@@ -72,6 +72,7 @@ def _live_frame(creatives: list[Creative], totals: dict[str, dict]) -> pd.DataFr
                 "creative_id": c.creative_id,
                 "attributes": c.attributes,
                 "impressions": tot.get("impressions", 0.0),
+                "clicks": tot.get("clicks", 0.0),
                 "spend": tot.get("spend", 0.0),
                 "revenue": tot.get("revenue", 0.0),
                 "conversions": tot.get("conversions", 0.0),
@@ -92,9 +93,10 @@ class _OwnData(Policy):
     def observe(self, day: int, rows: pd.DataFrame) -> None:
         for r in rows.itertuples(index=False):
             tot = self.totals.setdefault(
-                r.creative_id, {"impressions": 0.0, "spend": 0.0, "revenue": 0.0, "conversions": 0.0}
+                r.creative_id, {"impressions": 0.0, "clicks": 0.0, "spend": 0.0, "revenue": 0.0, "conversions": 0.0}
             )
             tot["impressions"] += r.impressions
+            tot["clicks"] += r.clicks
             tot["spend"] += r.spend
             tot["revenue"] += r.revenue
             tot["conversions"] += r.conversions

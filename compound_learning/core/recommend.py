@@ -10,10 +10,16 @@ standard deviations, and the account's baseline) as an additive model of log ROA
   taken), so values with little evidence, whose posterior is wide, keep being tried. Values of
   the design space that the DNA has never seen get the prior (mean 0, the widest sd of their
   dimension), so they are explored rather than ignored.
-- **spend**: each live creative's log ROAS combines the DNA's prediction for its attributes
-  (prior, widened by the between-creative spread) with its own revenue and spend (normal
-  approximation, variance ~ 1 / conversions), less the learned fatigue for the impressions it
-  has had. The split is the posterior probability of being best (Thompson draws), mixed with
+- **spend**: each live creative's log ROAS is the sum of two parts, its log CTR and its log
+  (ROAS / CTR), the value of a click for the spend of an impression. Each part combines the
+  DNA's prediction for the creative's attributes (widened by the spread of creatives around
+  their prediction, learned from the account's own creatives) with the creative's own evidence:
+  clicks for CTR (variance ~ 1 / clicks), conversions for the value (~ 1 / conversions). Clicks
+  are 20 to 100 times more numerous than conversions, so a creative's CTR is known within days,
+  long before its ROAS. Where the account's creatives show that more clicks come with worse
+  ones (click bait: the parts stray together, negatively), a high CTR promises correspondingly
+  less. Less the learned fatigue for the impressions it has had. The split is
+  the posterior probability of being best (Thompson draws), mixed with
   an even floor; the share spent away from the single best-looking creative is stated.
 
 Everything is deterministic for a given random generator (the caller seeds it with the day).
@@ -32,9 +38,11 @@ import pandas as pd
 from compound_learning.config import DEFAULT_SPEND_FLOOR_SHARE, GLOBAL
 from compound_learning.core.dna import BASELINE_VALUE, PAIR_PREFIX, WEIGHT_COLUMNS, is_pair
 from compound_learning.core.effects import Z95
+from compound_learning.core.shrinkage import prior_variance, shrunk_variance
 
 DEFAULT_PRIOR_SD = 0.5  # an attribute value never seen: about a 1.6x multiplier either way
-CREATIVE_SD = 0.3  # spread of creatives' log ROAS beyond their attributes (quality)
+CREATIVE_SD = 0.3  # prior spread of creatives' log ROAS beyond their attributes (quality)
+SPREAD_PRIOR_DOF = 20  # the prior spread counts as this many creatives beside an account's own
 THOMPSON_DRAWS = 2000
 DOMINATED_Z = 6.0  # sds apart at which a creative cannot be the best of a draw (spend_split)
 CANDIDATES = 200  # best combinations by main effects, re-ranked with the synergy weights
@@ -426,6 +434,121 @@ def slope_from_sums(sxx: float, sxy: float) -> float:
     return min(0.0, sxy / sxx)
 
 
+@dataclass
+class _Part:
+    """One additive part of each live creative's log ROAS: what its attributes predict (mean and
+    the prediction's variance) and what the creative itself showed (value and its sampling
+    variance; infinite where it has shown nothing)."""
+
+    prior_mean: np.ndarray
+    prediction_var: np.ndarray
+    obs: np.ndarray
+    obs_var: np.ndarray
+
+    def spread(self, prior_var: float) -> float:
+        """The variance of the creatives' own rates around their prediction (their quality beyond
+        the attributes): the maximum-likelihood estimate from this account's creatives, shrunk
+        towards ``prior_var`` as if that were ``SPREAD_PRIOR_DOF`` creatives (a dozen creatives
+        estimate a spread too roughly alone). Fixed, not pooled over accounts, so that an
+        account's split does not depend on which accounts share its shard."""
+        seen = np.isfinite(self.obs_var)
+        own_dof = int(seen.sum()) - 1
+        if own_dof < 1:
+            return prior_var
+        own = prior_variance(
+            self.obs[seen], np.sqrt(self.obs_var[seen] + self.prediction_var[seen]), self.prior_mean[seen]
+        )
+        return shrunk_variance(own, own_dof, prior_var, SPREAD_PRIOR_DOF)
+
+    def evidence(self) -> tuple[np.ndarray, np.ndarray]:
+        """The observations' precisions and precision-weighted values (0 where nothing was seen)."""
+        seen = np.isfinite(self.obs_var)
+        precision = np.where(seen, 1.0 / np.where(seen, self.obs_var, 1.0), 0.0)
+        return precision, precision * np.where(seen, self.obs, 0.0)
+
+    def posterior(self, spread: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each creative's mean and variance: its prediction (widened by ``spread``) and its own
+        evidence, weighed by their precisions."""
+        prior_var = self.prediction_var + spread
+        obs_precision, weighted = self.evidence()
+        precision = 1.0 / prior_var + obs_precision
+        return (self.prior_mean / prior_var + weighted) / precision, 1.0 / precision
+
+
+def _covariance(ctr: _Part, value: _Part, ctr_spread: float, value_spread: float) -> float:
+    """How a creative's CTR and the value of its clicks stray together beyond their predictions:
+    negative where creatives that draw more clicks draw worse ones (click bait), which would
+    otherwise make a creative's high CTR promise more than its conversions will bear out. The
+    moment estimate over the account's creatives that showed both (their sampling errors are
+    independent: the value part is what conversions add to clicks), shrunk towards 0 as if
+    ``SPREAD_PRIOR_DOF`` creatives had shown none, within a correlation of +-0.9."""
+    seen = np.isfinite(ctr.obs_var) & np.isfinite(value.obs_var)
+    own_dof = int(seen.sum()) - 1
+    if own_dof < 1:
+        return 0.0
+    du, dv = (ctr.obs - ctr.prior_mean)[seen], (value.obs - value.prior_mean)[seen]
+    own = float(np.sum((du - du.mean()) * (dv - dv.mean())) / own_dof)
+    bound = 0.9 * np.sqrt(ctr_spread * value_spread)
+    return float(np.clip(shrunk_variance(own, own_dof, 0.0, SPREAD_PRIOR_DOF), -bound, bound))
+
+
+def _joint_posterior(
+    ctr: _Part, value: _Part, ctr_spread: float, value_spread: float, covariance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each creative's posterior log CTR, and the mean and variance of its log ROAS (the sum of
+    the two parts), under a bivariate normal prior of the parts (their predictions, widened by
+    the spreads and the covariance of creatives around them) and their independent evidence."""
+    a, d, b = ctr.prediction_var + ctr_spread, value.prediction_var + value_spread, covariance
+    det = a * d - b * b
+    pa, pb, pd = d / det, -b / det, a / det  # the prior's precision matrix, per creative
+    wu, hu = ctr.evidence()
+    wv, hv = value.evidence()
+    qa, qd = pa + wu, pd + wv
+    rhs_u = pa * ctr.prior_mean + pb * value.prior_mean + hu
+    rhs_v = pb * ctr.prior_mean + pd * value.prior_mean + hv
+    det = qa * qd - pb * pb
+    cuu, cvv, cuv = qd / det, qa / det, -pb / det  # the posterior's covariance matrix
+    mean_u = cuu * rhs_u + cuv * rhs_v
+    mean_v = cuv * rhs_u + cvv * rhs_v
+    return mean_u, mean_u + mean_v, cuu + cvv + 2.0 * cuv
+
+
+def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPosterior | None) -> list[_Part]:
+    """Each live creative's log ROAS as the parts its own evidence measures, with their
+    predictions: log CTR (from clicks: a creative with 2,000 clicks knows its CTR within 5%) and
+    log (ROAS / CTR), the value of a click for the spend of an impression (from conversions,
+    which are 20 to 100 times fewer). One part, log ROAS from conversions alone, without clicks or
+    without the DNA's CTR weights. One pseudo-event at the prediction keeps a creative with no
+    click or conversion yet finite."""
+    n = len(live)
+    if roas is not None:
+        mean, sd = predict_log_rates(roas, list(live["attributes"]))
+        prediction_var = sd**2
+    else:
+        mean, prediction_var = np.zeros(n), np.full(n, DEFAULT_PRIOR_SD**2)
+    spend = live["spend"].to_numpy(float)
+    revenue = live["revenue"].fillna(0).to_numpy(float)
+    conversions = live["conversions"].fillna(0).to_numpy(float) if "conversions" in live else np.zeros(n)
+    if roas is None and spend.sum() > 0 and revenue.sum() > 0:  # no DNA: the account's own pooled ROAS
+        mean = np.full(n, np.log(revenue.sum() / spend.sum()))
+    per_conversion = spend.sum() / max(conversions.sum(), 1.0) if spend.sum() > 0 else 1.0
+    obs = np.log((revenue + np.exp(mean) * per_conversion) / (spend + per_conversion))
+    obs_var = np.where(spend > 0, 1.0 / (conversions + 1.0), np.inf)
+    clicks = live["clicks"].to_numpy(float) if "clicks" in live else np.full(n, np.nan)
+    if ctr is None or roas is None or not np.isfinite(clicks).all():
+        return [_Part(mean, prediction_var, obs, obs_var)]
+    ctr_mean, ctr_sd = predict_log_rates(ctr, list(live["attributes"]))
+    impressions = live["impressions"].to_numpy(float)
+    ctr_obs = np.log((clicks + 1.0) / (impressions + np.exp(-ctr_mean)))
+    ctr_obs_var = np.where(impressions > 0, 1.0 / (clicks + 1.0), np.inf)
+    # The value part's prediction is ROAS's less CTR's; its variance is taken as ROAS's (the two
+    # fits' covariance is not kept), which errs wide.
+    return [
+        _Part(ctr_mean, ctr_sd**2, ctr_obs, ctr_obs_var),
+        _Part(mean - ctr_mean, prediction_var, obs - ctr_obs, obs_var),
+    ]
+
+
 def spend_split(
     live: pd.DataFrame,
     weights: pd.DataFrame | DNA | None,
@@ -437,41 +560,46 @@ def spend_split(
 ) -> pd.DataFrame:
     """Shares of tomorrow's spend over the live creatives.
 
-    ``live``: creative_id, attributes (dict), impressions, spend, revenue, conversions (the
-    creative's totals so far). ``weights`` None (or ``use_evidence`` False for the creative's own
-    figures) leaves only what is given: with neither, the split is even up to fatigue. Returns
-    creative_id, share, p_best, expected_roas, its 95% interval and ``exploration`` (the part of
-    each share beyond what the best-looking creative alone would get)."""
+    ``live``: creative_id, attributes (dict), impressions, clicks, spend, revenue, conversions
+    (the creative's totals so far). ``weights`` None (or ``use_evidence`` False for the
+    creative's own figures) leaves only what is given: with neither, the split is even up to
+    fatigue. Each creative's log ROAS is its DNA prediction and its own evidence combined part by
+    part (:func:`_roas_parts`): clicks tell a creative's CTR within days, long before its
+    conversions tell its ROAS. Returns creative_id, share, p_best, expected_roas, its 95%
+    interval, expected_ctr (unknown without clicks or CTR weights) and ``exploration`` (the part
+    of each share beyond what the best-looking creative alone would get)."""
     if live.empty:
         return pd.DataFrame(
-            columns=["creative_id", "share", "p_best", "expected_roas", "roas_ci_low", "roas_ci_high", "exploration"]
+            columns=[
+                "creative_id",
+                "share",
+                "p_best",
+                "expected_roas",
+                "roas_ci_low",
+                "roas_ci_high",
+                "expected_ctr",
+                "exploration",
+            ]
         )
-    roas = as_dna(weights).posterior(account_id, "roas") if weights is not None else None
+    dna = as_dna(weights) if weights is not None else None
+    roas = dna.posterior(account_id, "roas") if dna is not None else None
+    ctr = dna.posterior(account_id, "ctr") if dna is not None else None
+    parts = _roas_parts(live, roas, ctr)
     n = len(live)
-    prior_mean = np.zeros(n)
-    prior_var = np.full(n, CREATIVE_SD**2 + (DEFAULT_PRIOR_SD**2 if roas is None else 0.0))
-    if roas is not None:
-        prior_mean, sd = predict_log_rates(roas, list(live["attributes"]))
-        prior_var = sd**2 + CREATIVE_SD**2
-    spend = live["spend"].to_numpy(float)
-    revenue = live["revenue"].fillna(0).to_numpy(float)
-    conversions = live["conversions"].fillna(0).to_numpy(float) if "conversions" in live else np.zeros(n)
-    mean, var = prior_mean.copy(), prior_var.copy()
-    if use_evidence:
-        has = spend > 0
-        if roas is None and spend.sum() > 0 and revenue.sum() > 0:  # no DNA: the account's own pooled ROAS
-            prior_mean[:] = np.log(revenue.sum() / spend.sum())
-        # One pseudo-conversion at the prior's ROAS keeps a creative with no conversion yet finite.
-        per_conversion = spend.sum() / max(conversions.sum(), 1.0) if spend.sum() > 0 else 1.0
-        obs = np.log((revenue + np.exp(prior_mean) * per_conversion) / (spend + per_conversion))
-        obs_var = np.where(has, 1.0 / (conversions + 1.0), np.inf)
-        precision = 1.0 / prior_var + np.where(np.isfinite(obs_var), 1.0 / obs_var, 0.0)
-        mean = (prior_mean / prior_var + np.where(np.isfinite(obs_var), obs / obs_var, 0.0)) / precision
-        var = 1.0 / precision
-        # What it earned was earned at half its impressions so far, on average; tomorrow it is at all of them.
-        mean = mean + fatigue_per_100k * live["impressions"].to_numpy(float) / 2e5
+    prior_spread = CREATIVE_SD**2 / len(parts)  # without a better guess, the spread is shared evenly
+    log_ctr = np.full(n, np.nan)
+    if not use_evidence:
+        mean = sum(part.prior_mean for part in parts)
+        var = sum(part.prediction_var + prior_spread for part in parts)
+    elif len(parts) == 1:
+        mean, var = parts[0].posterior(parts[0].spread(prior_spread))
     else:
-        mean = mean + fatigue_per_100k * live["impressions"].to_numpy(float) / 1e5
+        spreads = [part.spread(prior_spread) for part in parts]
+        log_ctr, mean, var = _joint_posterior(*parts, *spreads, _covariance(*parts, *spreads))
+    # What it earned was earned at half its impressions so far, on average; tomorrow it is at all of them.
+    fatigue = fatigue_per_100k * live["impressions"].to_numpy(float) / (2e5 if use_evidence else 1e5)
+    mean = mean + fatigue
+    expected_ctr = np.exp(log_ctr + fatigue)
     sd = np.sqrt(var)
     # A creative whose upper tail lies below the lower tail of another never wins a draw
     # (P < 1e-8 a draw): it gets p_best 0 without being drawn, which most of the time went to.
@@ -492,6 +620,7 @@ def spend_split(
             "expected_roas": np.exp(mean),
             "roas_ci_low": np.exp(mean - Z95 * sd),
             "roas_ci_high": np.exp(mean + Z95 * sd),
+            "expected_ctr": expected_ctr,
             "exploration": np.clip(share - greedy, 0.0, None),
         }
     )

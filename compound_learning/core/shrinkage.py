@@ -45,6 +45,12 @@ def prior_variance(estimates: np.ndarray, std_errors: np.ndarray, prior_mean: np
     return max(tau2, 1e-6)
 
 
+def shrunk_variance(own: float, own_dof: float, prior: float, prior_dof: float) -> float:
+    """A variance estimated from few observations, shrunk towards a prior one that counts as
+    ``prior_dof`` observations (the scaled-inverse-chi-square posterior's point estimate)."""
+    return (own_dof * own + prior_dof * prior) / (own_dof + prior_dof)
+
+
 def posterior(estimates, std_errors, tau2: float, prior_mean=0.0) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and sd of each effect under a N(prior_mean, tau2) prior."""
     est, se = np.asarray(estimates, float), np.asarray(std_errors, float)

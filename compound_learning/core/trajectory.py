@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from compound_learning.core.effects import Z95
+from compound_learning.core.shrinkage import shrunk_variance
 
 # statsmodels and scipy.stats are imported in the functions that use them: every process that loads the
 # definitions imports this module, and a day with nothing to fit should not pay a second for it.
@@ -256,7 +257,7 @@ def creative_luck(creatives: pd.DataFrame | dict, first: tuple, last: tuple) -> 
     delta = shares[1] - shares[0]
     ran = (shares[0] > 0) | (shares[1] > 0)
     own_var, own_dof = coded.spread() or (0.0, 0)
-    sigma2 = (own_dof * own_var + SPREAD_PRIOR_DOF * DEFAULT_CREATIVE_SD**2) / (own_dof + SPREAD_PRIOR_DOF)
+    sigma2 = shrunk_variance(own_var, own_dof, DEFAULT_CREATIVE_SD**2, SPREAD_PRIOR_DOF)
     mix = None if coded.predicted is None else float(np.expm1((delta * coded.predicted).sum()))
     last_days = np.bincount(coded.day, coded.conversions * coded.windows[1], minlength=coded.n_days)
     in_last = np.bincount(coded.day[coded.windows[1]], minlength=coded.n_days) > 0
