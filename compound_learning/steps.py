@@ -629,7 +629,8 @@ def _launch_row(account_id: str, p: dict) -> dict:
 
 def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.DataFrame:
     """An account's spend rows, best share first (``ranked``: its split with each creative's
-    attributes and impressions), built column by column: a 1M-row day has a million of them."""
+    attributes, impressions and clicks), built column by column: a 1M-row day has a million of
+    them."""
     p_best, impressions = ranked["p_best"].to_numpy(float), ranked["impressions"].to_numpy(float)
     ctr, clicks = ranked["expected_ctr"].to_numpy(float), ranked["clicks"].to_numpy(float)
     return pd.DataFrame(
