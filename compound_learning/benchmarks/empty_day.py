@@ -71,7 +71,11 @@ def _imported(module: str, env: dict) -> list[str]:
 
 
 def run(repeats: int = 5) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="empty_day_"))
+    with tempfile.TemporaryDirectory(prefix="empty_day_") as tmp:  # the instance and databases go with it
+        return _measure(Path(tmp), repeats)
+
+
+def _measure(home: Path, repeats: int) -> dict:
     (home / "dagster.yaml").write_text(
         f"storage:\n  sqlite:\n    base_dir: {home}/dagster\ntelemetry:\n  enabled: false\n"
     )
