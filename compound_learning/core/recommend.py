@@ -541,8 +541,9 @@ def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPos
     impressions = live["impressions"].to_numpy(float)
     ctr_obs = np.log((clicks + 1.0) / (impressions + np.exp(-ctr_mean)))
     ctr_obs_var = np.where(impressions > 0, 1.0 / (clicks + 1.0), np.inf)
-    # The value part's prediction is ROAS's less CTR's; its variance is taken as ROAS's (the two
-    # fits' covariance is not kept), which errs wide.
+    # The value part's prediction is ROAS's less CTR's; its variance is taken as ROAS's alone:
+    # the two fits' covariance is not kept, so the difference's variance is not known (wider than
+    # ROAS's if the fits' errors were independent, narrower if they move together).
     return [
         _Part(ctr_mean, ctr_sd**2, ctr_obs, ctr_obs_var),
         _Part(mean - ctr_mean, prediction_var, obs - ctr_obs, obs_var),
