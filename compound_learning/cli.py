@@ -274,9 +274,11 @@ def _print_recommendations(r: dict, spend_rows: int = 15) -> None:
         f"{r['account_id']} as of {r['as_of']}: launch next ({r['explore_picks']} of {len(r['launch'])} "
         "picks explore little-tested values)"
     )
-    drift = r.get("drift")
-    if drift and (drift["flagged"] or drift["exploring"]):
-        print(f"  drift: {drift['summary']}")
+    from compound_learning import queries
+
+    notice = queries.drift_notice(r.get("drift"))
+    if notice:
+        print(f"  drift: {notice}")
     for p in r["launch"]:
         attrs = ", ".join(f"{k}={v}" for k, v in p["attributes"].items())
         lo, hi = p["roas_ci"]

@@ -100,9 +100,17 @@ class DriftSettings:
     burst_days: int = 7  # how long the launches explore after a drop
     burst_explore_share: float = 0.5  # the share of launch picks, and of spend spread evenly, during a burst
     # What the evidence before a burst's first day still counts afterwards (a power prior on the
-    # old evidence): the drop says it no longer describes what runs, and the burst's new evidence
-    # must be able to outweigh it within days, not half-lives. 1 keeps it all.
-    burst_evidence_weight: float = 0.3
+    # old evidence). 1 keeps it all: relearning (below) takes a changed dimension from the new
+    # evidence alone, and the dimensions that did not change keep what they learned. Before
+    # relearning it was 0.3, so that the burst's evidence could outweigh the old within days; that
+    # discounted the unchanged dimensions as much.
+    burst_evidence_weight: float = 1.0
+    # From ``relearn_after_days`` after a burst's first day until the next burst, every metric is
+    # also fitted on the evidence since the burst alone; a dimension whose effects there differ
+    # from the pooled evidence's (chi-square at ``relearn_p_value``) is learned from that evidence
+    # alone, the others keep all of theirs. 0 turns it off.
+    relearn_p_value: float = 1e-3
+    relearn_after_days: int = 3
 
 
 @dataclass

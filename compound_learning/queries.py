@@ -225,7 +225,17 @@ def _drift(store: Store, day) -> dict | None:
         "flagged": bool(r["flagged"]),
         "exploring": bool(r["exploring"]),
         "burst_start": None if pd.isna(r["burst_start"]) else str(pd.Timestamp(r["burst_start"]).date()),
+        # the dimensions learned afresh from the evidence since the burst: {"since", "metrics": {metric: {dim: test}}}
+        "relearned": json.loads(r["relearned"]) if isinstance(r.get("relearned"), str) else None,
     }
+
+
+def drift_notice(drift: dict | None) -> str | None:
+    """The drift sentence a reader of the recommendations should see: when the test flags a drop,
+    a burst explores, or a dimension is learned afresh after one; None on a quiet day."""
+    if drift and (drift["flagged"] or drift["exploring"] or drift.get("relearned")):
+        return drift["summary"]
+    return None
 
 
 def models(store: Store) -> list[dict]:

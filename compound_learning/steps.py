@@ -246,6 +246,17 @@ def _one_step_roll(store: Store, day: date) -> date | None:
     return previous if with_data is None or with_data <= previous else None
 
 
+def _prune(ctx: CycleContext, conn, day: date, keep: set[date]) -> int:
+    """Drop the snapshots past the daily retention but ``keep`` (``_burst_snapshots``)."""
+    return ctx.store.prune_snapshots(conn, day - timedelta(days=ctx.cfg.snapshot_daily_retention_days), keep)
+
+
+def _burst_snapshots(ctx: CycleContext) -> set[date]:
+    """The snapshots kept past the daily retention for relearning, which splits the evidence at
+    the end of a burst's first day: those of every burst's first day."""
+    return burst_starts(ctx.store, date.min, date.max) if ctx.cfg.drift.relearn_p_value > 0 else set()
+
+
 def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     """Roll the cumulative evidence forward to ``day`` and store it as the day's snapshot
     (in SQL on PostgreSQL when the previous snapshot is one step behind)."""
@@ -253,9 +264,10 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     previous = _one_step_roll(store, day) if store.rolls_up_in_database(cfg.rollup_in_database) else None
     if previous is not None:
         decay = evidence_weight(ctx, previous, day)
+        keep = _burst_snapshots(ctx)
         with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
             size = store.roll_forward_in_database(conn, previous, day, decay)
-            pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
+            pruned = _prune(ctx, conn, day, keep)
         return {
             "days_rolled_forward": 1,
             "cumulative_cells": size["cumulative_cells"],
@@ -264,9 +276,10 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
             "accounts": size["accounts"],
         }
     cells, rolled = cumulative_cells(ctx, day)
+    keep = _burst_snapshots(ctx)
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.creative_cumulative_stats, day, cells)
-        pruned = store.prune_snapshots(conn, day - timedelta(days=cfg.snapshot_daily_retention_days))
+        pruned = _prune(ctx, conn, day, keep)
     return {
         "days_rolled_forward": rolled,
         "cumulative_cells": len(cells),
@@ -301,20 +314,60 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
     settings = ctx.cfg.patterns
     for day in days:
         cells = _consistent_attributes(shard_cells(ctx.store, t.creative_cumulative_stats, day, shard))
-        candidates, baselines, notes, dims = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], []
+        candidates, baselines, notes, dims, relearned = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], [], None
         if len(cells):
             wide, dims = stats.expand_attributes(cells)
             coded = CodedCells(wide, dims)
             global_fits = fit_global(coded, settings, shard.global_metrics) if shard.global_metrics else {}
+            global_fits, relearned = _relearn(ctx, day, cells, global_fits)
             account_fits = fit_accounts(coded, settings, shard.has) if shard.indices else {}
             candidates = pattern_candidates(CycleFits(global_fits, account_fits), settings)
             fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
             baselines = pd.concat(fitted, ignore_index=True) if fitted else None
             notes = [n for f in global_fits.values() for n in f.notes]
         tested = _drift_test(ctx, day, cells) if drift.DRIFT_METRIC in shard.global_metrics else None
-        out[day] = {"candidates": candidates, "baselines": baselines, "notes": notes, "dimensions": dims}
+        out[day] = {
+            "candidates": candidates,
+            "baselines": baselines,
+            "notes": notes,
+            "dimensions": dims,
+            "relearned": relearned,
+        }
         out[day]["drift"] = tested
     return out
+
+
+def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> tuple[dict, dict | None]:
+    """After an exploration burst, the global fits with every dimension whose effects changed
+    learned from the evidence since the burst alone (``core.drift.changed_dimensions``), and what
+    was relearned: ``{"since": first day of that evidence, "metrics": {metric: {dimension:
+    test}}}``, or None when no burst is recent enough or nothing changed."""
+    settings = ctx.cfg.drift
+    if not fits or settings.relearn_p_value <= 0 or settings.window_days <= 0:
+        return fits, None
+    starts = burst_starts(ctx.store, date.min, day - timedelta(days=settings.relearn_after_days))
+    if not starts:
+        return fits, None
+    # the evidence up to the burst's first day is what the burst discounts: the split is at the end
+    # of that day (its snapshot is kept past the daily retention)
+    older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=max(starts))
+    if older_day is None:
+        return fits, None
+    older = ctx.store.read_day(t.creative_cumulative_stats, older_day, columns=[*stats.CELL_KEYS, *stats.METRICS])
+    older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
+    recent = drift.evidence_since(cells, older)
+    if recent["creative_id"].nunique() < ctx.cfg.patterns.min_creatives:
+        return fits, None
+    wide, dims = stats.expand_attributes(recent)
+    coded = CodedCells(wide, dims)
+    out, changed = dict(fits), {}
+    for metric, pooled in fits.items():
+        fresh = fit_global(coded, ctx.cfg.patterns, [metric]).get(metric)  # the same model as the pooled fit
+        found = drift.changed_dimensions(pooled, fresh, settings.relearn_p_value) if fresh is not None else {}
+        if found:
+            out[metric] = drift.relearned(pooled, fresh, found)
+            changed[metric] = found
+    return out, ({"since": older_day + timedelta(days=1), "metrics": changed} if changed else None)
 
 
 def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | None:
@@ -337,6 +390,8 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
     """Test every candidate of the day as one family, set the states, write patterns and baselines."""
     store, cfg = ctx.store, ctx.cfg
     candidates = pd.concat([p["candidates"] for p in parts if len(p["candidates"])] or [parts[0]["candidates"]])
+    relearned = _merge_relearned(parts)
+    candidates = _without_accounts_relearned(candidates, relearned)
     prev_day = store.latest_day(t.learning_patterns, on_or_before=day - timedelta(days=1))
     previous = store.read_day(t.learning_patterns, prev_day) if prev_day else None
     patterns = patterns_from_candidates(candidates, day, previous, cfg.patterns)
@@ -346,7 +401,7 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         if fitted
         else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
     )
-    drift_row = _drift_row(ctx, day, next((p["drift"] for p in parts if p.get("drift")), None))
+    drift_row = _drift_row(ctx, day, next((p["drift"] for p in parts if p.get("drift")), None), relearned)
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
@@ -365,10 +420,32 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         "drift": drift_row["summary"],
         "drift_z": None if drift_row["z"] is None else round(float(drift_row["z"]), 2),
         "exploring": drift_row["exploring"],
+        "relearned": drift.describe_relearned(relearned),
     }
 
 
-def _drift_row(ctx: CycleContext, day: date, found: dict | None) -> dict:
+def _merge_relearned(parts: list[dict]) -> dict | None:
+    """The relearned dimensions of every global unit (one metric each when sharded)."""
+    found = [p["relearned"] for p in parts if p.get("relearned")]
+    if not found:
+        return None
+    return {"since": found[0]["since"], "metrics": {m: d for f in found for m, d in f["metrics"].items()}}
+
+
+def _without_accounts_relearned(candidates: pd.DataFrame, relearned: dict | None) -> pd.DataFrame:
+    """The candidates without the accounts' own estimates of a relearned dimension: they pool the
+    old evidence with the new, and in the DNA an account's rows override the global ones, so they
+    would hold the account to the old winner. The account falls back to the relearned global
+    weights until the dimension is pooled again."""
+    if not relearned or candidates.empty:
+        return candidates
+    stale = pd.Series(False, index=candidates.index)
+    for metric, dims in relearned["metrics"].items():
+        stale |= (candidates["metric"] == metric) & candidates["pattern_type"].isin(list(dims))
+    return candidates[~(stale & (candidates["account_id"] != GLOBAL))]
+
+
+def _drift_row(ctx: CycleContext, day: date, found: dict | None, relearned: dict | None = None) -> dict:
     """The day's ``evidence_drift`` row: the test's figures and the exploration burst, which
     continues from the last row before the day."""
     settings = ctx.cfg.drift
@@ -391,7 +468,8 @@ def _drift_row(ctx: CycleContext, day: date, found: dict | None) -> dict:
         "flagged": flagged,
         "exploring": exploring,
         "burst_start": burst_start,
-        "summary": drift.describe(found, exploring, burst_start, settings),
+        "relearned": None if relearned is None else json.dumps(drift.relearned_record(relearned), sort_keys=True),
+        "summary": drift.describe(found, exploring, burst_start, settings, relearned),
     }
 
 

@@ -161,6 +161,25 @@ def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env
     assert steps.learn_patterns(ctx, date(2024, 1, 9))["days_rolled_forward"] == 2
 
 
+def test_the_snapshot_of_a_bursts_first_day_outlives_the_daily_retention(sqlite_url, env, world):
+    """Relearning after a burst splits the evidence at the end of the burst's first day, for as
+    long as the burst is the latest: that day's snapshot is kept like a Sunday's."""
+    data, _ = world
+    _load(sqlite_url, env, data)
+    store, ctx = make_store(sqlite_url), make_context(sqlite_url, snapshot_daily_retention_days=3)
+    burst = date(2024, 1, 3)  # a Wednesday
+    for d in [START + timedelta(days=i) for i in range(12)]:
+        steps.compute_daily_stats(ctx, d)
+        steps.learn_patterns(ctx, d)
+        if d == burst:  # as the drift step records a burst's first day
+            with store.transaction() as conn:
+                conn.execute(t.evidence_drift.update().where(t.evidence_drift.c.as_of == d).values(burst_start=d))
+    kept = set(
+        pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date
+    )
+    assert burst in kept and date(2024, 1, 4) not in kept
+
+
 def test_cli_cycle_over_a_range_reports_progress(sqlite_url, env, world):
     """Long commands say where they are: each step's days on stderr, with the time left."""
     from compound_learning_tests.conftest import run_cli

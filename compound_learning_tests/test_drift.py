@@ -14,6 +14,8 @@ from compound_learning import queries, steps
 from compound_learning.config import GLOBAL, DriftSettings
 from compound_learning.core import drift, recommend, stats
 from compound_learning.core.dna import BASELINE_VALUE, WEIGHT_COLUMNS
+from compound_learning.core.effects import CodedCells, EffectFit
+from compound_learning.core.patterns import fit_global
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
 from compound_learning_tests.conftest import START, learned_context, run_cli, small_world
@@ -154,3 +156,121 @@ def test_recommend_says_why_it_explores(dropped):
     human = run_cli(ctx.settings.database_url, "recommend", "acct_001")
     assert human.returncode == 0, human.stderr
     assert "drift: ROAS of the last 14 days" in human.stdout and "launches explore the design space" in human.stdout
+
+
+def _fit(effects: list[tuple[str, str, float, float]]) -> EffectFit:
+    frame = pd.DataFrame(effects, columns=["dimension", "value", "log_effect", "std_error"])
+    return EffectFit("roas", frame, pd.DataFrame(), pd.DataFrame())
+
+
+def test_changed_dimensions_names_the_dimension_whose_effects_moved():
+    pooled = _fit(
+        [("hook", "a", 0.3, 0.02), ("hook", "b", -0.3, 0.02), ("format", "x", 0.1, 0.02), ("format", "y", -0.1, 0.02)]
+    )
+    # since the burst: the hooks swapped, the formats hold (within their wider errors)
+    recent = _fit(
+        [("hook", "a", -0.3, 0.1), ("hook", "b", 0.3, 0.1), ("format", "x", 0.15, 0.1), ("format", "y", -0.15, 0.1)]
+    )
+    found = drift.changed_dimensions(pooled, recent, 1e-3)
+    assert list(found) == ["hook"] and found["hook"]["df"] == 1 and found["hook"]["p_value"] < 1e-6
+    # the same move with four times the error is not evidence of a change
+    vague = _fit([(d, v, e, 0.4) for d, v, e, _ in recent.effects.itertuples(index=False)])
+    assert drift.changed_dimensions(pooled, vague, 1e-3) == {}
+    # a uniform shift of a dimension is no change of its effects (they are centred)
+    shifted = _fit([(d, v, e + 0.5, s) for d, v, e, s in pooled.effects.itertuples(index=False)])
+    assert drift.changed_dimensions(pooled, shifted, 1e-3) == {}
+    both = drift.relearned(pooled, recent, found)
+    assert both.effects.set_index(["dimension", "value"])["log_effect"].to_dict() == {
+        ("format", "x"): 0.1,
+        ("format", "y"): -0.1,
+        ("hook", "a"): -0.3,
+        ("hook", "b"): 0.3,
+    }
+
+
+SWAP_DAY = 13  # from this day on `offer` hooks earn a quarter and `testimonial` ones four times, all at 0.35
+
+
+@pytest.fixture(scope="module")
+def swapped(tmp_path_factory):
+    """A store whose best and worst hooks (by ROAS) swap on ``SWAP_DAY`` while the level drops,
+    cycled day by day: the drift test flags the drop, a burst starts, and the burst's evidence
+    shows which dimension changed."""
+    with learned_context(tmp_path_factory, "swap") as ctx:
+        data, _ = small_world(days=DAYS, accounts=6, creatives=25, seed=3)
+        late = pd.to_datetime(data["date"]).dt.date >= START + timedelta(days=SWAP_DAY)
+        factor = np.where(data["hook_type"] == "offer", 0.25, np.where(data["hook_type"] == "testimonial", 4.0, 1.0))
+        data.loc[late, "revenue"] = data.loc[late, "revenue"] * 0.35 * factor[late.to_numpy()]
+        ingest_frame(data, store=ctx.store, settings=ctx.settings, today=date(2025, 1, 1))
+        only = ["daily_stats", "learning_patterns", "creative_dna"]
+        steps.run_days(ctx, START, START + timedelta(days=DAYS - 1), only=only)
+        steps.run_day(ctx, START + timedelta(days=DAYS - 1), only=["creative_recommendations"])
+        yield ctx
+
+
+def test_after_a_burst_the_changed_dimension_is_learned_from_the_new_evidence_alone(swapped):
+    ctx = swapped
+    last = START + timedelta(days=DAYS - 1)
+    rows = ctx.store.read_frame(t.evidence_drift.select()).sort_values("as_of").reset_index(drop=True)
+    start = pd.Timestamp(rows["burst_start"].dropna().iloc[0]).date()
+    assert start >= START + timedelta(days=SWAP_DAY)
+    fresh = rows[rows["relearned"].notna()]
+    assert len(fresh) and pd.Timestamp(fresh["as_of"].iloc[0]).date() >= start + timedelta(
+        days=ctx.cfg.drift.relearn_after_days
+    )
+    record = json.loads(rows["relearned"].iloc[-1])
+    assert record["since"] == (start + timedelta(days=1)).isoformat()  # the burst's first day counts as old
+    # revenue changed, clicks and conversions did not: ROAS's hooks, and nothing else
+    assert list(record["metrics"]) == ["roas"] and list(record["metrics"]["roas"]) == ["hook_type"]
+    assert "hook_type (ROAS) learned afresh from the evidence since" in rows["summary"].iloc[-1]
+    weights = ctx.store.read_day(t.creative_dna, last)
+    glob = weights[(weights["account_id"] == GLOBAL) & (weights["metric"] == "roas")].set_index(["dimension", "value"])
+    # the new winner leads and the old one trails, as in the evidence since the burst
+    assert glob.loc[("hook_type", "testimonial"), "weight"] > glob.loc[("hook_type", "question"), "weight"]
+    assert glob.loc[("hook_type", "offer"), "weight"] < glob.loc[("hook_type", "story"), "weight"]
+    patterns = ctx.store.read_day(t.learning_patterns, last)
+    hooks = patterns[(patterns["metric"] == "roas") & (patterns["pattern_type"] == "hook_type")]
+    # the relearned rows count the creatives since the burst; the accounts fall back to them
+    assert set(hooks["account_id"]) == {GLOBAL}
+    seen_since = ctx.store.read_range(t.creative_daily_stats, start + timedelta(days=1), last, day_column="date")[
+        "creative_id"
+    ].nunique()
+    assert sum(json.loads(s)["creatives"] for s in hooks["support"]) == seen_since
+    others = patterns[(patterns["metric"] == "roas") & (patterns["pattern_type"] == "template")]
+    assert others["account_id"].nunique() > 1  # unchanged dimensions keep their accounts' own estimates
+    rec = queries.recommendations(ctx.store, "acct_001", n=3)
+    assert list(rec["drift"]["relearned"]["metrics"]["roas"]) == ["hook_type"]
+    human = run_cli(ctx.settings.database_url, "recommend", "acct_001")
+    assert human.returncode == 0, human.stderr
+    assert "hook_type (ROAS) learned afresh from the evidence since" in human.stdout
+    before = ctx.store.read_day(t.learning_patterns, start - timedelta(days=1))
+    assert (
+        before[(before["metric"] == "roas") & (before["pattern_type"] == "hook_type")]["account_id"] != GLOBAL
+    ).any()
+
+
+def test_the_relearned_effects_are_the_fit_of_the_evidence_since_the_burst(swapped):
+    """The hooks' ROAS patterns on the last day are the fit of the evidence since the burst alone
+    (the day's cells less the snapshot before the burst, carried to the day), and the pooled fit
+    of the same cells, which still holds the weeks before the change, rates the old winner higher."""
+    ctx = swapped
+    last = START + timedelta(days=DAYS - 1)
+    rows = ctx.store.read_frame(t.evidence_drift.select()).sort_values("as_of")
+    start = pd.Timestamp(rows["burst_start"].dropna().iloc[0]).date()
+    cells = ctx.store.read_day(t.creative_cumulative_stats, last)
+    older = ctx.store.read_day(t.creative_cumulative_stats, start)
+    older[stats.METRICS] = older[stats.METRICS].astype(float) * steps.evidence_weight(ctx, start, last)
+    since = drift.evidence_since(cells, older)
+    after = ctx.store.read_range(t.creative_daily_stats, start + timedelta(days=1), last, day_column="date")
+    assert since["spend"].sum() == pytest.approx(after["spend"].sum(), rel=1e-9)
+    wide, dims = stats.expand_attributes(since)
+    recent = fit_global(CodedCells(wide, dims), ctx.cfg.patterns, ["roas"])["roas"].effects
+    wide, dims = stats.expand_attributes(cells)
+    pooled = fit_global(CodedCells(wide, dims), ctx.cfg.patterns, ["roas"])["roas"].effects
+    patterns = ctx.store.read_day(t.learning_patterns, last)
+    hooks = patterns[(patterns["metric"] == "roas") & (patterns["pattern_type"] == "hook_type")]
+    stored = {json.loads(a)["hook_type"]: e for a, e in zip(hooks["attributes"], hooks["log_effect"], strict=True)}
+    fresh = recent[recent["dimension"] == "hook_type"].set_index("value")["log_effect"]
+    assert stored == pytest.approx(fresh.to_dict(), abs=1e-9)
+    old = pooled[pooled["dimension"] == "hook_type"].set_index("value")["log_effect"]
+    assert old["offer"] > fresh["offer"] + 0.3 and old["testimonial"] < fresh["testimonial"] - 0.3

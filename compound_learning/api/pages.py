@@ -72,8 +72,8 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
         f"little-tested values; {rec['spend_exploration_share']:.0%} of tomorrow's spend goes beyond the "
         "best-looking creative, so the others keep earning evidence.</p>"
         + (
-            f"<p><strong>Drift:</strong> {e(rec['drift']['summary'])}</p>"
-            if rec["drift"] and (rec["drift"]["flagged"] or rec["drift"]["exploring"])
+            f"<p><strong>Drift:</strong> {e(queries.drift_notice(rec['drift']))}</p>"
+            if queries.drift_notice(rec["drift"])
             else ""
         )
         + "<table><tr><th>#</th><th>pick</th><th>attributes</th><th>expected ROAS [95%]</th><th>why</th></tr>"

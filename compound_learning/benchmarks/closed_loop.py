@@ -151,6 +151,7 @@ class LearnerPolicy(_OwnData):
         self.best: dict[str, dict[str, str]] = {}  # account -> its best recommended combination
         self.burst = False  # an exploration burst after a drift (core.drift)
         self.drift_log: list[tuple[int, float | None, bool]] = []  # (day, z, exploring) of every refit
+        self.relearned: dict[str, int] = {}  # dimension -> the first day it was learned afresh after a burst
         self.launched = dict.fromkeys(world.accounts, 0)
         self.fit_seconds = 0.0
 
@@ -174,6 +175,10 @@ class LearnerPolicy(_OwnData):
             row = self.store.read_day(t.evidence_drift, d)
             z = row["z"].iloc[0] if len(row) else None
             self.drift_log.append((day, None if z is None or pd.isna(z) else round(float(z), 1), self.burst))
+            fresh = row["relearned"].iloc[0] if len(row) else None
+            for dims in json.loads(fresh)["metrics"].values() if isinstance(fresh, str) else []:
+                for dim in dims:
+                    self.relearned.setdefault(dim, day + 1)
             self.best = {}
             for account in self.world.accounts:
                 try:  # the step's first pick is its best exploit pick
@@ -246,6 +251,7 @@ def run_seed(
             if arm == "learner":
                 out["learner_fit_seconds"] = policy.fit_seconds
                 out["learner_drift"] = policy.drift_log
+                out["learner_relearned"] = policy.relearned
                 policy.close()
     return out
 
@@ -480,6 +486,7 @@ def run(
         "seconds": round(time.perf_counter() - started, 1),
         "learner_fit_seconds_per_seed": round(float(np.mean([r["learner_fit_seconds"] for r in results])), 1),
         "exploration_bursts": [bursts(r["learner_drift"]) for r in results],
+        "relearned": [r.get("learner_relearned", {}) for r in results],
         **summary,
         "trajectory": trajectory_report(results, cfg),
         "plot": str(png),
@@ -516,6 +523,13 @@ def format_table(result: dict) -> str:
         f"exploration bursts after a drift (core.drift): {sum(map(len, started))} over {len(started)} seeds, "
         f"starting on days {[d for seed in started for d in seed]}"
     )
+    relearned = result.get("relearned", [])
+    if any(relearned):
+        dims = sorted({d for seed in relearned for d in seed})
+        lines.append(
+            "learned afresh after a burst (core.drift.changed_dimensions), first day per seed: "
+            + "; ".join(f"{d} {[seed[d] for seed in relearned if d in seed]}" for d in dims)
+        )
     for target, ok in result["targets"].items():
         lines.append(f"[{'ok' if ok else 'MISSED'}] {target}")
     return "\n".join(lines)

@@ -18,18 +18,27 @@ evenly from the design space, as at the start, while the evidence is kept (forge
 away what was still true and did not buy the missing contrast). This is the restart of
 change-detecting bandits (e.g. M-UCB, Cao et al. 2019) applied to exploration only.
 
+The burst's launches give back the contrast, and with it the answer to which dimension changed:
+from a few days after a burst the learning step fits each metric on the evidence gathered since
+the burst alone and compares, dimension by dimension, its effects with the pooled evidence's
+(``changed_dimensions``). A dimension whose effects differ is learned afresh from the evidence
+since the burst (``relearned``): its weeks of old evidence, which describe a world that is gone,
+no longer hold the account to the old winner, while the dimensions that did not change keep
+everything they learned.
+
 Pure: no Dagster, no database.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from compound_learning.config import DriftSettings
-from compound_learning.core.effects import Z95, CodedCells, fit_coded
+from compound_learning.core.effects import Z95, CodedCells, EffectFit, fit_coded
 from compound_learning.core.stats import CELL_KEYS, METRICS, expand_attributes
 
 DRIFT_METRIC = "roas"
@@ -53,6 +62,66 @@ def split_evidence(cumulative: pd.DataFrame, older: pd.DataFrame) -> pd.DataFram
     # float dust of a cell that saw nothing in the window is not evidence
     recent = recent[recent["spend"] > 1e-9 * np.maximum(cum["spend"].astype(float), 1.0)]
     return pd.concat([before.assign(period=0), recent.assign(period=1)]).reset_index()
+
+
+def evidence_since(cumulative: pd.DataFrame, older: pd.DataFrame) -> pd.DataFrame:
+    """The part of the cumulative cells gathered since ``older`` (``split_evidence``'s recent part)."""
+    split = split_evidence(cumulative, older)
+    return split[split["period"] == 1].drop(columns="period").reset_index(drop=True)
+
+
+def changed_dimensions(pooled: EffectFit, recent: EffectFit, p_value: float) -> dict[str, dict]:
+    """The dimensions whose effects in ``recent`` (the evidence since a burst) differ from their
+    effects in ``pooled`` (all the evidence, the recent included) at level ``p_value``:
+    ``{dimension: {"chi2", "df", "p_value"}}``.
+
+    Per dimension, the differences of its values' effects (each centred on the dimension, re-centred
+    over the values both fits estimate) are summed as ``sum(d^2 / se_recent^2)`` against a
+    chi-square with one degree of freedom fewer than the values. The pooled fit contains the
+    recent evidence, so the variance of a difference is about ``se_recent^2 - se_pooled^2``:
+    dividing by ``se_recent^2`` alone errs towards calling no change."""
+    from scipy.stats import chi2  # only after a burst: the learning step's import stays light
+
+    out: dict[str, dict] = {}
+    if pooled.effects.empty or recent.effects.empty:
+        return out
+    both = pooled.effects.merge(recent.effects, on=["dimension", "value"], suffixes=("_pooled", "_recent"))
+    for dim, sub in both.groupby("dimension", sort=True):
+        d = (sub["log_effect_recent"] - sub["log_effect_pooled"]).to_numpy(float)
+        se = sub["std_error_recent"].to_numpy(float)
+        ok = np.isfinite(d) & np.isfinite(se) & (se > 0)
+        if ok.sum() < 2:
+            continue
+        stat = float(np.sum(((d[ok] - d[ok].mean()) / se[ok]) ** 2))
+        df = int(ok.sum() - 1)
+        p = float(chi2.sf(stat, df))
+        if p < p_value:
+            out[str(dim)] = {"chi2": round(stat, 2), "df": df, "p_value": p}
+    return out
+
+
+def relearned(pooled: EffectFit, recent: EffectFit, dimensions) -> EffectFit:
+    """``pooled`` with everything that involves ``dimensions`` taken from ``recent`` (fitted the
+    same way): main effects and the interactions that touch them, with their standard errors and
+    support (so the creatives a reason counts are those since the burst). The pooled interactions
+    must go too: an account that exploited one combination for weeks has its old winner's
+    advantage partly in the interaction with its companions (question hook x video), which
+    would otherwise keep the old winner ahead. The account baselines stay the pooled fit's."""
+    dims = list(dimensions)
+
+    def swap(old: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        def touches(frame: pd.DataFrame) -> pd.Series:
+            if frame.empty or not set(columns) <= set(frame.columns):
+                return pd.Series(False, index=frame.index)
+            return frame[columns].isin(dims).any(axis=1)
+
+        return pd.concat([old[~touches(old)], new[touches(new)]], ignore_index=True)
+
+    return replace(
+        pooled,
+        effects=swap(pooled.effects, recent.effects, ["dimension"]),
+        interactions=swap(pooled.interactions, recent.interactions, ["dimension", "dimension2"]),
+    )
 
 
 def level_drift(split: pd.DataFrame, z_threshold: float, metric: str = DRIFT_METRIC) -> dict | None:
@@ -93,7 +162,32 @@ def exploration_burst(
     return last_start, False
 
 
-def describe(drift: dict | None, exploring: bool, burst_start: date | None, settings: DriftSettings) -> str:
+def relearned_record(relearned: dict) -> dict:
+    """``relearned`` (``{"since": date, "metrics": {metric: {dimension: test}}}``) as stored: JSON-ready."""
+    return {"since": relearned["since"].isoformat(), "metrics": relearned["metrics"]}
+
+
+def describe_relearned(relearned: dict | None) -> str | None:
+    """What was learned afresh after a burst, in words: "hook_type (ROAS, CTR) from the evidence
+    since 2024-02-20"; None when nothing was."""
+    if not relearned:
+        return None
+    by_dim: dict[str, list[str]] = {}
+    for metric, dims in sorted(relearned["metrics"].items()):
+        for dim in dims:
+            by_dim.setdefault(dim, []).append(metric.upper())
+    named = "; ".join(f"{dim} ({', '.join(metrics)})" for dim, metrics in sorted(by_dim.items()))
+    since = relearned["since"]
+    return f"{named} learned afresh from the evidence since {since}, where the effects differ from the older evidence's"
+
+
+def describe(
+    drift: dict | None,
+    exploring: bool,
+    burst_start: date | None,
+    settings: DriftSettings,
+    relearned: dict | None = None,
+) -> str:
     """One sentence a marketer can read."""
     if settings.window_days <= 0:
         return "the drift test is off (its window is 0 days)"
@@ -107,8 +201,9 @@ def describe(drift: dict | None, exploring: bool, burst_start: date | None, sett
         + ("a drop" if drift["flagged"] else "no significant drop")
     )
     if exploring:
-        return (
+        head = (
             f"{head}; launches explore the design space, and at least {settings.burst_explore_share:.0%} of the "
             f"spend is spread evenly over the live creatives, since {burst_start} for {settings.burst_days} days"
         )
-    return head
+    fresh = describe_relearned(relearned)
+    return f"{head}; {fresh}" if fresh else head

@@ -187,6 +187,8 @@ evidence_drift = sa.Table(
     sa.Column("older_creatives", sa.Integer, nullable=False),
     sa.Column("exploring", sa.Boolean, nullable=False),
     sa.Column("burst_start", sa.Date),  # the latest exploration burst's first day (carried forward)
+    # JSON: the dimensions learned afresh from the evidence since the burst, per metric, with their tests
+    sa.Column("relearned", sa.Text),
     sa.Column("summary", sa.Text, nullable=False),
 )
 

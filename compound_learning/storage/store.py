@@ -7,7 +7,7 @@ these methods and never write SQL themselves.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
@@ -501,13 +501,15 @@ class Store(Database):
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
         conn.execute(table.delete().where(table.c[day_column] >= day))
 
-    def prune_snapshots(self, conn, before: date) -> int:
-        """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)."""
+    def prune_snapshots(self, conn, before: date, keep: Iterable[date] = ()) -> int:
+        """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)
+        and the days of ``keep`` (the first days of exploration bursts, where the evidence is split)."""
         c = t.creative_cumulative_stats.c
         days = [
             pd.Timestamp(d).date() for (d,) in conn.execute(sa.select(c.as_of).where(c.as_of < before).distinct()).all()
         ]
-        drop = [d for d in days if d.weekday() != 6]
+        kept = set(keep)
+        drop = [d for d in days if d.weekday() != 6 and d not in kept]
         if not drop:
             return 0
         return int(conn.execute(t.creative_cumulative_stats.delete().where(c.as_of.in_(drop))).rowcount or 0)
