@@ -348,8 +348,8 @@ def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> t
     starts = burst_starts(ctx.store, date.min, day - timedelta(days=settings.relearn_after_days))
     if not starts:
         return fits, None
-    # the evidence up to the burst's first day is what the burst discounts: the split is at the end
-    # of that day (its snapshot is kept past the daily retention)
+    # the burst's first day ends the old evidence: the split is at the end of that day (its
+    # snapshot is kept past the daily retention)
     older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=max(starts))
     if older_day is None:
         return fits, None

@@ -168,8 +168,8 @@ def relearned_record(relearned: dict) -> dict:
 
 
 def describe_relearned(relearned: dict | None) -> str | None:
-    """What was learned afresh after a burst, in words: "hook_type (ROAS, CTR) from the evidence
-    since 2024-02-20"; None when nothing was."""
+    """What was learned afresh after a burst, in words: "hook_type (ROAS, CTR) learned afresh from
+    the evidence since 2024-02-20, where ..."; None when nothing was."""
     if not relearned:
         return None
     by_dim: dict[str, list[str]] = {}
