@@ -358,16 +358,39 @@ def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> t
     recent = drift.evidence_since(cells, older)
     if recent["creative_id"].nunique() < ctx.cfg.patterns.min_creatives:
         return fits, None
+    since = older_day + timedelta(days=1)
+    held = _relearned_since(ctx.store, since, day)
     wide, dims = stats.expand_attributes(recent)
     coded = CodedCells(wide, dims)
     out, changed = dict(fits), {}
     for metric, pooled in fits.items():
         fresh = fit_global(coded, ctx.cfg.patterns, [metric]).get(metric)  # the same model as the pooled fit
-        found = drift.changed_dimensions(pooled, fresh, settings.relearn_p_value) if fresh is not None else {}
+        earlier = drift.held_for(metric, held)
+        found = drift.changed_dimensions(pooled, fresh, settings.relearn_p_value, earlier) if fresh is not None else {}
         if found:
             out[metric] = drift.relearned(pooled, fresh, found)
-            changed[metric] = found
-    return out, ({"since": older_day + timedelta(days=1), "metrics": changed} if changed else None)
+            first = {dim: earlier.get(dim, day.isoformat()) for dim in found}
+            changed[metric] = {dim: {**test, "found_on": first[dim]} for dim, test in found.items()}
+    return out, ({"since": since, "metrics": changed} if changed else None)
+
+
+def _relearned_since(store: Store, since: date, day: date) -> dict[str, dict[str, str]]:
+    """``{metric: {dimension: the day it was first found}}`` of every dimension learned afresh from
+    the evidence since ``since`` on a day before ``day`` (one burst's findings, which hold until
+    the next burst moves ``since``)."""
+    rows = store.read_range(
+        t.evidence_drift, since, day - timedelta(days=1), day_column="as_of", columns=["as_of", "relearned"]
+    )
+    held: dict[str, dict[str, str]] = {}
+    for as_of, record in sorted(rows.itertuples(index=False), key=lambda r: pd.Timestamp(r[0])):
+        found = json.loads(record) if isinstance(record, str) else None
+        if not found or found["since"] != since.isoformat():
+            continue
+        first = pd.Timestamp(as_of).date().isoformat()
+        for metric, dims in found["metrics"].items():
+            for dim, test in dims.items():
+                held.setdefault(metric, {}).setdefault(dim, test.get("found_on", first))
+    return held
 
 
 def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | None:

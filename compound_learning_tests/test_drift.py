@@ -4,6 +4,7 @@ the exploration burst that answers a drop, in the learning step and the recommen
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -179,6 +180,13 @@ def test_changed_dimensions_names_the_dimension_whose_effects_moved():
     # a uniform shift of a dimension is no change of its effects (they are centred)
     shifted = _fit([(d, v, e + 0.5, s) for d, v, e, s in pooled.effects.itertuples(index=False)])
     assert drift.changed_dimensions(pooled, shifted, 1e-3) == {}
+    # a dimension found on an earlier day is held, with today's test beside it
+    held = drift.changed_dimensions(pooled, vague, 1e-3, held=["hook"])
+    assert list(held) == ["hook"] and held["hook"]["p_value"] >= 1e-3
+    # ROAS keeps what CTR or conversion rate found (it is made of them), not the other way round
+    found_before = {"ctr": {"hook": "2024-02-10"}, "cvr": {"hook": "2024-02-09"}, "roas": {"format": "2024-02-12"}}
+    assert drift.held_for("roas", found_before) == {"hook": "2024-02-09", "format": "2024-02-12"}
+    assert drift.held_for("ctr", found_before) == {"hook": "2024-02-10"}
     both = drift.relearned(pooled, recent, found)
     assert both.effects.set_index(["dimension", "value"])["log_effect"].to_dict() == {
         ("format", "x"): 0.1,
@@ -274,3 +282,37 @@ def test_the_relearned_effects_are_the_fit_of_the_evidence_since_the_burst(swapp
     assert stored == pytest.approx(fresh.to_dict(), abs=1e-9)
     old = pooled[pooled["dimension"] == "hook_type"].set_index("value")["log_effect"]
     assert old["offer"] > fresh["offer"] + 0.3 and old["testimonial"] < fresh["testimonial"] - 0.3
+
+
+def test_a_dimension_found_changed_stays_learned_afresh_until_the_next_burst(swapped):
+    """Once the test has found a dimension changed since a burst, later days keep learning it
+    from the new evidence alone even where their own test no longer finds it (it loses power as
+    the learner stops launching the old winner), instead of switching the old evidence back in."""
+    ctx = swapped
+    last = START + timedelta(days=DAYS - 1)
+
+    def record(day: date) -> dict | None:
+        row = ctx.store.read_day(t.evidence_drift, day)
+        return json.loads(row["relearned"].iloc[0]) if isinstance(row["relearned"].iloc[0], str) else None
+
+    rows = ctx.store.read_frame(t.evidence_drift.select()).sort_values("as_of")
+    first = pd.Timestamp(rows.loc[rows["relearned"].notna(), "as_of"].iloc[0]).date()
+    assert first < last
+    found = record(first)["metrics"]["roas"]["hook_type"]
+    assert found["found_on"] == first.isoformat() and found["p_value"] < ctx.cfg.drift.relearn_p_value
+    # a test so strict that it finds nothing on its own ...
+    strict = replace(ctx, cfg=replace(ctx.cfg, drift=replace(ctx.cfg.drift, relearn_p_value=1e-300)))
+    try:
+        steps.run_day(strict, first, only=["learning_patterns"])
+        assert record(first) is None
+        steps.run_day(ctx, first, only=["learning_patterns"])  # the day as it was
+        # ... still learns the hooks afresh on a later day, because an earlier day found them
+        steps.run_day(strict, last, only=["learning_patterns"])
+        held = record(last)["metrics"]
+        assert list(held) == ["roas"] and list(held["roas"]) == ["hook_type"]
+        assert held["roas"]["hook_type"]["found_on"] == first.isoformat()
+        patterns = ctx.store.read_day(t.learning_patterns, last)
+        hooks = patterns[(patterns["metric"] == "roas") & (patterns["pattern_type"] == "hook_type")]
+        assert set(hooks["account_id"]) == {GLOBAL}
+    finally:
+        steps.run_day(ctx, last, only=["learning_patterns"])

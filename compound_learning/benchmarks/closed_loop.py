@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from compound_learning import queries, steps
+from compound_learning.benchmarks import processor
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core import recommend
 from compound_learning.core.closed_loop import (
@@ -479,6 +480,7 @@ def run(
         },
         "machine": {
             "python": platform.python_version(),
+            "processor": processor(),
             "cpus": os.cpu_count(),
             "load_1m": os.getloadavg()[0],
             "date": date.today().isoformat(),

@@ -34,6 +34,7 @@ from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from compound_learning.benchmarks import processor
 from compound_learning.benchmarks.scale_data import ATTRIBUTES, write_days
 
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
@@ -249,7 +250,7 @@ def machine(pg_url: str | None) -> str:
         versions.append(f"PostgreSQL {Postgres(pg_url).version()}")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{date.today()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"{date.today()}, {processor()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
         f"{platform.platform()}; {', '.join(versions)}; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
     )
 

@@ -24,13 +24,18 @@ the burst alone and compares, dimension by dimension, its effects with the poole
 (``changed_dimensions``). A dimension whose effects differ is learned afresh from the evidence
 since the burst (``relearned``): its weeks of old evidence, which describe a world that is gone,
 no longer hold the account to the old winner, while the dimensions that did not change keep
-everything they learned.
+everything they learned. Once found, a dimension stays learned afresh until the next burst: the
+daily test loses power as the learner concentrates on the new winner (the other values get
+little new evidence) and as the pooled fit absorbs the recent evidence, so testing it anew each
+day would switch the old evidence back in and out. A dimension found for CTR or conversion rate
+is learned afresh for ROAS too from the next day (``held_for``).
 
 Pure: no Dagster, no database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date
 
@@ -70,10 +75,13 @@ def evidence_since(cumulative: pd.DataFrame, older: pd.DataFrame) -> pd.DataFram
     return split[split["period"] == 1].drop(columns="period").reset_index(drop=True)
 
 
-def changed_dimensions(pooled: EffectFit, recent: EffectFit, p_value: float) -> dict[str, dict]:
+def changed_dimensions(
+    pooled: EffectFit, recent: EffectFit, p_value: float, held: Iterable[str] = ()
+) -> dict[str, dict]:
     """The dimensions whose effects in ``recent`` (the evidence since a burst) differ from their
-    effects in ``pooled`` (all the evidence, the recent included) at level ``p_value``:
-    ``{dimension: {"chi2", "df", "p_value"}}``.
+    effects in ``pooled`` (all the evidence, the recent included) at level ``p_value``, and those
+    in ``held`` (found on an earlier day since the same burst) whatever today's test says:
+    ``{dimension: {"chi2", "df", "p_value"}}``, today's test of each.
 
     Per dimension, the differences of its values' effects (each centred on the dimension, re-centred
     over the values both fits estimate) are summed as ``sum(d^2 / se_recent^2)`` against a
@@ -82,6 +90,7 @@ def changed_dimensions(pooled: EffectFit, recent: EffectFit, p_value: float) -> 
     dividing by ``se_recent^2`` alone errs towards calling no change."""
     from scipy.stats import chi2  # only after a burst: the learning step's import stays light
 
+    held = set(held)
     out: dict[str, dict] = {}
     if pooled.effects.empty or recent.effects.empty:
         return out
@@ -95,8 +104,25 @@ def changed_dimensions(pooled: EffectFit, recent: EffectFit, p_value: float) -> 
         stat = float(np.sum(((d[ok] - d[ok].mean()) / se[ok]) ** 2))
         df = int(ok.sum() - 1)
         p = float(chi2.sf(stat, df))
-        if p < p_value:
+        if p < p_value or dim in held:
             out[str(dim)] = {"chi2": round(stat, 2), "df": df, "p_value": p}
+    return out
+
+
+# ROAS is CTR x conversion rate x value per conversion / cost per impression: where a
+# dimension's effect on CTR or conversion rate changed, its effect on ROAS changed with it (the
+# ROAS test, with conversions for evidence, is the slowest to see it).
+COMPOSED_OF = {"roas": ("ctr", "cvr")}
+
+
+def held_for(metric: str, held: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The dimensions ``metric`` keeps learning afresh: those found for it on an earlier day since
+    the burst, and for ROAS those found for CTR or conversion rate (``COMPOSED_OF``), each with the
+    day it was first found (``held``: ``{metric: {dimension: day}}``)."""
+    out: dict[str, str] = {}
+    for m in (metric, *COMPOSED_OF.get(metric, ())):
+        for dim, day in held.get(m, {}).items():
+            out[dim] = min(out.get(dim, day), day)
     return out
 
 
