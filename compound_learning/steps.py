@@ -369,27 +369,27 @@ def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> t
         found = drift.changed_dimensions(pooled, fresh, settings.relearn_p_value, earlier) if fresh is not None else {}
         if found:
             out[metric] = drift.relearned(pooled, fresh, found)
-            first = {dim: earlier.get(dim, day.isoformat()) for dim in found}
-            changed[metric] = {dim: {**test, "found_on": first[dim]} for dim, test in found.items()}
+            today = {"found_on": day.isoformat(), "found_in": metric}
+            changed[metric] = {dim: {**test, **earlier.get(dim, today)} for dim, test in found.items()}
     return out, ({"since": since, "metrics": changed} if changed else None)
 
 
-def _relearned_since(store: Store, since: date, day: date) -> dict[str, dict[str, str]]:
-    """``{metric: {dimension: the day it was first found}}`` of every dimension learned afresh from
-    the evidence since ``since`` on a day before ``day`` (one burst's findings, which hold until
-    the next burst moves ``since``)."""
+def _relearned_since(store: Store, since: date, day: date) -> dict[str, dict[str, dict]]:
+    """``{metric: {dimension: {"found_on", "found_in"}}}``: every dimension learned afresh from the
+    evidence since ``since`` on a day before ``day``, with its first finding (one burst's
+    findings, which hold until the next burst moves ``since``)."""
     rows = store.read_range(
         t.evidence_drift, since, day - timedelta(days=1), day_column="as_of", columns=["as_of", "relearned"]
     )
-    held: dict[str, dict[str, str]] = {}
+    held: dict[str, dict[str, dict]] = {}
     for as_of, record in sorted(rows.itertuples(index=False), key=lambda r: pd.Timestamp(r[0])):
         found = json.loads(record) if isinstance(record, str) else None
         if not found or found["since"] != since.isoformat():
             continue
-        first = pd.Timestamp(as_of).date().isoformat()
         for metric, dims in found["metrics"].items():
             for dim, test in dims.items():
-                held.setdefault(metric, {}).setdefault(dim, test.get("found_on", first))
+                first = {"found_on": pd.Timestamp(as_of).date().isoformat(), "found_in": metric}  # older records
+                held.setdefault(metric, {}).setdefault(dim, {**first, **{k: test[k] for k in first if k in test}})
     return held
 
 

@@ -184,9 +184,16 @@ def test_changed_dimensions_names_the_dimension_whose_effects_moved():
     held = drift.changed_dimensions(pooled, vague, 1e-3, held=["hook"])
     assert list(held) == ["hook"] and held["hook"]["p_value"] >= 1e-3
     # ROAS keeps what CTR or conversion rate found (it is made of them), not the other way round
-    found_before = {"ctr": {"hook": "2024-02-10"}, "cvr": {"hook": "2024-02-09"}, "roas": {"format": "2024-02-12"}}
-    assert drift.held_for("roas", found_before) == {"hook": "2024-02-09", "format": "2024-02-12"}
-    assert drift.held_for("ctr", found_before) == {"hook": "2024-02-10"}
+    findings = [("ctr", "hook", "2024-02-10"), ("cvr", "hook", "2024-02-09"), ("roas", "format", "2024-02-12")]
+    found_before = {m: {dim: {"found_on": day, "found_in": m}} for m, dim, day in findings}
+    assert drift.held_for("roas", found_before) == {
+        "hook": {"found_on": "2024-02-09", "found_in": "cvr"},
+        "format": {"found_on": "2024-02-12", "found_in": "roas"},
+    }
+    assert drift.held_for("ctr", found_before) == {"hook": {"found_on": "2024-02-10", "found_in": "ctr"}}
+    via_ctr = drift.held_for("roas", {"ctr": found_before["ctr"]})
+    record = {"since": "2024-02-05", "metrics": {"ctr": found_before["ctr"], "roas": via_ctr}}
+    assert drift.describe_relearned(record).startswith("hook (CTR, ROAS via CTR) learned afresh from the evidence")
     both = drift.relearned(pooled, recent, found)
     assert both.effects.set_index(["dimension", "value"])["log_effect"].to_dict() == {
         ("format", "x"): 0.1,
@@ -299,7 +306,8 @@ def test_a_dimension_found_changed_stays_learned_afresh_until_the_next_burst(swa
     first = pd.Timestamp(rows.loc[rows["relearned"].notna(), "as_of"].iloc[0]).date()
     assert first < last
     found = record(first)["metrics"]["roas"]["hook_type"]
-    assert found["found_on"] == first.isoformat() and found["p_value"] < ctx.cfg.drift.relearn_p_value
+    assert found["found_on"] == first.isoformat() and found["found_in"] == "roas"
+    assert found["p_value"] < ctx.cfg.drift.relearn_p_value
     # a test so strict that it finds nothing on its own ...
     strict = replace(ctx, cfg=replace(ctx.cfg, drift=replace(ctx.cfg.drift, relearn_p_value=1e-300)))
     try:

@@ -115,14 +115,16 @@ def changed_dimensions(
 COMPOSED_OF = {"roas": ("ctr", "cvr")}
 
 
-def held_for(metric: str, held: dict[str, dict[str, str]]) -> dict[str, str]:
+def held_for(metric: str, held: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """The dimensions ``metric`` keeps learning afresh: those found for it on an earlier day since
-    the burst, and for ROAS those found for CTR or conversion rate (``COMPOSED_OF``), each with the
-    day it was first found (``held``: ``{metric: {dimension: day}}``)."""
-    out: dict[str, str] = {}
+    the burst, and for ROAS those found for CTR or conversion rate (``COMPOSED_OF``), each with
+    the first finding, ``{"found_on": day, "found_in": metric whose test found it}`` (``held``:
+    ``{metric: {dimension: finding}}``)."""
+    out: dict[str, dict] = {}
     for m in (metric, *COMPOSED_OF.get(metric, ())):
-        for dim, day in held.get(m, {}).items():
-            out[dim] = min(out.get(dim, day), day)
+        for dim, finding in held.get(m, {}).items():
+            if dim not in out or finding["found_on"] < out[dim]["found_on"]:
+                out[dim] = finding
     return out
 
 
@@ -194,17 +196,22 @@ def relearned_record(relearned: dict) -> dict:
 
 
 def describe_relearned(relearned: dict | None) -> str | None:
-    """What was learned afresh after a burst, in words: "hook_type (ROAS, CTR) learned afresh from
-    the evidence since 2024-02-20, where ..."; None when nothing was."""
+    """What was learned afresh after a burst, in words: "hook_type (CTR, ROAS via CTR) learned
+    afresh from the evidence since 2024-02-20, where ..." (via: ROAS holds what CTR's test
+    found); None when nothing was."""
     if not relearned:
         return None
     by_dim: dict[str, list[str]] = {}
     for metric, dims in sorted(relearned["metrics"].items()):
-        for dim in dims:
-            by_dim.setdefault(dim, []).append(metric.upper())
+        for dim, test in dims.items():
+            source = test.get("found_in", metric) if isinstance(test, dict) else metric
+            by_dim.setdefault(dim, []).append(metric.upper() + ("" if source == metric else f" via {source.upper()}"))
     named = "; ".join(f"{dim} ({', '.join(metrics)})" for dim, metrics in sorted(by_dim.items()))
     since = relearned["since"]
-    return f"{named} learned afresh from the evidence since {since}, where the effects differ from the older evidence's"
+    return (
+        f"{named} learned afresh from the evidence since {since}, "
+        "where the effects were found to differ from the older evidence's"
+    )
 
 
 def describe(
