@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,9 @@ from compound_learning.core.knowledge import build_graph
 from compound_learning.core.patterns import (
     CANDIDATE_COLUMNS,
     CycleFits,
+    account_digests,
     fit_accounts,
+    fit_code_version,
     fit_global,
     pattern_candidates,
     patterns_from_candidates,
@@ -315,13 +318,15 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
     for day in days:
         cells = _consistent_attributes(shard_cells(ctx.store, t.creative_cumulative_stats, day, shard))
         candidates, baselines, notes, dims, relearned = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], [], None
+        fit_cache, reused = None, 0
         if len(cells):
             wide, dims = stats.expand_attributes(cells)
             coded = CodedCells(wide, dims)
             global_fits = fit_global(coded, settings, shard.global_metrics) if shard.global_metrics else {}
             global_fits, relearned = _relearn(ctx, day, cells, global_fits)
-            account_fits = fit_accounts(coded, settings, shard.has) if shard.indices else {}
-            candidates = pattern_candidates(CycleFits(global_fits, account_fits), settings)
+            account_rows, fit_cache, reused = _account_candidates(ctx, day, cells, coded, shard)
+            parts = [pattern_candidates(CycleFits(global_fits, {}), settings), account_rows]
+            candidates = pd.concat([f for f in parts if len(f)] or [parts[0]], ignore_index=True)
             fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
             baselines = pd.concat(fitted, ignore_index=True) if fitted else None
             notes = [n for f in global_fits.values() for n in f.notes]
@@ -332,9 +337,58 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
             "notes": notes,
             "dimensions": dims,
             "relearned": relearned,
+            "fit_cache": fit_cache,
+            "account_fits_reused": reused,
         }
         out[day]["drift"] = tested
     return out
+
+
+@lru_cache(maxsize=1)
+def _fit_code_version() -> str:
+    return fit_code_version()
+
+
+def _account_candidates(
+    ctx: CycleContext, day: date, cells: pd.DataFrame, coded: CodedCells, shard: Shard
+) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:
+    """The shard's per-account candidate rows: an account whose cells, fitting code and settings
+    are those of the latest earlier day's fit (the same digest; an account without new data and
+    no forgetting) reuses that fit's rows, the others are fitted. Returns the rows, the day's
+    cache entries of the shard's accounts (``account_fit_cache``) and how many accounts reused."""
+    settings = ctx.cfg.patterns
+    if not shard.indices or not settings.per_account:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS), None, 0
+    salt = json.dumps([_fit_code_version(), repr(settings), list(coded.dims)])
+    digests = {a: d for a, d in account_digests(cells, salt).items() if shard.has(a)}
+    reused = _cached_candidates(ctx.store, day, digests)
+    fits = fit_accounts(coded, settings, lambda a: a in digests and a not in reused)
+    fitted = pattern_candidates(CycleFits({}, fits), settings)
+    texts = dict(reused)
+    for account, rows in fitted.groupby("account_id", sort=False):
+        texts[str(account)] = json.dumps(rows.to_dict("records"))
+    entries = pd.DataFrame(
+        [(a, d, texts.get(a, "[]")) for a, d in digests.items()], columns=["account_id", "digest", "candidates"]
+    )
+    old = [r for a in reused for r in json.loads(reused[a])]
+    rows = pd.concat(
+        [f for f in (fitted, pd.DataFrame(old, columns=CANDIDATE_COLUMNS)) if len(f)] or [fitted], ignore_index=True
+    )
+    return rows, entries, len(reused)
+
+
+def _cached_candidates(store: Store, day: date, digests: dict[str, str]) -> dict[str, str]:
+    """``{account: its cached candidate rows (JSON)}`` of the latest cache day before ``day``, for
+    the accounts whose digest there is the one in ``digests``."""
+    previous = store.latest_day(t.account_fit_cache, on_or_before=day - timedelta(days=1)) if digests else None
+    if previous is None:
+        return {}
+    rows = store.read_day(t.account_fit_cache, previous, accounts=list(digests))
+    return {
+        a: text
+        for a, digest, text in zip(rows["account_id"], rows["digest"], rows["candidates"], strict=True)
+        if digests.get(a) == digest
+    }
 
 
 def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> tuple[dict, dict | None]:
@@ -425,10 +479,14 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         else pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
     )
     drift_row = _drift_row(ctx, day, next((p["drift"] for p in parts if p.get("drift")), None), relearned)
+    caches = [p["fit_cache"] for p in parts if p.get("fit_cache") is not None]
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
         store.write_day(conn, t.evidence_drift, day, pd.DataFrame([drift_row]))
+        if caches:  # the next day needs this day's entries only
+            store.write_day(conn, t.account_fit_cache, day, pd.concat(caches, ignore_index=True))
+            store.delete_before(conn, t.account_fit_cache, day - timedelta(days=1))
     glob = patterns[patterns["account_id"] == GLOBAL] if len(patterns) else patterns
     states = glob["state"].value_counts().to_dict() if len(glob) else {}
     return {
@@ -439,6 +497,8 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
         "significant_global_patterns": int(states.get("significant", 0)),
         "states_global": {k: int(v) for k, v in states.items()},
         "fit_notes": [n for p in parts for n in p["notes"]],
+        "account_fits_reused": sum(p.get("account_fits_reused", 0) for p in parts),
+        "account_fits_cached": sum(len(p["fit_cache"]) for p in parts if p.get("fit_cache") is not None),
         "top_patterns": _top(glob),
         "drift": drift_row["summary"],
         "drift_z": None if drift_row["z"] is None else round(float(drift_row["z"]), 2),

@@ -32,3 +32,17 @@ def test_with_a_lifetime_creatives_turn_over_at_a_steady_volume():
             assert first.setdefault(row[0], tuple(row[1:])) == tuple(row[1:])
     # new creatives draw their attributes afresh: every value of every dimension appears
     assert all(set(days[-1][dim]) == set(values) for dim, values in ATTRIBUTES.items())
+
+
+def test_the_fit_reuse_benchmark_reuses_the_idle_accounts_fits(capsys, env, tmp_path):
+    """``benchmarks.fit_reuse`` on a tiny size: its idle accounts are the ones whose fits are
+    reused, and it reports both arms' seconds (no timing is asserted)."""
+    import json
+
+    from compound_learning.benchmarks import fit_reuse
+
+    env(f"sqlite:///{tmp_path / 'unused.db'}")  # the benchmark makes its own database
+    assert fit_reuse.main(["--rows", "2000", "--days", "2", "--repeats", "1", "--idle-share", "0.4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["accounts"] == 10 and out["idle_accounts"] == 4 and out["account_fits_reused"] == 4
+    assert len(out["seconds"]["bare"]) == len(out["seconds"]["reuse"]) == 1

@@ -191,3 +191,49 @@ def test_cli_cycle_over_a_range_reports_progress(sqlite_url, env, world):
     for step in ("performance_data", "learning_patterns", "improvement_snapshots"):
         # the estimate is the mean seconds of a day so far: a number, but not one a test can fix
         assert re.search(rf"{step}: day 4/4 \(2024-01-04\), about \d+ s left in this step", run.stderr), run.stderr
+
+
+def test_an_account_without_new_evidence_reuses_its_fits_and_the_patterns_do_not_change(
+    sqlite_url, env, world, monkeypatch
+):
+    """Without forgetting, an account that sent nothing on a day has the cells it had the day
+    before: its per-account fits are not run again but taken from the fit cache, and the day's
+    patterns are exactly those of fitting every account afresh. A change of the fitting code
+    (its digest) fits everyone again."""
+    data, _ = world
+    last = pd.to_datetime(data["date"]).max().date()
+    idle = ["acct_001", "acct_002"]
+    quiet = data[~((pd.to_datetime(data["date"]).dt.date == last) & data["account_id"].isin(idle))]
+    _load(sqlite_url, env, quiet)
+    store, ctx = make_store(sqlite_url), make_context(sqlite_url)
+    fitted: list[str] = []
+    fit_accounts = steps.fit_accounts
+
+    def spy(coded, settings, accounts=None):
+        chosen = [a for a in map(str, coded.accounts) if accounts is None or accounts(a)]
+        fitted.extend(chosen)
+        return fit_accounts(coded, settings, accounts)
+
+    monkeypatch.setattr(steps, "fit_accounts", spy)
+    steps.run_days(ctx, START, last, only=["daily_stats"])
+    steps.learn_patterns(ctx, last - timedelta(days=1))
+    fitted.clear()
+    summary = steps.learn_patterns(ctx, last)
+    accounts = sorted(quiet["account_id"].unique())
+    assert summary["account_fits_reused"] == len(idle) and summary["account_fits_cached"] == len(accounts)
+    assert sorted(fitted) == sorted(set(accounts) - set(idle))  # the idle accounts were not fitted
+    cached = day_rows(store, t.learning_patterns, "as_of", last)
+    assert (cached["account_id"].isin(idle)).any()  # their patterns are there, from the cache
+
+    # the same day with an empty cache: every account fitted, the same patterns to the bit
+    with store.transaction() as conn:
+        conn.execute(t.account_fit_cache.delete())
+    fitted.clear()
+    assert steps.learn_patterns(ctx, last)["account_fits_reused"] == 0
+    assert sorted(fitted) == accounts
+    pd.testing.assert_frame_equal(cached, day_rows(store, t.learning_patterns, "as_of", last))
+
+    # another version of the fitting code: nothing is reused
+    steps.learn_patterns(ctx, last - timedelta(days=1))
+    monkeypatch.setattr(steps, "_fit_code_version", lambda: "another version")
+    assert steps.learn_patterns(ctx, last)["account_fits_reused"] == 0

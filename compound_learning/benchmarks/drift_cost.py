@@ -12,8 +12,6 @@ split of the evidence and its extra fit.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from compound_learning import steps
+    from compound_learning.benchmarks import print_step_figures
     from compound_learning.benchmarks.cycle_scale import FIRST_DAY
     from compound_learning.benchmarks.scale_data import day_frame
     from compound_learning.config import CycleSettings, DriftSettings, load_settings
@@ -56,21 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = steps.run_step(ctx, "learning_patterns", day)
             seconds[name].append(round(time.perf_counter() - started, 2))
     on_s, off_s = statistics.median(seconds["on"]), statistics.median(seconds["off"])
-    print(
-        json.dumps(
-            {
-                "rows_a_day": args.rows,
-                "history_days": args.days,
-                "cumulative_cells": summary["cumulative_cells"],
-                "drift_z": summary["drift_z"],
-                "learning_patterns_seconds_drift_off": off_s,
-                "learning_patterns_seconds_drift_on": on_s,
-                "ratio": round(on_s / off_s, 3),
-                "seconds": seconds,
-                "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            }
-        )
-    )
+    figures = {
+        "cumulative_cells": summary["cumulative_cells"],
+        "drift_z": summary["drift_z"],
+        "learning_patterns_seconds_drift_off": off_s,
+        "learning_patterns_seconds_drift_on": on_s,
+        "ratio": round(on_s / off_s, 3),
+    }
+    print_step_figures(args.rows, args.days, figures, seconds)
     store.dispose()
     return 0
 

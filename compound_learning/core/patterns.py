@@ -33,6 +33,7 @@ import pandas as pd
 # scipy.stats is imported in the functions that use them: every process that loads the
 # definitions imports this module, and a day with nothing to fit should not pay a second for it.
 from compound_learning.config import GLOBAL, PatternSettings
+from compound_learning.core import stats
 from compound_learning.core.effects import METRIC_SPECS, CodedCells, EffectFit, fit_coded
 
 PATTERN_COLUMNS = [
@@ -156,6 +157,46 @@ def fit_accounts(
             fit = fit_coded(coded, metric, rows, inference="creative")
             if fit is not None:
                 out[(account_id, metric)] = fit
+    return out
+
+
+# What a per-account fit reads of a cell: its keys within the account, its sums (and its attributes).
+DIGEST_COLUMNS = [*stats.CELL_KEYS[1:], *stats.METRICS]
+
+
+def fit_code_version() -> str:
+    """A digest of the code a per-account fit runs (this module, the effects and the cells'
+    statistics): a cached fit is not reused across a change of it."""
+    import hashlib
+    from pathlib import Path
+
+    from compound_learning.core import effects
+
+    h = hashlib.sha256()
+    for module in (effects, stats):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
+def account_digests(cells: pd.DataFrame, salt: str) -> dict[str, str]:
+    """Per account, a SHA-256 of its cells (``DIGEST_COLUMNS`` and the attributes, in the cells'
+    order) and ``salt`` (the fitting code and settings): equal digests, equal per-account fits,
+    since an account's fit reads only its own rows (``fit_accounts``)."""
+    import hashlib
+
+    if cells.empty:
+        return {}
+    columns = [c for c in (*DIGEST_COLUMNS, "attributes") if c in cells.columns]
+    row_hashes = pd.util.hash_pandas_object(cells[columns], index=False).to_numpy()
+    account, names = pd.factorize(cells["account_id"])
+    order = np.argsort(account, kind="stable")
+    bounds = np.flatnonzero(np.diff(account[order])) + 1
+    out = {}
+    for part in np.split(order, bounds):
+        h = hashlib.sha256(salt.encode())
+        h.update(np.ascontiguousarray(row_hashes[part]).tobytes())
+        out[str(names[account[part[0]]])] = h.hexdigest()
     return out
 
 

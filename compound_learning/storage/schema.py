@@ -170,6 +170,20 @@ account_baselines = sa.Table(
     sa.Column("std_error", sa.Float),
 )
 
+# The per-account fits' candidate rows with a digest of what they were fitted on (the account's
+# cells, the fitting code and its settings): the next day reuses an account's rows when the digest
+# is the same, instead of fitting it again (an account without new data, forgetting off). A cache,
+# not knowledge: the learning tables are the same with or without it, so it is not compared
+# between runs (its digests see sums that differ in the last bits between processes).
+account_fit_cache = sa.Table(
+    "account_fit_cache",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("account_id", sa.String(200), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("candidates", sa.Text, nullable=False),  # JSON: the account's candidate pattern rows
+)
+
 evidence_drift = sa.Table(
     # one row per day the learning step ran the drift test (core.drift): the recent evidence's
     # level against the older evidence's, and whether the launches explore because of it

@@ -33,6 +33,7 @@ LEARNING_TABLES = [
     t.attribute_daily_stats,
     t.creative_cumulative_stats,
     t.learning_patterns,
+    t.account_fit_cache,
     t.knowledge_nodes,
     t.knowledge_relationships,
     t.creative_dna,
@@ -500,6 +501,10 @@ class Store(Database):
     def delete_from(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> None:
         """Drop the rows of ``table`` for days >= ``day`` (derived caches made stale by new data)."""
         conn.execute(table.delete().where(table.c[day_column] >= day))
+
+    def delete_before(self, conn, table: sa.Table, day: date, day_column: str = "as_of") -> int:
+        """Drop the rows of ``table`` for days < ``day``."""
+        return int(conn.execute(table.delete().where(table.c[day_column] < day)).rowcount or 0)
 
     def prune_snapshots(self, conn, before: date, keep: Iterable[date] = ()) -> int:
         """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)
