@@ -14,7 +14,6 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -344,11 +343,6 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
     return out
 
 
-@lru_cache(maxsize=1)
-def _fit_code_version() -> str:
-    return fit_code_version()
-
-
 def _account_candidates(
     ctx: CycleContext, day: date, cells: pd.DataFrame, coded: CodedCells, shard: Shard
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, int]:
@@ -359,8 +353,9 @@ def _account_candidates(
     settings = ctx.cfg.patterns
     if not shard.indices or not settings.per_account:
         return pd.DataFrame(columns=CANDIDATE_COLUMNS), None, 0
-    salt = json.dumps([_fit_code_version(), repr(settings), list(coded.dims)])
-    digests = {a: d for a, d in account_digests(cells, salt).items() if shard.has(a)}
+    salt = json.dumps([fit_code_version(), repr(settings), list(coded.dims)])
+    mine = {a: rows for a, rows in coded.rows_by_account().items() if shard.has(a)}
+    digests = account_digests(cells, mine, salt)
     reused = _cached_candidates(ctx.store, day, digests)
     fits = fit_accounts(coded, settings, lambda a: a in digests and a not in reused)
     fitted = pattern_candidates(CycleFits({}, fits), settings)

@@ -235,5 +235,5 @@ def test_an_account_without_new_evidence_reuses_its_fits_and_the_patterns_do_not
 
     # another version of the fitting code: nothing is reused
     steps.learn_patterns(ctx, last - timedelta(days=1))
-    monkeypatch.setattr(steps, "_fit_code_version", lambda: "another version")
+    monkeypatch.setattr(steps, "fit_code_version", lambda: "another version")
     assert steps.learn_patterns(ctx, last)["account_fits_reused"] == 0

@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -164,6 +165,7 @@ def fit_accounts(
 DIGEST_COLUMNS = [*stats.CELL_KEYS[1:], *stats.METRICS]
 
 
+@lru_cache(maxsize=1)
 def fit_code_version() -> str:
     """A digest of the code a per-account fit runs (this module, the effects and the cells'
     statistics): a cached fit is not reused across a change of it."""
@@ -179,24 +181,22 @@ def fit_code_version() -> str:
     return h.hexdigest()
 
 
-def account_digests(cells: pd.DataFrame, salt: str) -> dict[str, str]:
-    """Per account, a SHA-256 of its cells (``DIGEST_COLUMNS`` and the attributes, in the cells'
-    order) and ``salt`` (the fitting code and settings): equal digests, equal per-account fits,
-    since an account's fit reads only its own rows (``fit_accounts``)."""
+def account_digests(cells: pd.DataFrame, rows_by_account: dict[str, np.ndarray], salt: str) -> dict[str, str]:
+    """Per account, a SHA-256 of its cells (``DIGEST_COLUMNS`` and the attributes, its rows of
+    ``cells`` as ``CodedCells.rows_by_account`` gives them) and ``salt`` (the fitting code and
+    settings): equal digests, equal per-account fits, since an account's fit reads only its own
+    rows (``fit_accounts``)."""
     import hashlib
 
     if cells.empty:
         return {}
     columns = [c for c in (*DIGEST_COLUMNS, "attributes") if c in cells.columns]
     row_hashes = pd.util.hash_pandas_object(cells[columns], index=False).to_numpy()
-    account, names = pd.factorize(cells["account_id"])
-    order = np.argsort(account, kind="stable")
-    bounds = np.flatnonzero(np.diff(account[order])) + 1
     out = {}
-    for part in np.split(order, bounds):
+    for account, rows in rows_by_account.items():
         h = hashlib.sha256(salt.encode())
-        h.update(np.ascontiguousarray(row_hashes[part]).tobytes())
-        out[str(names[account[part[0]]])] = h.hexdigest()
+        h.update(np.ascontiguousarray(row_hashes[rows]).tobytes())
+        out[account] = h.hexdigest()
     return out
 
 
