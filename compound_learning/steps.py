@@ -90,7 +90,7 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
         with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
             figures = store.daily_stats_in_database(conn, day)
             if figures["changed"]:
-                store.delete_from(conn, t.creative_cumulative_stats, day)
+                store.drop_snapshots_from(conn, day)
         return {**{k: v for k, v in figures.items() if k != "changed"}, "changed_since_last_run": figures["changed"]}
     with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
         rows = store.performance_for_day(day, conn)
@@ -102,7 +102,7 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
         store.write_day(conn, t.creative_daily_stats, day, creative, "date")
         store.write_day(conn, t.attribute_daily_stats, day, attrs, "date")
         if changed:
-            store.delete_from(conn, t.creative_cumulative_stats, day)
+            store.drop_snapshots_from(conn, day)
     return {
         "source_rows": len(rows),
         "creatives": len(creative),
@@ -149,16 +149,22 @@ def evidence_weight(ctx: CycleContext, since: date, day: date, starts: set[date]
     return stats.decay_factor(ctx.cfg.half_life_days, (day - since).days) * ctx.cfg.drift.burst_evidence_weight**bursts
 
 
-def cumulative_cells(ctx: CycleContext, day: date) -> tuple[pd.DataFrame, int]:
-    """Cumulative cells as of ``day``: the last snapshot before it plus the days since.
+def cumulative_cells(ctx: CycleContext, day: date, base: date | None = None) -> tuple[pd.DataFrame, int]:
+    """Cumulative cells as of ``day``: the last snapshot before it plus the days since; with
+    ``base`` (that snapshot's base, no forgetting since: ``Store.delta_base``) only the
+    increments since ``base``, which is what the day stores.
 
     Returns the cells and how many days had to be rolled forward (1 in steady state, so a cycle
     costs the new day plus the size of the knowledge, not the history).
     """
     store = ctx.store
-    previous_day = store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=1))
+    previous_day = store.latest_cumulative(on_or_before=day - timedelta(days=1))
     if previous_day is not None:
-        cells = store.read_day(t.creative_cumulative_stats, previous_day)
+        if base is None:
+            cells = store.read_snapshot(previous_day)
+        else:  # the base's own snapshot has no increments yet
+            increments = previous_day != base
+            cells = store.read_day(t.creative_cumulative_stats, previous_day) if increments else pd.DataFrame()
         start = previous_day + timedelta(days=1)
     else:
         cells = pd.DataFrame()
@@ -241,7 +247,7 @@ def _no_prepare(ctx: CycleContext, day: date) -> dict:
 def _one_step_roll(store: Store, day: date) -> date | None:
     """The snapshot ``day`` rolls forward from in one step (no statistics between the two), or
     None when there is none or days with data lie between (then the pandas path catches up)."""
-    previous = store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=1))
+    previous = store.latest_cumulative(on_or_before=day - timedelta(days=1))
     if previous is None:
         return None
     with_data = store.latest_day(t.creative_daily_stats, on_or_before=day - timedelta(days=1), day_column="date")
@@ -270,24 +276,32 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
         with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
             size = store.roll_forward_in_database(conn, previous, day, decay)
             pruned = _prune(ctx, conn, day, keep)
-        return {
-            "days_rolled_forward": 1,
-            "cumulative_cells": size["cumulative_cells"],
-            "snapshot_rows_pruned": pruned,
-            "creatives": size["creatives"],
-            "accounts": size["accounts"],
-        }
-    cells, rolled = cumulative_cells(ctx, day)
+        figures = _snapshot_figures(day, size, size["written"])
+        return {"days_rolled_forward": 1, **figures, "snapshot_rows_pruned": pruned}
+    previous = store.latest_cumulative(on_or_before=day - timedelta(days=1))
+    base = store.delta_base(previous, day, evidence_weight(ctx, previous, day)) if previous is not None else None
+    cells, rolled = cumulative_cells(ctx, day, base)
     keep = _burst_snapshots(ctx)
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
-        store.write_day(conn, t.creative_cumulative_stats, day, cells)
+        store.write_snapshot(conn, day, cells, base or day)
+        size = store.snapshot_size(conn, day, base or day)
         pruned = _prune(ctx, conn, day, keep)
     return {
         "days_rolled_forward": rolled,
-        "cumulative_cells": len(cells),
+        **_snapshot_figures(day, {**size, "base": base or day}, len(cells)),
         "snapshot_rows_pruned": pruned,
-        "creatives": int(cells[["account_id", "creative_id"]].drop_duplicates().shape[0]) if len(cells) else 0,
-        "accounts": int(cells["account_id"].nunique()) if len(cells) else 0,
+    }
+
+
+def _snapshot_figures(day: date, size: dict, written: int) -> dict:
+    """The summary's figures of a day's snapshot: its size, the rows it wrote and whether it is full."""
+    return {
+        "cumulative_cells": size["cumulative_cells"],
+        "creatives": size["creatives"],
+        "accounts": size["accounts"],
+        "snapshot_rows_written": int(written),
+        "snapshot_base": size["base"].isoformat(),
+        "snapshot_full": size["base"] == day,
     }
 
 
@@ -309,13 +323,21 @@ def shard_cells(
     return store.read_day(table, day, day_column, columns=columns, accounts=mine)
 
 
+def snapshot_cells(store: Store, day: date, shard: Shard) -> pd.DataFrame:
+    """``day``'s cumulative cells that ``shard`` needs (only its own accounts' when it has no
+    global work), as ``shard_cells`` for the snapshot, which may be stored as increments."""
+    if not shard.accounts_only:
+        return store.read_snapshot(day)
+    return store.read_snapshot(day, accounts=[a for a in store.cumulative_accounts(day) if shard.has(a)])
+
+
 def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[date, dict]) -> dict[date, dict]:
     """The shard's fits on each day's snapshot: candidate patterns, and with a global unit that
     metric's account baselines and the fits' notes."""
     out = {}
     settings = ctx.cfg.patterns
     for day in days:
-        cells = _consistent_attributes(shard_cells(ctx.store, t.creative_cumulative_stats, day, shard))
+        cells = _consistent_attributes(snapshot_cells(ctx.store, day, shard))
         candidates, baselines, notes, dims, relearned = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], [], None
         fit_cache, reused = None, 0
         if len(cells):
@@ -399,10 +421,10 @@ def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> t
         return fits, None
     # the burst's first day ends the old evidence: the split is at the end of that day (its
     # snapshot is kept past the daily retention)
-    older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=max(starts))
+    older_day = ctx.store.latest_cumulative(on_or_before=max(starts))
     if older_day is None:
         return fits, None
-    older = ctx.store.read_day(t.creative_cumulative_stats, older_day, columns=[*stats.CELL_KEYS, *stats.METRICS])
+    older = ctx.store.read_snapshot(older_day, columns=stats.METRICS)
     older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
     recent = drift.evidence_since(cells, older)
     if recent["creative_id"].nunique() < ctx.cfg.patterns.min_creatives:
@@ -448,11 +470,11 @@ def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | Non
     window = ctx.cfg.drift.window_days
     if window <= 0 or cells.empty:
         return None
-    older_day = ctx.store.latest_day(t.creative_cumulative_stats, on_or_before=day - timedelta(days=window))
+    older_day = ctx.store.latest_cumulative(on_or_before=day - timedelta(days=window))
     if older_day is None:
         return None
     # the split needs the older part's sums only (attributes come from today's cells)
-    older = ctx.store.read_day(t.creative_cumulative_stats, older_day, columns=[*stats.CELL_KEYS, *stats.METRICS])
+    older = ctx.store.read_snapshot(older_day, columns=stats.METRICS)
     older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
     found = drift.level_drift(drift.split_evidence(cells, older), ctx.cfg.drift.z_threshold)
     return None if found is None else {**found, "window_start": older_day + timedelta(days=1)}

@@ -169,6 +169,7 @@ DERIVED_BY_DAY = [
     (t.creative_daily_stats, "date"),
     (t.attribute_daily_stats, "date"),
     (t.creative_cumulative_stats, "as_of"),
+    (t.cumulative_snapshots, "as_of"),
     (t.learning_patterns, "as_of"),
     (t.account_baselines, "as_of"),
     (t.evidence_drift, "as_of"),

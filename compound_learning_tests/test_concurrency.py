@@ -66,7 +66,7 @@ def test_concurrent_materializations_of_one_day_do_not_double_count(pg_url, env,
     assert not errors, errors
     day_rows = data[data["date"] == day.isoformat()]
     assert store.count_rows(t.creative_daily_stats, date=day) == len(day_rows)
-    cum = store.read_day(t.creative_cumulative_stats, day)
+    cum = store.read_snapshot(day)
     assert not cum.duplicated(["account_id", "creative_id", "dow", "age_bucket"]).any()
     upto = data[pd.to_datetime(data["date"]).dt.date <= day]
     assert cum["clicks"].sum() == upto["clicks"].sum()  # counted once, not twice

@@ -8,6 +8,7 @@ import re
 from datetime import date, timedelta
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -91,12 +92,12 @@ def test_restated_old_day_rebuilds_later_knowledge(sqlite_url, env, world):
     assert summary["days_touched"] == [days[2].isoformat()]
     stats = steps.compute_daily_stats(ctx, days[2])
     assert stats["changed_since_last_run"] is True
-    assert store.latest_day(t.creative_cumulative_stats) == days[1]  # later caches dropped
+    assert store.latest_cumulative() == days[1]  # later caches dropped
     steps.learn_patterns(ctx, days[2])
     out = steps.learn_patterns(ctx, days[-1])
     assert out["days_rolled_forward"] == 5
     after = store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id")
-    cum = store.read_day(t.creative_cumulative_stats, days[-1])
+    cum = store.read_snapshot(days[-1])
     total_clicks = data[pd.to_datetime(data["date"]).dt.date <= days[-1]]["clicks"].sum()
     assert (
         cum["clicks"].sum()
@@ -149,9 +150,7 @@ def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env
     for d in days:
         steps.compute_daily_stats(ctx, d)
         steps.learn_patterns(ctx, d)
-    kept = set(
-        pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date
-    )
+    kept = _snapshot_days(store)
     assert kept == {d for d in days if d >= days[-1] - timedelta(days=3) or d.weekday() == 6}
     assert date(2024, 1, 7) in kept  # a Sunday
     # a restated old day rebuilds from the Sunday before it, not from scratch
@@ -159,6 +158,43 @@ def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env
     _load(sqlite_url, env, restated)
     steps.compute_daily_stats(ctx, date(2024, 1, 9))
     assert steps.learn_patterns(ctx, date(2024, 1, 9))["days_rolled_forward"] == 2
+
+
+def test_snapshots_stored_as_increments_read_as_the_full_ones(sqlite_url, env, world, tmp_path, monkeypatch):
+    """Between weekly full snapshots a day stores only the increments of the cells that ran since
+    the base; read back, each day's knowledge and what was learned from it are those of a run that
+    stores every day in full."""
+    from compound_learning.storage import store as store_module
+
+    data, _ = world
+    days = [START + timedelta(days=i) for i in range(10)]
+    runs = {}
+    for name, chain in (("increments", store_module.SNAPSHOT_CHAIN_DAYS), ("full", 1)):
+        monkeypatch.setattr(store_module, "SNAPSHOT_CHAIN_DAYS", chain)
+        url = sqlite_url if name == "increments" else f"sqlite:///{tmp_path / 'full.db'}"
+        _load(url, env, data)
+        ctx = make_context(url)
+        summaries = {}
+        for d in days:
+            steps.compute_daily_stats(ctx, d)
+            summaries[d] = steps.learn_patterns(ctx, d)
+        runs[name] = (ctx.store, summaries)
+    (store, summaries), (full_store, full_summaries) = runs["increments"], runs["full"]
+    assert [d for d in days if summaries[d]["snapshot_full"]] == [days[0], date(2024, 1, 7)]  # the first day, a Sunday
+    assert all(s["snapshot_full"] for s in full_summaries.values())
+    for d in days:
+        cells, expected = store.read_snapshot(d), full_store.read_snapshot(d)
+        pd.testing.assert_frame_equal(cells, expected, check_dtype=False, rtol=1e-12, obj=str(d))
+        assert summaries[d]["cumulative_cells"] == full_summaries[d]["cumulative_cells"] == len(expected)
+        if not summaries[d]["snapshot_full"]:
+            assert summaries[d]["snapshot_rows_written"] < len(expected)
+    patterns = store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id").sort_index()
+    expected = full_store.read_day(t.learning_patterns, days[-1]).set_index("pattern_id").sort_index()
+    assert list(patterns.index) == list(expected.index)
+    for column in ("log_effect", "ci_low", "ci_high"):
+        np.testing.assert_allclose(patterns[column], expected[column], rtol=1e-7, atol=1e-9, err_msg=column)
+    totals = store.creative_totals(days[-1]).drop(columns="last_seen")
+    pd.testing.assert_frame_equal(totals, full_store.creative_totals(days[-1]).drop(columns="last_seen"), rtol=1e-12)
 
 
 def test_the_snapshot_of_a_bursts_first_day_outlives_the_daily_retention(sqlite_url, env, world):
@@ -174,10 +210,19 @@ def test_the_snapshot_of_a_bursts_first_day_outlives_the_daily_retention(sqlite_
         if d == burst:  # as the drift step records a burst's first day
             with store.transaction() as conn:
                 conn.execute(t.evidence_drift.update().where(t.evidence_drift.c.as_of == d).values(burst_start=d))
-    kept = set(
-        pd.to_datetime(store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]).dt.date
-    )
+    kept = _snapshot_days(store)
     assert burst in kept and date(2024, 1, 4) not in kept
+    # the burst's day is stored as increments: the full snapshot it builds on is kept with it
+    assert store.snapshot_base(burst) == START and START in kept
+    upto = data[pd.to_datetime(data["date"]).dt.date <= burst]
+    assert store.read_snapshot(burst)["clicks"].sum() == upto["clicks"].sum()
+
+
+def _snapshot_days(store) -> set[date]:
+    """The days with a cumulative snapshot, full or stored as increments."""
+    stored = store.read_frame(sa.select(t.creative_cumulative_stats.c.as_of).distinct())["as_of"]
+    registered = store.read_frame(sa.select(t.cumulative_snapshots.c.as_of))["as_of"]
+    return set(pd.to_datetime(pd.concat([stored, registered])).dt.date)
 
 
 def test_cli_cycle_over_a_range_reports_progress(sqlite_url, env, world):

@@ -227,7 +227,7 @@ def test_concurrent_runs_of_one_day_and_overlapping_ingests_on_postgresql(pg_url
     for th in threads:
         th.join()
     assert not errors, errors
-    cells = store.read_day(t.creative_cumulative_stats, day)
+    cells = store.read_snapshot(day)
     assert not cells.duplicated(["account_id", "creative_id", "dow", "age_bucket"]).any()
     upto = data[pd.to_datetime(data["date"]).dt.date <= day]
     assert cells["clicks"].sum() == upto["clicks"].sum() and cells["impressions"].sum() == upto["impressions"].sum()

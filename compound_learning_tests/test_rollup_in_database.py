@@ -88,12 +88,19 @@ def test_roll_forward_in_sql_equals_pandas(loaded_pg, half_life):
     snapshot = [(t.creative_cumulative_stats, "as_of")]
     for offset in range(DAYS):
         day = START + timedelta(days=offset)
-        (pandas_rows,), (sql_rows,), (_, sql_summary) = _both_paths(
+        (pandas_rows,), (sql_rows,), (pandas_summary, sql_summary) = _both_paths(
             url, steps._prepare_patterns, snapshot, day, half_life_days=half_life
         )
         _assert_same_rows(pandas_rows, sql_rows, f"snapshot {day}")
-        assert sql_summary["cumulative_cells"] == len(sql_rows)
-        assert sql_summary["creatives"] == len(sql_rows[["account_id", "creative_id"]].drop_duplicates())
+        # without forgetting the days between weekly full snapshots store the increments since
+        full = bool(half_life) or offset == 0 or day.weekday() == 6
+        assert sql_summary["snapshot_full"] is full and pandas_summary["snapshot_full"] is full
+        assert sql_summary["snapshot_rows_written"] == len(sql_rows)
+        cells = make_store(url).read_snapshot(day)
+        assert sql_summary["cumulative_cells"] == len(cells) == pandas_summary["cumulative_cells"]
+        assert sql_summary["creatives"] == len(cells[["account_id", "creative_id"]].drop_duplicates())
+        if not full:
+            assert len(sql_rows) < len(cells)
         if offset:  # day 0 has no snapshot before it: the pandas path starts the knowledge
             assert sql_summary["days_rolled_forward"] == 1
     if half_life:  # after the empty day the cells of creatives that stopped are forgotten
@@ -106,17 +113,17 @@ def test_restatement_is_seen_by_the_sql_path(loaded_pg, env):
     days = [START + timedelta(days=i) for i in range(3)]
     steps.run_days(ctx, days[0], days[-1], only=["daily_stats", "learning_patterns"])
     store = ctx.store
-    assert store.latest_day(t.creative_cumulative_stats) == days[-1]
+    assert store.latest_cumulative() == days[-1]
     again = steps.compute_daily_stats(ctx, days[1])
     assert again["changed_since_last_run"] is False
-    assert store.latest_day(t.creative_cumulative_stats) == days[-1], "an unchanged day dropped the snapshots"
+    assert store.latest_cumulative() == days[-1], "an unchanged day dropped the snapshots"
     restated = data[pd.to_datetime(data["date"]).dt.date == days[1]].head(3).copy()
     restated["clicks"] = restated["clicks"] + 1
     restated["impressions"] = restated["impressions"] + 10
     ingest_frame(restated, store=store, settings=load_settings(), today=date(2025, 1, 1))
     summary = steps.compute_daily_stats(ctx, days[1])
     assert summary["changed_since_last_run"] is True
-    assert store.latest_day(t.creative_cumulative_stats) == days[0], "the stale snapshots were kept"
+    assert store.latest_cumulative() == days[0], "the stale snapshots were kept"
     row = day_rows(store, t.creative_daily_stats, "date", days[1])
     first = restated.iloc[0]
     mine = row[(row["account_id"] == first["account_id"]) & (row["creative_id"] == first["creative_id"])]

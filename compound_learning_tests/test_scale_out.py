@@ -26,7 +26,6 @@ import pytest
 
 from compound_learning import steps
 from compound_learning.ingestion import ingest_frame
-from compound_learning.storage import schema as t
 from compound_learning_tests.conftest import (
     DERIVED_BY_DAY,
     START,
@@ -99,9 +98,9 @@ def test_any_split_of_the_accounts_gives_the_same_rows(tmp_path, monkeypatch):
     # the global fits are units of their own, one per metric; an account shard reads only its rows
     units = steps.LEARNING_PATTERNS.shards(3)
     assert [u.global_metrics for u in units[:3]] == [("ctr",), ("cvr",), ("roas",)]
-    snapshot = store.read_day(t.creative_cumulative_stats, END)
-    assert len(steps.shard_cells(store, t.creative_cumulative_stats, END, units[0])) == len(snapshot)
-    parts = [steps.shard_cells(store, t.creative_cumulative_stats, END, u) for u in units[3:]]
+    snapshot = store.read_snapshot(END)
+    assert len(steps.snapshot_cells(store, END, units[0])) == len(snapshot)
+    parts = [steps.snapshot_cells(store, END, u) for u in units[3:]]
     for unit, part in zip(units[3:], parts, strict=True):
         assert 0 < len(part) < len(snapshot) and part["account_id"].map(unit.has).all()
     assert sum(len(part) for part in parts) == len(snapshot)

@@ -7,7 +7,8 @@ measured days run every step of the cycle in order, as the daily schedule would;
 seconds and the process's peak memory are printed as JSON.
 
     python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 \\
-        [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0] [--lifetime 28]
+        [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0] [--lifetime 28] \\
+        [--full-snapshots]
 
 With ``--lifetime`` each creative runs that many days and a new one takes its slot (the same
 daily volume, ever more creatives): day 365 against day 30 at the same volume shows how the
@@ -34,6 +35,7 @@ from compound_learning.benchmarks.scale_data import day_frame
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.storage import schema as t
+from compound_learning.storage import store as store_module
 from compound_learning.storage.store import Store
 
 FIRST_DAY = date(2026, 1, 1)
@@ -85,14 +87,19 @@ def measure(
         else:
             result = steps.run_day(ctx, day)
         timing = {name: summary["seconds"] for name, summary in result.items()}
+        learned = result["learning_patterns"]
         out.append(
             {
                 "day": days + i + 1,
+                "weekday": day.strftime("%a"),
                 "rows": rows,
                 "ingest_seconds": round(ingest_seconds, 2),
                 "cycle_seconds": round(sum(timing.values()), 2),
-                "cumulative_cells": result["learning_patterns"]["cumulative_cells"],
-                "creatives_known": result["learning_patterns"]["creatives"],
+                "cumulative_cells": learned["cumulative_cells"],
+                "creatives_known": learned["creatives"],
+                "snapshot_full": learned["snapshot_full"],
+                "snapshot_rows_written": learned["snapshot_rows_written"],
+                **ctx.store.snapshot_storage(),
                 "peak_mb": round(_peak_mb()),
                 **timing,
             }
@@ -111,11 +118,18 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of the last measured day to this file")
     parser.add_argument("--half-life", type=float, help="forgetting half-life in days (0: off)")
     parser.add_argument(
+        "--full-snapshots",
+        action="store_true",
+        help="store every day's cumulative snapshot in full (as before increments between weekly ones)",
+    )
+    parser.add_argument(
         "--lifetime",
         type=int,
         help="days each creative runs before a new one takes its slot (default: the same creatives every day)",
     )
     args = parser.parse_args()
+    if args.full_snapshots:
+        store_module.SNAPSHOT_CHAIN_DAYS = 1  # no snapshot builds on an earlier one
     tmp = tempfile.mkdtemp(prefix="cycle_scale_")
     server = Postgres(args.pg_url) if args.pg_url else None
     url = server.fresh(FRESH_DATABASE) if server else args.url or f"sqlite:///{tmp}/bench.db"

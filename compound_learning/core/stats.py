@@ -124,3 +124,28 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
     out["days"] = g["days"].sum().astype(int)
     out[["attributes", "last_seen"]] = g[["attributes", "last_seen"]].last()
     return out.reset_index()[cols]
+
+
+def add_increments(base: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
+    """Cells plus what was added to some of them since (both keyed by ``CELL_KEYS``, each key at
+    most once in each): metrics and ``days`` add (unknown stays unknown unless one side knows
+    it), ``attributes`` and ``last_seen`` come from the increments where a cell has one. Returns
+    the cells in key order, with the columns of ``base``."""
+    if increments.empty:
+        return base.reset_index(drop=True)
+    if base.empty:
+        return increments[list(base.columns) if len(base.columns) else increments.columns].reset_index(drop=True)
+    cols = list(base.columns)
+    both = pd.concat([base[cols], increments[cols]], ignore_index=True)
+    summed = [c for c in (*METRICS, "days") if c in cols]
+    latest = [c for c in ("attributes", "last_seen") if c in cols]
+    for m in METRICS:
+        if m in cols:
+            both[m] = both[m].astype(float)
+    g = both.groupby(CELL_KEYS, sort=True)  # the increments come second: "last" takes theirs
+    out = g[summed].sum(min_count=1) if summed else pd.DataFrame(index=g.size().index)
+    if "days" in summed:
+        out["days"] = out["days"].astype(int)
+    if latest:
+        out[latest] = g[latest].last()
+    return out.reset_index()[cols]

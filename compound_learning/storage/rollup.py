@@ -9,7 +9,7 @@ definitions they reproduce, and the tests hold the two paths to the same rows):
   raw rows, with each creative's age from its first day and the attribute sets expanded by
   ``jsonb_each_text`` (PostgreSQL);
 - :func:`roll_forward`: the day's cumulative snapshot as ``decay * previous + today`` per cell
-  in one ``FULL OUTER JOIN`` (PostgreSQL).
+  in one ``FULL OUTER JOIN`` (PostgreSQL), written whole or as the increments since its base.
 
 The statements are plain SQL over the project's tables; a warehouse with JSON functions runs
 the same shape. Dimensions are ordered by ``COLLATE "C"`` (code points, as Python's ``sorted``),
@@ -171,36 +171,54 @@ def daily_stats(conn: Connection, day: date) -> dict:
     }
 
 
-def roll_forward(conn: Connection, previous_day: date, day: date, decay: float) -> dict:
+def roll_forward(
+    conn: Connection, previous_day: date, day: date, decay: float, previous_base: date, delta_base: date | None
+) -> int:
     """Write ``day``'s cumulative snapshot as ``decay * snapshot(previous_day) + stats(day)`` per
     (account, creative, day of week, age bucket) cell, as ``core.stats.roll_forward`` does:
     sums where either side knows a metric (unknown stays unknown), with forgetting on evidence
     below one impression dropped, and today's attributes and date wherever the cell ran today.
-    Returns the snapshot's size (cells, creatives, accounts)."""
+
+    The previous snapshot is ``previous_base``'s cells, plus ``previous_day``'s increments when it
+    is not that base itself (``core.stats.add_increments``). With ``delta_base`` (no forgetting:
+    ``decay`` is 1, and ``previous_base`` is that base) only the increments since it are written:
+    the previous increments rolled forward with the day, so neither the base nor the cells that did
+    not run are read or written. Returns the rows written."""
     snapshot = t.creative_cumulative_stats.name
-    params = {"previous": previous_day, "day": day, "decay": float(decay)}
-    keep = "" if decay == 1.0 else "AND s.impressions * :decay >= 1.0"
-    summed = ", ".join(
-        f"CASE WHEN p.{m} IS NULL AND d.{m} IS NULL THEN NULL ELSE coalesce(p.{m}, 0) + coalesce(d.{m}, 0) END"
-        for m in METRICS
-    )
+    params = {"previous": previous_day, "base": previous_base, "day": day, "decay": float(decay)}
+    keep = "" if decay == 1.0 else "WHERE s.impressions * :decay >= 1.0"
     keys = "account_id, creative_id, dow, age_bucket"
+    carried = f"{keys}, {_COLUMNS}, days, attributes, last_seen"
+    if delta_base is not None:
+        if delta_base != previous_base or decay != 1.0:
+            raise ValueError("increments build on the previous snapshot's base, without forgetting")
+        # the base's own snapshot has no increments yet
+        previous = f"SELECT {carried} FROM {snapshot} WHERE as_of = :previous AND as_of <> :base"
+    elif previous_day == previous_base:
+        previous = f"SELECT {carried} FROM {snapshot} WHERE as_of = :previous"
+    else:
+        previous = f"""
+            SELECT {keys}, {_summed("b", "i")}, coalesce(b.days, 0) + coalesce(i.days, 0) AS days,
+                   coalesce(i.attributes, b.attributes) AS attributes, coalesce(i.last_seen, b.last_seen) AS last_seen
+            FROM (SELECT {carried} FROM {snapshot} WHERE as_of = :base) AS b
+                 FULL OUTER JOIN (SELECT {carried} FROM {snapshot} WHERE as_of = :previous) AS i USING ({keys})
+        """
     conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     conn.execute(sa.text(f"DELETE FROM {snapshot} WHERE as_of = :day"), params)
-    conn.execute(
+    written = conn.execute(
         sa.text(
             f"""
             INSERT INTO {snapshot} (as_of, {keys}, {_COLUMNS}, days, attributes, last_seen)
             WITH p AS (
                 SELECT {keys}, {", ".join(f"s.{m} * :decay AS {m}" for m in METRICS)}, days, attributes, last_seen
-                FROM {snapshot} s WHERE s.as_of = :previous {keep}
+                FROM ({previous}) AS s {keep}
             ), d AS (
                 SELECT account_id, creative_id, dow, {_age_bucket_sql("age_days")} AS age_bucket,
                        {", ".join(f"CAST({m} AS double precision) AS {m}" for m in METRICS)},
                        1 AS days, attributes, date AS last_seen
                 FROM {t.creative_daily_stats.name} WHERE date = :day
             )
-            SELECT :day, {", ".join(f"coalesce(d.{k}, p.{k})" for k in keys.split(", "))}, {summed},
+            SELECT :day, {", ".join(f"coalesce(d.{k}, p.{k})" for k in keys.split(", "))}, {_summed("p", "d")},
                    coalesce(p.days, 0) + coalesce(d.days, 0),
                    coalesce(d.attributes, p.attributes), coalesce(d.last_seen, p.last_seen)
             FROM p FULL OUTER JOIN d USING ({keys})
@@ -208,15 +226,16 @@ def roll_forward(conn: Connection, previous_day: date, day: date, decay: float) 
         ),
         params,
     )
-    cells, creatives, accounts = conn.execute(
-        sa.text(
-            "SELECT coalesce(sum(cells), 0), count(*), count(DISTINCT account_id) FROM ("
-            f" SELECT account_id, creative_id, count(*) AS cells FROM {snapshot} WHERE as_of = :day"
-            " GROUP BY account_id, creative_id) AS per_creative"
-        ),
-        params,
-    ).one()
-    return {"cumulative_cells": int(cells), "creatives": int(creatives), "accounts": int(accounts)}
+    return int(written.rowcount or 0)
+
+
+def _summed(left: str, right: str) -> str:
+    """Each metric of two joined cells added up; unknown only where neither side knows it."""
+    return ", ".join(
+        f"CASE WHEN {left}.{m} IS NULL AND {right}.{m} IS NULL THEN NULL "
+        f"ELSE coalesce({left}.{m}, 0) + coalesce({right}.{m}, 0) END AS {m}"
+        for m in METRICS
+    )
 
 
 def fatigue_sums(conn: Connection, start: date, end: date) -> tuple[float, float]:

@@ -135,6 +135,19 @@ creative_cumulative_stats = sa.Table(
     sa.Column("last_seen", sa.Date, nullable=False),
 )
 
+# One row per cumulative snapshot written since snapshots were stored as a weekly base and what
+# changed since: a snapshot whose ``base`` is its own day holds every cell; any other holds, for
+# each cell that ran since its base, what was added since (metrics and days: increments; attributes
+# and last_seen: the latest), so that the snapshot is its base's cells plus these (``core.stats.
+# add_increments``). A day then writes the week's changes instead of the whole knowledge. A
+# snapshot without a row here (written before) holds every cell.
+cumulative_snapshots = sa.Table(
+    "cumulative_snapshots",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("base", sa.Date, nullable=False),
+)
+
 learning_patterns = sa.Table(
     "learning_patterns",
     metadata,

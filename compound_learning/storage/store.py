@@ -22,6 +22,7 @@ from compound_learning.core.contract import (
     rejected_by_reason,
     rejected_lines,
 )
+from compound_learning.core.stats import CELL_KEYS, add_increments
 from compound_learning.storage import rollup
 from compound_learning.storage import schema as t
 from compound_learning.storage.database import Database, in_list
@@ -32,6 +33,7 @@ LEARNING_TABLES = [
     t.evidence_drift,
     t.attribute_daily_stats,
     t.creative_cumulative_stats,
+    t.cumulative_snapshots,
     t.learning_patterns,
     t.account_fit_cache,
     t.knowledge_nodes,
@@ -44,6 +46,10 @@ LEARNING_TABLES = [
     t.learning_cycle_logs,
 ]
 RAW_TABLES = [t.performance, t.attribute_sets, t.ingest_batches, t.quarantine]
+# Cumulative snapshots: a full one at least weekly and on this weekday (the restart points kept
+# past the daily retention), the days between stored as what changed since (``cumulative_snapshots``).
+SNAPSHOT_BASE_WEEKDAY = 6  # Sunday
+SNAPSHOT_CHAIN_DAYS = 7
 
 
 def _ordered_by_key(stmt: sa.Select, table: sa.Table) -> sa.Select:
@@ -348,8 +354,13 @@ class Store(Database):
             return rollup.fatigue_sums(conn, start, end)
 
     def roll_forward_in_database(self, conn, previous_day: date, day: date, decay: float) -> dict:
-        """Write ``day``'s cumulative snapshot from ``previous_day``'s and ``day``'s statistics, in SQL."""
-        return rollup.roll_forward(conn, previous_day, day, decay)
+        """Write ``day``'s cumulative snapshot from ``previous_day``'s and ``day``'s statistics, in
+        SQL: whole, or as the increments since the base where :meth:`delta_base` allows. Returns
+        the snapshot's size, its base and the rows written."""
+        base = self.delta_base(previous_day, day, decay, conn)
+        written = rollup.roll_forward(conn, previous_day, day, decay, self.snapshot_base(previous_day, conn), base)
+        self.register_snapshot(conn, day, base or day)
+        return {**self.snapshot_size(conn, day, base or day), "base": base or day, "written": written}
 
     def quarantined_count(self, day: date) -> int:
         """Rows ever refused for ``day`` (by the date they gave)."""
@@ -475,7 +486,8 @@ class Store(Database):
                 *[sa.func.sum(c[m]).label(m) for m in METRIC_COLUMNS],
                 sa.func.max(c.last_seen).label("last_seen"),
             )
-            .where(c.as_of == day)
+            # a snapshot stored as increments adds up with its base's cells
+            .where(c.as_of.in_(sorted({day, self.snapshot_base(day)})))
             .group_by(c.account_id, c.creative_id, c.attributes)
             .order_by(c.account_id, c.creative_id)
         )
@@ -506,17 +518,123 @@ class Store(Database):
         """Drop the rows of ``table`` for days < ``day``."""
         return int(conn.execute(table.delete().where(table.c[day_column] < day)).rowcount or 0)
 
-    def prune_snapshots(self, conn, before: date, keep: Iterable[date] = ()) -> int:
-        """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points)
-        and the days of ``keep`` (the first days of exploration bursts, where the evidence is split)."""
-        c = t.creative_cumulative_stats.c
+    # -- cumulative snapshots (full, or what changed since a full one) ---------------------------
+    def latest_cumulative(self, on_or_before: date | None = None, conn=None) -> date | None:
+        """The latest day with a cumulative snapshot (up to ``on_or_before``), full or not."""
         days = [
-            pd.Timestamp(d).date() for (d,) in conn.execute(sa.select(c.as_of).where(c.as_of < before).distinct()).all()
+            self.latest_day(table, on_or_before, conn=conn)
+            for table in (t.creative_cumulative_stats, t.cumulative_snapshots)
         ]
-        kept = set(keep)
-        drop = [d for d in days if d.weekday() != 6 and d not in kept]
+        return max((d for d in days if d is not None), default=None)
+
+    def snapshot_base(self, day: date, conn=None) -> date:
+        """The full snapshot ``day``'s builds on (``day`` itself when it is full)."""
+        c = t.cumulative_snapshots.c
+        stmt = sa.select(c.base).where(c.as_of == day)
+        if conn is None:
+            with self.engine.connect() as own:
+                value = own.execute(stmt).scalar()
+        else:
+            value = conn.execute(stmt).scalar()
+        return day if value is None else pd.Timestamp(value).date()
+
+    def delta_base(self, previous: date | None, day: date, weight: float, conn=None) -> date | None:
+        """The full snapshot ``day``'s may be stored against (only what changed since), or None
+        when it must be full: nothing before it, evidence weighed anew (forgetting, a burst: every
+        cell changes), a restart weekday, or the base a week old."""
+        if previous is None or weight != 1.0 or day.weekday() == SNAPSHOT_BASE_WEEKDAY:
+            return None
+        base = self.snapshot_base(previous, conn)
+        return base if (day - base).days < SNAPSHOT_CHAIN_DAYS else None
+
+    def read_snapshot(
+        self, day: date, columns: Sequence[str] | None = None, accounts: Sequence[str] | None = None, conn=None
+    ) -> pd.DataFrame:
+        """``day``'s cumulative cells (only ``columns``, and ``accounts``, if given), in key order:
+        its rows when it is full, else its base's cells plus its increments."""
+        base = self.snapshot_base(day, conn)
+        table = t.creative_cumulative_stats
+        if columns is not None:
+            columns = [*CELL_KEYS, *(c for c in columns if c not in CELL_KEYS)]
+        cells = self.read_day(table, base, conn=conn, columns=columns, accounts=accounts)
+        if base == day:
+            return cells
+        increments = self.read_day(table, day, conn=conn, columns=columns, accounts=accounts)
+        out = add_increments(cells.drop(columns="as_of", errors="ignore"), increments)
+        if "as_of" in cells.columns:  # as a full snapshot's rows read
+            out.insert(list(cells.columns).index("as_of"), "as_of", day)
+        return out
+
+    def cumulative_accounts(self, day: date) -> list[str]:
+        """The accounts ``day``'s cumulative snapshot holds cells of."""
+        c = t.creative_cumulative_stats.c
+        days = sorted({day, self.snapshot_base(day)})
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(c.account_id).where(c.as_of.in_(days)).distinct()).scalars())
+
+    def write_snapshot(self, conn, day: date, cells: pd.DataFrame, base: date) -> int:
+        """Store ``day``'s snapshot: ``cells`` are every cell (``base`` is ``day``) or the increments
+        since ``base``. Returns the rows written."""
+        written = self.write_day(conn, t.creative_cumulative_stats, day, cells)
+        self.register_snapshot(conn, day, base)
+        return written
+
+    def register_snapshot(self, conn, day: date, base: date) -> None:
+        """Record which full snapshot ``day``'s builds on."""
+        row = pd.DataFrame({"as_of": [day], "base": [base]})
+        self.replace_partition(conn, t.cumulative_snapshots, row, {"as_of": day})
+
+    def drop_snapshots_from(self, conn, day: date) -> None:
+        """Drop the cumulative snapshots of days >= ``day`` (caches made stale by new data)."""
+        self.delete_from(conn, t.creative_cumulative_stats, day)
+        self.delete_from(conn, t.cumulative_snapshots, day)
+
+    def snapshot_size(self, conn, day: date, base: date) -> dict:
+        """Cells, creatives and accounts of ``day``'s snapshot (built on ``base``), counted in the database."""
+        c = t.creative_cumulative_stats.c
+        cells = sa.select(c.account_id, c.creative_id, c.dow, c.age_bucket).where(c.as_of.in_(sorted({day, base})))
+        # a full snapshot holds each cell once; increments repeat some of their base's
+        cells = (cells if day == base else cells.distinct()).subquery()
+        per_creative = (
+            sa.select(cells.c.account_id, sa.func.count().label("cells"))
+            .group_by(cells.c.account_id, cells.c.creative_id)
+            .subquery()
+        )
+        n_cells, creatives, accounts = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(per_creative.c.cells), 0),
+                sa.func.count(),
+                sa.func.count(sa.distinct(per_creative.c.account_id)),
+            )
+        ).one()
+        return {"cumulative_cells": int(n_cells), "creatives": int(creatives), "accounts": int(accounts)}
+
+    def snapshot_storage(self) -> dict:
+        """The rows every kept cumulative snapshot holds together and, on PostgreSQL, their table's
+        size on disk with its index: the knowledge's footprint."""
+        out = {"snapshot_rows_stored": self.count_rows(t.creative_cumulative_stats)}
+        if self.is_postgres:
+            with self.engine.connect() as conn:
+                size = conn.execute(
+                    sa.select(sa.func.pg_total_relation_size(t.creative_cumulative_stats.name))
+                ).scalar()
+            out["snapshot_table_mb"] = round(int(size) / 2**20)
+        return out
+
+    def prune_snapshots(self, conn, before: date, keep: Iterable[date] = ()) -> int:
+        """Drop cumulative snapshots older than ``before`` except Sundays' (weekly restart points),
+        the days of ``keep`` (the first days of exploration bursts, where the evidence is split)
+        and the full snapshots that any snapshot kept builds on."""
+        c, r = t.creative_cumulative_stats.c, t.cumulative_snapshots.c
+        bases = {pd.Timestamp(a).date(): pd.Timestamp(b).date() for a, b in conn.execute(sa.select(r.as_of, r.base))}
+        old = {pd.Timestamp(d).date() for (d,) in conn.execute(sa.select(c.as_of).where(c.as_of < before).distinct())}
+        old |= {d for d in bases if d < before}
+        kept = {d for d in old if d.weekday() == SNAPSHOT_BASE_WEEKDAY or d in set(keep)}
+        kept |= {b for d, b in bases.items() if d >= before or d in kept}
+        drop = sorted(old - kept)
         if not drop:
             return 0
+        conn.execute(t.cumulative_snapshots.delete().where(r.as_of.in_(drop)))
         return int(conn.execute(t.creative_cumulative_stats.delete().where(c.as_of.in_(drop))).rowcount or 0)
 
     def count_rows(self, table: sa.Table, **equals) -> int:
