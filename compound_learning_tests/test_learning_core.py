@@ -265,6 +265,43 @@ def test_forgetting_halves_old_evidence_per_half_life():
     assert gone.empty
 
 
+def test_cells_plus_their_increments_are_the_cells_rolled_forward():
+    """A snapshot stored as increments since its base reads back as rolling the base forward:
+    sums add, an unknown metric stays unknown unless one side knows it, the latest attributes
+    and date win, and a cell only the increments hold is added in key order."""
+    rng = np.random.default_rng(3)
+
+    def day_rows(n, dow, seen):
+        return pd.DataFrame(
+            {
+                "account_id": ["a1"] * n,
+                "creative_id": [f"c{i}" for i in range(n)],
+                "dow": dow,
+                "age_days": 0,
+                "impressions": rng.integers(100, 1000, n),
+                "clicks": rng.integers(0, 50, n),
+                "conversions": [np.nan if i % 3 == 0 else 1.0 for i in range(n)],
+                "spend": rng.uniform(1, 9, n).round(2),
+                "revenue": [np.nan if i % 2 == 0 else 12.5 for i in range(n)],
+                "attributes": [f'{{"hook_type": "v{seen.day}"}}'] * n,
+            }
+        )
+
+    base = stats.roll_forward(pd.DataFrame(), day_rows(6, 0, date(2024, 1, 7)), 1.0, date(2024, 1, 7))
+    increments = pd.DataFrame()
+    later = base
+    for offset, n in ((1, 4), (2, 8)):  # the second day brings two new creatives
+        seen = date(2024, 1, 7) + timedelta(days=offset)
+        rows = day_rows(n, 0 if offset == 1 else 1, seen)
+        increments = stats.roll_forward(increments, rows, 1.0, seen)
+        later = stats.roll_forward(later, rows, 1.0, seen)
+    out = stats.add_increments(base, increments)
+    pd.testing.assert_frame_equal(out, later, check_dtype=False, rtol=1e-15)
+    assert out["conversions"].isna().any() and out["revenue"].isna().any()
+    assert set(out["creative_id"]) == {f"c{i}" for i in range(8)}
+    assert stats.add_increments(base, increments.iloc[:0]).equals(base)
+
+
 def test_drifting_effect_is_followed_with_forgetting():
     from compound_learning.evaluation import WorldSpec, score_world
 

@@ -129,23 +129,39 @@ def roll_forward(previous: pd.DataFrame, day_stats: pd.DataFrame, decay: float, 
 def add_increments(base: pd.DataFrame, increments: pd.DataFrame) -> pd.DataFrame:
     """Cells plus what was added to some of them since (both keyed by ``CELL_KEYS``, each key at
     most once in each): metrics and ``days`` add (unknown stays unknown unless one side knows
-    it), ``attributes`` and ``last_seen`` come from the increments where a cell has one. Returns
-    the cells in key order, with the columns of ``base``."""
+    it), ``attributes`` and ``last_seen`` come from the increments where a cell has one; a cell
+    only the increments have is added. Returns the columns of ``base``, in its order (in key
+    order, with new cells, when it was)."""
     if increments.empty:
         return base.reset_index(drop=True)
     if base.empty:
         return increments[list(base.columns) if len(base.columns) else increments.columns].reset_index(drop=True)
     cols = list(base.columns)
-    both = pd.concat([base[cols], increments[cols]], ignore_index=True)
-    summed = [c for c in (*METRICS, "days") if c in cols]
-    latest = [c for c in ("attributes", "last_seen") if c in cols]
-    for m in METRICS:
-        if m in cols:
-            both[m] = both[m].astype(float)
-    g = both.groupby(CELL_KEYS, sort=True)  # the increments come second: "last" takes theirs
-    out = g[summed].sum(min_count=1) if summed else pd.DataFrame(index=g.size().index)
-    if "days" in summed:
-        out["days"] = out["days"].astype(int)
-    if latest:
-        out[latest] = g[latest].last()
-    return out.reset_index()[cols]
+    out = base.reset_index(drop=True)
+    # each increment's row in the base (-1: a new cell), by one hash lookup of the keys: the
+    # base is the whole knowledge, so it is updated in place of concatenating and regrouping
+    where = pd.MultiIndex.from_frame(out[CELL_KEYS]).get_indexer(pd.MultiIndex.from_frame(increments[CELL_KEYS]))
+    hit = where >= 0
+    rows = where[hit]
+    for c in cols:
+        if c in CELL_KEYS:
+            continue
+        added = increments[c].to_numpy()[hit]
+        if c in METRICS:
+            old = out[c].to_numpy(dtype=float)[rows]
+            added = added.astype(float)
+            added = np.where(np.isnan(old) & np.isnan(added), np.nan, np.nan_to_num(old) + np.nan_to_num(added))
+            column = out[c].to_numpy(dtype=float, copy=True)
+        elif c == "days":
+            added = out[c].to_numpy()[rows] + added
+            column = out[c].to_numpy(copy=True)
+        else:  # attributes, last_seen: the latest
+            column = out[c].to_numpy(copy=True)
+        column[rows] = added
+        out[c] = column
+    if not hit.all():
+        out = pd.concat([out, increments.loc[~hit, cols]], ignore_index=True)
+        # a MultiIndex's levels are sorted, so its codes sort as the keys do (cheaper than sorting text)
+        codes = pd.MultiIndex.from_frame(out[CELL_KEYS]).codes
+        out = out.take(np.lexsort(codes[::-1])).reset_index(drop=True)
+    return out
