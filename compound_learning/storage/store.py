@@ -357,8 +357,9 @@ class Store(Database):
         """Write ``day``'s cumulative snapshot from ``previous_day``'s and ``day``'s statistics, in
         SQL: whole, or as the increments since the base where :meth:`delta_base` allows. Returns
         the snapshot's size, its base and the rows written."""
-        base = self.delta_base(previous_day, day, decay, conn)
-        written = rollup.roll_forward(conn, previous_day, day, decay, self.snapshot_base(previous_day, conn), base)
+        previous_base = self.snapshot_base(previous_day, conn)
+        base = self.delta_base(previous_day, day, decay, conn, previous_base)
+        written = rollup.roll_forward(conn, previous_day, day, decay, previous_base, base)
         self.register_snapshot(conn, day, base or day)
         return {**self.snapshot_size(conn, day, base or day), "base": base or day, "written": written}
 
@@ -417,12 +418,15 @@ class Store(Database):
         stmt = sa.select(sa.func.max(col))
         if on_or_before is not None:
             stmt = stmt.where(col <= on_or_before)
-        if conn is None:
-            with self.engine.connect() as own:
-                value = own.execute(stmt).scalar()
-        else:
-            value = conn.execute(stmt).scalar()
+        value = self._scalar(stmt, conn)
         return None if value is None else pd.Timestamp(value).date()
+
+    def _scalar(self, stmt, conn=None):
+        """One value of ``stmt``, on ``conn`` (inside the caller's transaction) or a connection of its own."""
+        if conn is not None:
+            return conn.execute(stmt).scalar()
+        with self.engine.connect() as own:
+            return own.execute(stmt).scalar()
 
     def read_before(
         self, table: sa.Table, day: date, day_column: str = "as_of", conn=None, columns: Sequence[str] | None = None
@@ -530,21 +534,19 @@ class Store(Database):
     def snapshot_base(self, day: date, conn=None) -> date:
         """The full snapshot ``day``'s builds on (``day`` itself when it is full)."""
         c = t.cumulative_snapshots.c
-        stmt = sa.select(c.base).where(c.as_of == day)
-        if conn is None:
-            with self.engine.connect() as own:
-                value = own.execute(stmt).scalar()
-        else:
-            value = conn.execute(stmt).scalar()
+        value = self._scalar(sa.select(c.base).where(c.as_of == day), conn)
         return day if value is None else pd.Timestamp(value).date()
 
-    def delta_base(self, previous: date | None, day: date, weight: float, conn=None) -> date | None:
+    def delta_base(
+        self, previous: date | None, day: date, weight: float, conn=None, previous_base: date | None = None
+    ) -> date | None:
         """The full snapshot ``day``'s may be stored against (only what changed since), or None
         when it must be full: nothing before it, evidence weighed anew (forgetting, a burst: every
-        cell changes), a restart weekday, or the base a week old."""
+        cell changes), a restart weekday, or the base a week old. ``previous_base``: ``previous``'s
+        base, when the caller has it."""
         if previous is None or weight != 1.0 or day.weekday() == SNAPSHOT_BASE_WEEKDAY:
             return None
-        base = self.snapshot_base(previous, conn)
+        base = previous_base or self.snapshot_base(previous, conn)
         return base if (day - base).days < SNAPSHOT_CHAIN_DAYS else None
 
     def read_snapshot(
