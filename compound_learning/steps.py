@@ -827,7 +827,7 @@ def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.Dat
             "p_best": p_best,
             "exploration": ranked["exploration"].to_numpy(float),
             "reason": [
-                f"{p:.0%} chance of being the best live creative; "
+                f"{p:.0%} chance of coming out best of the live creatives on the coming days' evidence; "
                 + (
                     f"expected CTR {c:.2%}; {int(n):,} impressions and {int(k):,} clicks so far"
                     if np.isfinite(c) and np.isfinite(k)

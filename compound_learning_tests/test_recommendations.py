@@ -165,6 +165,45 @@ def test_click_bait_learned_from_the_account_tempers_a_new_creatives_high_ctr():
     assert new_bait < new_unrelated * 0.8  # the account's own creatives say clicks like these are worth less
 
 
+def test_the_spend_split_draws_what_the_evidence_still_to_come_can_resolve():
+    """The split draws each creative's log ROAS from the spread its posterior mean will move by
+    once the evidence still to come is in (the preposterior), not from its whole uncertainty.
+    Checked by simulation: truths from the prior, today's evidence and the evidence still to
+    come drawn from them, today's and the later posterior means computed as the split computes
+    them; the later mean moves from today's by the variance the split draws with."""
+    rng = np.random.default_rng(11)
+    k = 40_000  # simulated creatives, all with the same evidence (so the same variances)
+    a, d, b = 0.05, 0.04, -0.015  # the parts' prior variances (spreads included) and covariance
+    clicks, conversions = 300.0, 4.0  # today's precision of each part's evidence
+    truth = rng.multivariate_normal([-4.0, 1.0], [[a, b], [b, d]], size=k)
+
+    def parts(w_u: float, w_v: float, seen: list[np.ndarray]) -> list[recommend._Part]:
+        obs = [t + rng.normal(0.0, 1.0 / np.sqrt(w), k) for t, w in zip(truth.T, (w_u, w_v), strict=True)]
+        if seen:  # evidence already seen, combined with what arrives now (precision-weighted)
+            obs = [(o0 * w0 + o * w) / (w0 + w) for o0, w0, o, w in zip(*seen, obs, (w_u, w_v), strict=True)]
+        return obs
+
+    today = parts(clicks, conversions, [])
+    now = [
+        recommend._Part(np.full(k, m), np.zeros(k), o, np.full(k, 1.0 / w))
+        for m, o, w in zip((-4.0, 1.0), today, (clicks, conversions), strict=True)
+    ]
+    _, mean_now, var_now, var_later = recommend._joint_posterior(*now, a, d, b)
+    to_come = [part.to_come()[0] for part in now]  # as much again as the live creatives have
+    assert to_come == pytest.approx([clicks, conversions])
+    later_obs = parts(*to_come, [today, (clicks, conversions)])
+    later = [
+        recommend._Part(np.full(k, m), np.zeros(k), o, np.full(k, 1.0 / (w + f)))
+        for m, o, w, f in zip((-4.0, 1.0), later_obs, (clicks, conversions), to_come, strict=True)
+    ]
+    _, mean_later, var_after, _ = recommend._joint_posterior(*later, a, d, b)
+    assert var_after == pytest.approx(var_later)  # the variance it will have is the one foretold
+    moved = np.var(mean_later - mean_now)
+    assert moved == pytest.approx(var_now[0] - var_later[0], rel=0.03)
+    # the conversions' part, which the days ahead resolve least, is most of what is not drawn
+    assert var_now[0] - var_later[0] < 0.5 * var_now[0]
+
+
 def test_the_creatives_spread_is_learned_from_the_account_and_kept_near_the_prior_when_few():
     rng = np.random.default_rng(4)
 

@@ -12,7 +12,9 @@ creatives' true expected ROAS, fatigue included):
 
 the share of the gain of spending everything on the truly best live creative over spending
 evenly. Variants: ``shipped`` (``core.recommend.spend_split``), ``without_clicks`` (the same
-split on revenue and conversions alone), ``greedy`` (everything on the shipped posterior's best:
+split on revenue and conversions alone), ``whole_posterior`` (draws from each creative's whole
+posterior instead of the part the evidence still to come can resolve: the split before
+2026-12-07), ``greedy`` (everything on the shipped posterior's best:
 no exploration, which scores best today and learns least, so it is a bound, not a candidate).
 Also the calibration of the shipped posterior: the share of creatives whose true log ROAS lies
 in its 95% interval.
@@ -35,7 +37,7 @@ from compound_learning.benchmarks.closed_loop import LearnerPolicy, _live_frame
 from compound_learning.core import recommend
 from compound_learning.core.closed_loop import Creative, LoopConfig, World, run_arm
 
-VARIANTS = ("shipped", "without_clicks", "greedy")
+VARIANTS = ("shipped", "without_clicks", "whole_posterior", "greedy")
 
 
 class _CheckedLearner(LearnerPolicy):
@@ -53,6 +55,9 @@ class _CheckedLearner(LearnerPolicy):
         without = recommend.spend_split(
             live.drop(columns="clicks"), self.weights, account, quiet, self.fatigue, floor_share=floor
         )
+        whole = recommend.spend_split(
+            live, self.weights, account, np.random.default_rng([day, 8]), self.fatigue, floor, preposterior=False
+        )
         greedy = np.zeros(len(live))
         greedy[int(np.argmax(shipped["expected_roas"].to_numpy()))] = 1.0
         log_truth = np.array([self.world.current_log_roas(account, c, day) for c in creatives])
@@ -60,7 +65,7 @@ class _CheckedLearner(LearnerPolicy):
         low, high = np.log(shipped["roas_ci_low"].to_numpy()), np.log(shipped["roas_ci_high"].to_numpy())
         covered = np.mean((low <= log_truth) & (log_truth <= high))
         row = {"day": day, "best": truth.max(), "even": truth.mean(), "covered": covered}
-        shares = (shipped["share"].to_numpy(), without["share"].to_numpy(), greedy)
+        shares = (shipped["share"].to_numpy(), without["share"].to_numpy(), whole["share"].to_numpy(), greedy)
         for name, share in zip(VARIANTS, shares, strict=True):
             row[name] = float((share / share.sum() * truth).sum())
         self.scores.append(row)
@@ -104,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in range(args.first_seed, args.first_seed + args.seeds)
     ]
     table = summarize(pd.concat(frames, ignore_index=True), args.days)
-    table["shipped - without_clicks"] = table["shipped"] - table["without_clicks"]
+    differences = ["shipped - without_clicks", "shipped - whole_posterior"]
+    for name in differences:
+        table[name] = table["shipped"] - table[name.split(" - ")[1]]
     print(table.to_markdown(index=False, floatfmt=".3f"))
-    means = table.groupby("window", sort=False)[[*VARIANTS, "shipped - without_clicks", "coverage_95"]].mean()
+    means = table.groupby("window", sort=False)[[*VARIANTS, *differences, "coverage_95"]].mean()
     print("\nmean over seeds\n" + means.to_markdown(floatfmt=".3f"))
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0

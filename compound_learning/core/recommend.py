@@ -18,9 +18,13 @@ standard deviations, and the account's baseline) as an additive model of log ROA
   are 20 to 100 times more numerous than conversions, so a creative's CTR is known within days,
   long before its ROAS. Where the account's creatives show that more clicks come with worse
   ones (click bait: the parts stray together, negatively), a high CTR promises correspondingly
-  less. Less the learned fatigue for the impressions it has had. The split is
-  the posterior probability of being best (Thompson draws), mixed with
-  an even floor; the share spent away from the single best-looking creative is stated.
+  less. Less the learned fatigue for the impressions it has had. The split is the probability
+  that a creative comes out best once the evidence it can still gather is in (Thompson draws
+  from the preposterior: the spread of the posterior mean after as much evidence again as the
+  account's live creatives have on average), mixed with an even floor; the share spent away
+  from the single best-looking creative is stated. Drawing from the whole posterior instead
+  spent on uncertainty no spend could resolve: a creative's handful of conversions does not tell
+  its value per click within its life, so that part of its uncertainty is acted on at its mean.
 
 Everything is deterministic for a given random generator (the caller seeds it with the day).
 Pure: no Dagster, no database.
@@ -466,13 +470,23 @@ class _Part:
         precision = np.where(seen, 1.0 / np.where(seen, self.obs_var, 1.0), 0.0)
         return precision, precision * np.where(seen, self.obs, 0.0)
 
-    def posterior(self, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    def posterior(self, spread: float, more: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Each creative's mean and variance: its prediction (widened by ``spread``) and its own
-        evidence, weighed by their precisions."""
+        evidence, weighed by their precisions. ``more``: precision still to come (the variance
+        is then the one the creative will have once it has come)."""
         prior_var = self.prediction_var + spread
         obs_precision, weighted = self.evidence()
         precision = 1.0 / prior_var + obs_precision
-        return (self.prior_mean / prior_var + weighted) / precision, 1.0 / precision
+        return (self.prior_mean / prior_var + weighted) / precision, 1.0 / (precision + more)
+
+    def to_come(self) -> np.ndarray:
+        """The precision each live creative can still be expected to gather: as much as the
+        account's live creatives have gathered on average so far (in steady state a live creative
+        is on average halfway through its life, and spend is split among them)."""
+        return np.full(len(self.obs), float(np.mean(self.evidence()[0])))
+
+    def anything_seen(self) -> bool:
+        return bool(np.isfinite(self.obs_var).any())
 
 
 def _covariance(ctr: _Part, value: _Part, ctr_spread: float, value_spread: float) -> float:
@@ -494,23 +508,29 @@ def _covariance(ctr: _Part, value: _Part, ctr_spread: float, value_spread: float
 
 def _joint_posterior(
     ctr: _Part, value: _Part, ctr_spread: float, value_spread: float, covariance: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each creative's posterior log CTR, and the mean and variance of its log ROAS (the sum of
     the two parts), under a bivariate normal prior of the parts (their predictions, widened by
-    the spreads and the covariance of creatives around them) and their independent evidence."""
+    the spreads and the covariance of creatives around them) and their independent evidence;
+    and the variance its log ROAS will have once the evidence still to come (``_Part.to_come``)
+    is in."""
     a, d, b = ctr.prediction_var + ctr_spread, value.prediction_var + value_spread, covariance
     det = a * d - b * b
     pa, pb, pd = d / det, -b / det, a / det  # the prior's precision matrix, per creative
     wu, hu = ctr.evidence()
     wv, hv = value.evidence()
-    qa, qd = pa + wu, pd + wv
+
+    def covariance_given(qa, qd):  # the posterior's covariance matrix, per creative
+        det = qa * qd - pb * pb
+        return qd / det, qa / det, -pb / det
+
+    cuu, cvv, cuv = covariance_given(pa + wu, pd + wv)
     rhs_u = pa * ctr.prior_mean + pb * value.prior_mean + hu
     rhs_v = pb * ctr.prior_mean + pd * value.prior_mean + hv
-    det = qa * qd - pb * pb
-    cuu, cvv, cuv = qd / det, qa / det, -pb / det  # the posterior's covariance matrix
     mean_u = cuu * rhs_u + cuv * rhs_v
     mean_v = cuv * rhs_u + cvv * rhs_v
-    return mean_u, mean_u + mean_v, cuu + cvv + 2.0 * cuv
+    later = covariance_given(pa + wu + ctr.to_come(), pd + wv + value.to_come())
+    return mean_u, mean_u + mean_v, cuu + cvv + 2.0 * cuv, later[0] + later[1] + 2.0 * later[2]
 
 
 def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPosterior | None) -> list[_Part]:
@@ -558,6 +578,7 @@ def spend_split(
     fatigue_per_100k: float = 0.0,
     floor_share: float = DEFAULT_SPEND_FLOOR_SHARE,
     use_evidence: bool = True,
+    preposterior: bool = True,
 ) -> pd.DataFrame:
     """Shares of tomorrow's spend over the live creatives.
 
@@ -568,7 +589,8 @@ def spend_split(
     part (:func:`_roas_parts`): clicks tell a creative's CTR within days, long before its
     conversions tell its ROAS. Returns creative_id, share, p_best, expected_roas, its 95%
     interval, expected_ctr (unknown without clicks or CTR weights) and ``exploration`` (the part
-    of each share beyond what the best-looking creative alone would get)."""
+    of each share beyond what the best-looking creative alone would get). ``preposterior``
+    False draws from the whole posterior (the split before 2026-12-07, for comparison)."""
     if live.empty:
         return pd.DataFrame(
             columns=[
@@ -592,22 +614,32 @@ def spend_split(
     if not use_evidence:
         mean = sum(part.prior_mean for part in parts)
         var = sum(part.prediction_var + prior_spread for part in parts)
+        later = np.zeros(n)
     elif len(parts) == 1:
-        mean, var = parts[0].posterior(parts[0].spread(prior_spread))
+        spread = parts[0].spread(prior_spread)
+        mean, var = parts[0].posterior(spread)
+        later = parts[0].posterior(spread, parts[0].to_come())[1]
     else:
         spreads = [part.spread(prior_spread) for part in parts]
-        log_ctr, mean, var = _joint_posterior(*parts, *spreads, _covariance(*parts, *spreads))
+        log_ctr, mean, var, later = _joint_posterior(*parts, *spreads, _covariance(*parts, *spreads))
     # What it earned was earned at half its impressions so far, on average; tomorrow it is at all of them.
     fatigue = fatigue_per_100k * live["impressions"].to_numpy(float) / (2e5 if use_evidence else 1e5)
     mean = mean + fatigue
     expected_ctr = np.exp(log_ctr + fatigue)
     sd = np.sqrt(var)
+    if not preposterior or not all(part.anything_seen() for part in parts):
+        later = np.zeros(n)  # nothing shown yet: no pace to judge what is still to come by
+    # The draws are of what a creative's mean will be once the evidence it can still gather is
+    # in (the part of its uncertainty that spending on it can resolve), not of its worth itself:
+    # a creative's conversions are too few to tell its ROAS within its life, and spend that
+    # chases an uncertainty it cannot resolve is neither exploitation nor exploration.
+    resolvable = np.sqrt(np.clip(var - later, 0.0, None))
     # A creative whose upper tail lies below the lower tail of another never wins a draw
     # (P < 1e-8 a draw): it gets p_best 0 without being drawn, which most of the time went to.
-    contenders = np.flatnonzero(mean + DOMINATED_Z * sd >= np.max(mean - DOMINATED_Z * sd))
+    contenders = np.flatnonzero(mean + DOMINATED_Z * resolvable >= np.max(mean - DOMINATED_Z * resolvable))
     # single precision: the draws only rank the creatives, and they were most of the step's time
     z = rng.standard_normal((THOMPSON_DRAWS, len(contenders)), dtype=np.float32)
-    draws = mean[contenders].astype(np.float32) + sd[contenders].astype(np.float32) * z
+    draws = mean[contenders].astype(np.float32) + resolvable[contenders].astype(np.float32) * z
     p_best = np.zeros(n)
     p_best[contenders] = np.bincount(draws.argmax(axis=1), minlength=len(contenders)) / THOMPSON_DRAWS
     share = (1.0 - floor_share) * p_best + floor_share / n
