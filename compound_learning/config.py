@@ -98,6 +98,12 @@ class DriftSettings:
     window_days: int = 14  # the recent evidence tested against the older; 0 turns the test off
     z_threshold: float = 4.0  # one-sided; tested every day, so a false alarm has to be rare
     burst_days: int = 7  # how long the launches explore after a drop
+    # A burst continues past ``burst_days`` while its drop stays flagged and nothing has been
+    # learned afresh since it began (the drop is unexplained), up to this many days: a week of
+    # half-even launches gives each value of a dimension about 8 new creatives over 20 accounts,
+    # too few in one seed of 10 of the change world to find the changed hook at p < 0.0001, which
+    # then stayed at 45% of the oracle's gain for 40 days after the change (BENCHMARKS.md).
+    burst_max_days: int = 28
     burst_explore_share: float = 0.5  # the share of launch picks, and of spend spread evenly, during a burst
     # What the evidence before a burst's first day still counts afterwards (a power prior on the
     # old evidence). 1 keeps it all: relearning (below) takes a changed dimension from the new

@@ -551,14 +551,18 @@ def _drift_row(ctx: CycleContext, day: date, found: dict | None, relearned: dict
     settings = ctx.cfg.drift
     store = ctx.store
     prev_day = store.latest_day(t.evidence_drift, on_or_before=day - timedelta(days=1))
-    last_start, was_flagged = None, False
+    last_start, was_flagged, was_exploring = None, False, False
     if prev_day is not None:
         prev = store.read_day(t.evidence_drift, prev_day)
         if len(prev) and pd.notna(prev["burst_start"].iloc[0]):
             last_start = pd.Timestamp(prev["burst_start"].iloc[0]).date()
         was_flagged = bool(len(prev) and prev["flagged"].iloc[0])
+        was_exploring = bool(len(prev) and prev["exploring"].iloc[0]) and prev_day == day - timedelta(days=1)
     flagged = bool(found and found["flagged"])
-    burst_start, exploring = drift.exploration_burst(last_start, day, flagged, was_flagged, settings)
+    explained = bool(relearned and relearned["metrics"])
+    burst_start, exploring = drift.exploration_burst(
+        last_start, day, flagged, was_flagged, settings, was_exploring, explained
+    )
     empty = {"level_shift": None, "std_error": None, "z": None, "recent_creatives": 0, "older_creatives": 0}
     return {
         "metric": drift.DRIFT_METRIC,

@@ -85,6 +85,35 @@ def test_one_exploration_burst_per_drop():
     assert start == date(2025, 1, 9)
 
 
+def test_a_burst_goes_on_while_its_drop_stays_flagged_and_unexplained():
+    """Past its days a burst continues only while the drop is still flagged and nothing has been
+    learned afresh since it began, and never past ``burst_max_days``; once the drop is explained,
+    or no longer flagged, it ends."""
+    settings = DriftSettings(window_days=14, burst_days=3, burst_max_days=6)
+
+    def run(flags: list[bool], explained_from: int | None) -> list[bool]:
+        start, was, on, out = None, False, False, []
+        for i, flagged in enumerate(flags):
+            explained = explained_from is not None and i >= explained_from
+            day = date(2025, 1, 1) + timedelta(days=i)
+            start, on = drift.exploration_burst(start, day, flagged, was, settings, on, explained)
+            was = flagged
+            out.append(on)
+        return out
+
+    flagged = [False, True, True, True, True, True, True, True, True, True]
+    # unexplained: three days, then on while flagged, up to six days from its start
+    assert run(flagged, None) == [False, True, True, True, True, True, True, False, False, False]
+    # explained on its fifth day: it ends there
+    assert run(flagged, 5) == [False, True, True, True, True, False, False, False, False, False]
+    # a day without the flag ends it; flagged again, it is a new drop with a burst of its own
+    gap = [False, True, True, True, True, False, True, True, True, True]
+    assert run(gap, None) == [False, True, True, True, True, False, True, True, True, True]
+    # the default (explained) keeps the fixed length
+    _, on = drift.exploration_burst(date(2025, 1, 1), date(2025, 1, 5), True, True, settings, True)
+    assert on is False
+
+
 def test_restart_picks_spread_over_the_design_space():
     weights = pd.DataFrame(
         [

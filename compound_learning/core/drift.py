@@ -177,13 +177,25 @@ def level_drift(split: pd.DataFrame, z_threshold: float, metric: str = DRIFT_MET
 
 
 def exploration_burst(
-    last_start: date | None, day: date, flagged: bool, was_flagged: bool, settings: DriftSettings
+    last_start: date | None,
+    day: date,
+    flagged: bool,
+    was_flagged: bool,
+    settings: DriftSettings,
+    was_exploring: bool = False,
+    explained: bool = True,
 ) -> tuple[date | None, bool]:
     """``(start of the latest burst, exploring on day)``. A burst lasts ``burst_days`` and is
     started by the first flagged day of a run (``was_flagged``: the previous test's flag): one
     burst per drop. The old evidence keeps the recent level low until it has decayed, so the
-    same drop stays flagged for weeks after its burst has produced the contrast it lacked."""
-    if last_start is not None and 0 <= (day - last_start).days < settings.burst_days:
+    same drop stays flagged for weeks after its burst has produced the contrast it lacked; but
+    where it has not (nothing was learned afresh since the burst began: not ``explained``), a
+    burst that explored yesterday (``was_exploring``) goes on while the drop stays flagged, up to
+    ``burst_max_days``: its launches are the only evidence that can say which value changed."""
+    age = (day - last_start).days if last_start is not None else -1
+    if 0 <= age < settings.burst_days:
+        return last_start, True
+    if 0 <= age < settings.burst_max_days and was_exploring and flagged and not explained:
         return last_start, True
     if flagged and not was_flagged:
         return day, True
@@ -237,6 +249,7 @@ def describe(
         head = (
             f"{head}; launches explore the design space, and at least {settings.burst_explore_share:.0%} of the "
             f"spend is spread evenly over the live creatives, since {burst_start} for {settings.burst_days} days"
+            f" (up to {settings.burst_max_days} while the drop stays unexplained)"
         )
     fresh = describe_relearned(relearned)
     return f"{head}; {fresh}" if fresh else head
