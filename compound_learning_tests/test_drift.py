@@ -177,6 +177,33 @@ def test_the_cycle_flags_the_drop_once_and_its_launches_explore(dropped):
     assert (calm_split.min() * calm_split.size() < share).all()
 
 
+def test_a_drop_no_dimension_explains_keeps_its_burst_going(tmp_path_factory):
+    """Revenue halves everywhere: no attribute's effect changed, so nothing is learned afresh and
+    the drop stays flagged; the cycle's burst goes on past its two days, up to its limit."""
+    from compound_learning.config import DriftSettings
+
+    drift_settings = DriftSettings(burst_days=2, burst_max_days=5, relearn_after_days=1)
+    with learned_context(tmp_path_factory, "drift_long", drift=drift_settings) as ctx:
+        days = DAYS + 8  # the drop is flagged in its second week: room for the burst to go on
+        data, _ = small_world(days=days, accounts=6, creatives=25, seed=3)
+        late = pd.to_datetime(data["date"]).dt.date >= START + timedelta(days=DAYS - DROPPED)
+        data.loc[late, "revenue"] = data.loc[late, "revenue"] * 0.5
+        ingest_frame(data, store=ctx.store, settings=ctx.settings, today=date(2025, 1, 1))
+        only = ["daily_stats", "learning_patterns", "creative_dna"]
+        steps.run_days(ctx, START, START + timedelta(days=days - 1), only=only)
+        rows = ctx.store.read_frame(t.evidence_drift.select()).sort_values("as_of").reset_index(drop=True)
+    rows["as_of"] = pd.to_datetime(rows["as_of"]).dt.date
+    start = rows.loc[rows["exploring"], "burst_start"].dropna().unique()
+    assert len(start) == 1
+    start = pd.Timestamp(start[0]).date()
+    after = rows[rows["as_of"] >= start]
+    assert after["flagged"].all() and after["relearned"].isna().all()  # flagged, unexplained
+    exploring = after.loc[after["exploring"], "as_of"].tolist()
+    assert len(after) > 5  # flagged beyond the limit: the limit ends it
+    assert exploring == [start + timedelta(days=i) for i in range(5)]
+    assert "up to 5 while the drop stays unexplained" in after["summary"].iloc[0]
+
+
 def test_recommend_says_why_it_explores(dropped):
     ctx = dropped
     rec = queries.recommendations(ctx.store, "acct_001", n=4)
