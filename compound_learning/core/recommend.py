@@ -470,14 +470,17 @@ class _Part:
         precision = np.where(seen, 1.0 / np.where(seen, self.obs_var, 1.0), 0.0)
         return precision, precision * np.where(seen, self.obs, 0.0)
 
-    def posterior(self, spread: float, more: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def posterior(self, spread: float) -> tuple[np.ndarray, np.ndarray]:
         """Each creative's mean and variance: its prediction (widened by ``spread``) and its own
-        evidence, weighed by their precisions. ``more``: precision still to come (the variance
-        is then the one the creative will have once it has come)."""
+        evidence, weighed by their precisions."""
         prior_var = self.prediction_var + spread
         obs_precision, weighted = self.evidence()
         precision = 1.0 / prior_var + obs_precision
-        return (self.prior_mean / prior_var + weighted) / precision, 1.0 / (precision + more)
+        return (self.prior_mean / prior_var + weighted) / precision, 1.0 / precision
+
+    def variance_later(self, spread: float) -> np.ndarray:
+        """Each creative's posterior variance once the evidence still to come (:meth:`to_come`) is in."""
+        return 1.0 / (1.0 / self.posterior(spread)[1] + self.to_come())
 
     def to_come(self) -> np.ndarray:
         """The precision each live creative can still be expected to gather: as much as the
@@ -618,7 +621,7 @@ def spend_split(
     elif len(parts) == 1:
         spread = parts[0].spread(prior_spread)
         mean, var = parts[0].posterior(spread)
-        later = parts[0].posterior(spread, parts[0].to_come())[1]
+        later = parts[0].variance_later(spread)
     else:
         spreads = [part.spread(prior_spread) for part in parts]
         log_ctr, mean, var, later = _joint_posterior(*parts, *spreads, _covariance(*parts, *spreads))
