@@ -22,11 +22,14 @@ bands; and what the project's ``trajectory`` says of the learner's accounts next
 gain over the random arm.
 
     compound-learning benchmark closed-loop --days 90 --seeds 10 [--effect-scale 0.5] [--world default|null|change]
+    compound-learning benchmark closed-loop --world-from FILE.py:FACTORY   # a world of your own (ClosedLoopWorld)
     compound-learning benchmark closed-loop --compare BEFORE.json AFTER.json   # two runs, seed by seed
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -46,6 +49,7 @@ from compound_learning.benchmarks import processor
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core import recommend
 from compound_learning.core.closed_loop import (
+    ClosedLoopWorld,
     CommonOraclePolicy,
     Creative,
     LoopConfig,
@@ -82,10 +86,65 @@ def _live_frame(creatives: list[Creative], totals: dict[str, dict]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+class WorldError(ValueError):
+    """A world of the user's (``--world-from``) cannot be used; the message says why."""
+
+
+def world_factory(spec: str):
+    """The callable named by ``FILE.py:NAME`` or ``package.module:NAME`` (``--world-from``).
+    Raises WorldError naming what is wrong with the spec."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise WorldError(f"--world-from {spec!r}: expected FILE.py:FACTORY or package.module:FACTORY")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise WorldError(f"--world-from {spec!r}: there is no file {path}")
+        found = importlib.util.spec_from_file_location(f"closed_loop_world_{path.stem}", path)
+        module = importlib.util.module_from_spec(found)
+        found.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise WorldError(f"--world-from {spec!r}: cannot import {where}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise WorldError(f"--world-from {spec!r}: {where} has no callable {name!r}")
+    return factory
+
+
+WORLD_MEMBERS = ("cfg", "accounts", "initial", "random_attributes", "new_creative", "deliver")
+ORACLE_MEMBERS = ("best_attributes", "current_log_roas")
+
+
+def make_world(cfg: LoopConfig, world_from: str | None = None) -> ClosedLoopWorld:
+    """The project's simulated world, or the one ``world_from``'s factory makes of ``cfg``,
+    checked for what every arm needs of it (``core.closed_loop.ClosedLoopWorld``)."""
+    if world_from is None:
+        return World(cfg)
+    world = world_factory(world_from)(cfg)
+    missing = [m for m in (*WORLD_MEMBERS, *ORACLE_MEMBERS) if not hasattr(world, m)]
+    if missing:
+        raise WorldError(
+            f"--world-from {world_from!r}: the world lacks {', '.join(missing)} "
+            "(what core.closed_loop.ClosedLoopWorld lists)"
+        )
+    if world.cfg != cfg:
+        raise WorldError(f"--world-from {world_from!r}: the world must keep the LoopConfig it was made from as cfg")
+    short = [a for a in world.accounts if len(world.initial.get(a, [])) != cfg.live_creatives]
+    if not world.accounts or short:
+        raise WorldError(
+            f"--world-from {world_from!r}: initial must hold {cfg.live_creatives} attribute sets for every account"
+            + (f" (not for {', '.join(short[:3])})" if short else " (the world has no accounts)")
+        )
+    return world
+
+
 class _OwnData(Policy):
     """A policy that keeps its own creatives' totals and recent rows (for fatigue)."""
 
-    def __init__(self, world: World, rng: np.random.Generator):
+    def __init__(self, world: ClosedLoopWorld, rng: np.random.Generator):
         super().__init__(world, rng)
         self.totals: dict[str, dict] = {}
         self.recent: list[pd.DataFrame] = []
@@ -124,7 +183,7 @@ class LearnerPolicy(_OwnData):
 
     def __init__(
         self,
-        world: World,
+        world: ClosedLoopWorld,
         rng: np.random.Generator,
         root: Path,
         half_life_days: float = 0.0,
@@ -228,10 +287,12 @@ def run_seed(
     refit_days: int,
     explore_share: float | None = None,
     arms: tuple[str, ...] = ARMS,
+    world_from: str | None = None,
     **cfg_changes,
 ) -> dict:
-    """Every arm on one world; returns each arm's rows and the learner's fit time."""
-    world = World(cfg)
+    """Every arm on one world (``world_from``: one of the user's, see ``make_world``); returns
+    each arm's rows and the learner's fit time."""
+    world = make_world(cfg, world_from)
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="cl_loop_") as tmp:
         for arm in arms:
@@ -329,7 +390,7 @@ def trajectory_report(results: list[dict], cfg: LoopConfig) -> dict:
     }
 
 
-def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
+def plot(results: list[dict], cfg: LoopConfig, path: Path, world_from: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,7 +422,8 @@ def plot(results: list[dict], cfg: LoopConfig, path: Path) -> None:
     ax.set_xlabel("day")
     ax.set_ylabel("ROAS (all accounts)")
     ax.set_title(
-        f"closed loop, {cfg.world} world, effect scale {cfg.effect_scale}, {len(results)} seeds "
+        f"closed loop, {cfg.world} world{f' from {world_from}' if world_from else ''}, effect scale "
+        f"{cfg.effect_scale}, {len(results)} seeds "
         "(bands: 95% over seeds)",
         fontsize=10,
     )
@@ -381,10 +443,15 @@ def bursts(drift_log: list[tuple[int, float | None, bool]]) -> list[int]:
     return out
 
 
-def output_name(world: str, account_sd: float) -> str:
-    """The PNG's and the JSON's name: one per world, and per account spread when not the default."""
+def output_name(world: str, account_sd: float, world_from: str | None = None) -> str:
+    """The PNG's and the JSON's name: one per world (and per world of the user's, by its file or
+    module), and per account spread when not the default."""
+    own = ""
+    if world_from:
+        where, _, name = world_from.rpartition(":")
+        own = f"_{Path(where).stem if where.endswith('.py') else where.rsplit('.', 1)[-1]}_{name}"
     suffix = "" if account_sd == LoopConfig.account_deviation_sd else f"_account_sd_{account_sd:g}"
-    return f"closed_loop_{world}{suffix}"
+    return f"closed_loop_{world}{own}{suffix}"
 
 
 def run(
@@ -401,10 +468,13 @@ def run(
     progress=None,
     account_sd: float = LoopConfig.account_deviation_sd,
     jobs: int = 1,
+    world_from: str | None = None,
 ) -> dict:
     """Run the benchmark; returns the summary with each target's verdict (and writes the PNG).
     ``jobs`` > 1 runs that many seeds at a time in separate processes (the seeds are independent;
-    the figures are the same as one at a time)."""
+    the figures are the same as one at a time). ``world_from`` (``FILE.py:FACTORY``) runs the
+    arms in a world of the user's instead of the simulated one; ``world`` then says which
+    target applies."""
     half_life = (21.0 if world == "change" else 0.0) if half_life_days is None else half_life_days
     started = time.perf_counter()
     configs = [
@@ -418,6 +488,11 @@ def run(
         )
         for i in range(seeds)
     ]
+    if world_from and world_from.rpartition(":")[0].endswith(".py"):  # the seeds' processes may start elsewhere
+        where, _, name = world_from.rpartition(":")
+        world_from = f"{Path(where).resolve()}:{name}"
+    if world_from:
+        make_world(configs[0], world_from)  # a bad world fails here, before any seed runs
 
     def done(i: int) -> None:
         if progress:
@@ -428,7 +503,9 @@ def run(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_seed, c, half_life, refit_days, explore_share) for c in configs]
+            futures = [
+                pool.submit(run_seed, c, half_life, refit_days, explore_share, world_from=world_from) for c in configs
+            ]
             results = []
             for f in futures:  # in seed order, whatever finishes first
                 results.append(f.result())
@@ -436,14 +513,14 @@ def run(
     else:
         results = []
         for c in configs:
-            results.append(run_seed(c, half_life, refit_days, explore_share))
+            results.append(run_seed(c, half_life, refit_days, explore_share, world_from=world_from))
             done(len(results))
     cfg = configs[-1]
     summary = summarize(results, cfg)
     out_dir = Path(out_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{output_name(world, account_sd)}.png"
-    plot(results, cfg, png)
+    png = out_dir / f"{output_name(world, account_sd, world_from)}.png"
+    plot(results, cfg, png, world_from)
     verdicts = {}
     w = summary["windows"]
     if world == "default":
@@ -473,6 +550,7 @@ def run(
             "accounts": accounts,
             "effect_scale": effect_scale,
             "world": world,
+            "world_from": world_from,
             "account_deviation_sd": account_sd,
             "half_life_days": half_life,
             "refit_days": refit_days,
@@ -537,7 +615,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-WORLD_KEYS = ("days", "seeds", "first_seed", "accounts", "effect_scale", "world", "account_deviation_sd")
+WORLD_KEYS = ("days", "seeds", "first_seed", "accounts", "effect_scale", "world", "world_from", "account_deviation_sd")
 
 
 def compare(before: dict, after: dict) -> list[dict]:
@@ -603,7 +681,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--accounts", type=int, default=20)
     p.add_argument("--effect-scale", type=float, default=0.5)
-    p.add_argument("--world", choices=["default", "null", "change"], default="default")
+    p.add_argument(
+        "--world",
+        choices=["default", "null", "change"],
+        default="default",
+        help="which world, and so which target applies (with --world-from: passed to its factory as cfg.world)",
+    )
+    p.add_argument(
+        "--world-from",
+        metavar="FILE.py:FACTORY",
+        help="run the arms in a world of your own: FACTORY(LoopConfig) returns it (core.closed_loop.ClosedLoopWorld; "
+        "example: compound_learning/benchmarks/independent_world.py:make_world)",
+    )
     p.add_argument("--half-life", type=float, help="forgetting half-life in days (default: 21 in the change world)")
     p.add_argument(
         "--refit-days", type=int, default=1, help="days between the learner's re-fits (1: daily, as the schedule)"
@@ -633,7 +722,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
         return 0
-    result = run(
+    try:
+        result = _run_from_args(args)
+    except WorldError as exc:
+        print(f"closed-loop: {exc}", file=sys.stderr)
+        return 2
+    name = output_name(args.world, args.account_sd, args.world_from)
+    (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0 if all(result["targets"].values()) else 1
+
+
+def _run_from_args(args) -> dict:
+    return run(
         args.days,
         args.seeds,
         args.accounts,
@@ -646,10 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda m: print(m, file=sys.stderr, flush=True),
         account_sd=args.account_sd,
         jobs=args.jobs,
+        world_from=args.world_from,
     )
-    (Path(args.out) / f"{output_name(args.world, args.account_sd)}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0 if all(result["targets"].values()) else 1
 
 
 if __name__ == "__main__":

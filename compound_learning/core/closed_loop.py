@@ -11,7 +11,8 @@ random numbers, so arms differ by their decisions, not by luck).
 
 Worlds: ``default`` (effects at ``effect_scale``), ``null`` (no attribute effects at all) and
 ``change`` (from ``change_day`` on, the best and the worst value of ``hook_type`` swap places).
-Pure: no Dagster, no database.
+A world written apart from this one plugs in through ``ClosedLoopWorld`` (what ``run_arm`` and
+the arms use of a world). Pure: no Dagster, no database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,46 @@ class Creative:
     quality_ctr: float
     quality_cvr: float
     impressions: float = 0.0  # cumulative, drives fatigue
+
+
+@runtime_checkable
+class ClosedLoopWorld(Protocol):
+    """What the benchmark needs of a world, so that one written apart from the project's simulator
+    (``benchmark closed-loop --world-from FILE.py:FACTORY``, the factory called with the
+    ``LoopConfig``) runs every arm. ``World`` below is one; ``benchmarks/independent_world.py``
+    another. The rules every world keeps:
+
+    - ``cfg`` is the ``LoopConfig`` it was made from: the loop reads ``days``, ``seed``,
+      ``live_creatives``, ``lifetime_days`` and ``start`` from it, and the summary its ``world``
+      (which target applies) and ``change_day``;
+    - ``initial[account]`` is the account's first ``live_creatives`` attribute dicts; every dict
+      a world hands out or accepts has one value for each dimension;
+    - ``new_creative`` gives the ``slot``-th creative of an account the same quality whatever its
+      attributes and day (common random numbers: the arms differ by their decisions, not luck);
+    - ``deliver`` spends the day's budget by ``shares`` and returns one row per creative in the
+      data contract (``date`` is ``cfg.start`` + ``day`` days), drawing its noise from ``rng``
+      only, and adds the impressions to each creative;
+    - ``best_attributes`` and ``current_log_roas`` are the truth the oracles act on: the best
+      combination for a fresh creative of the account today (``accounts_differ`` False: as if
+      the account had only the effects common to all accounts), and a live creative's expected
+      log ROAS today.
+    """
+
+    cfg: LoopConfig
+    accounts: list[str]
+    initial: dict[str, list[dict[str, str]]]
+
+    def random_attributes(self, rng: np.random.Generator) -> dict[str, str]: ...
+
+    def new_creative(self, account: str, slot: int, attributes: dict[str, str], day: int) -> Creative: ...
+
+    def deliver(
+        self, account: str, creatives: list[Creative], shares: np.ndarray, day: int, rng: np.random.Generator
+    ) -> list[dict]: ...
+
+    def best_attributes(self, account: str, day: int, accounts_differ: bool = True) -> dict[str, str]: ...
+
+    def current_log_roas(self, account: str, creative: Creative, day: int) -> float: ...
 
 
 class World:
@@ -195,7 +237,7 @@ class Policy:
 
     name = "policy"
 
-    def __init__(self, world: World, rng: np.random.Generator):
+    def __init__(self, world: ClosedLoopWorld, rng: np.random.Generator):
         self.world, self.rng = world, rng
 
     def launch(self, account: str, n: int, day: int) -> list[dict[str, str]]:
@@ -237,7 +279,7 @@ class CommonOraclePolicy(OraclePolicy):
         return [self.world.best_attributes(account, day, accounts_differ=False)] * n
 
 
-def run_arm(world: World, policy: Policy, on_day=None) -> pd.DataFrame:
+def run_arm(world: ClosedLoopWorld, policy: Policy, on_day=None) -> pd.DataFrame:
     """Run one arm through every day of ``world``; returns every row it generated."""
     cfg = world.cfg
     live: dict[str, list[Creative]] = {}
