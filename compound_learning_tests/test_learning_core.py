@@ -517,3 +517,67 @@ def test_a_trend_that_is_not_projected_is_not_called_absent():
     for out in held:
         assert "no ongoing trend" not in out["model"]
         assert f"a {out['trend']} daily trend" in out["model"] and "is not projected" in out["model"]
+
+
+def _main_effect_patterns(ctr: np.ndarray, roas: np.ndarray, ctr_se: float, roas_se: float) -> pd.DataFrame:
+    """Global main-effect patterns of one dimension ``d`` with values v00, v01, ... (CTR, ROAS)."""
+    rows = []
+    for metric, estimates, se in (("ctr", ctr, ctr_se), ("roas", roas, roas_se)):
+        for i, est in enumerate(estimates):
+            rows.append(
+                {
+                    "pattern_type": "d",
+                    "account_id": "*",
+                    "attributes": json.dumps({"d": f"v{i:02d}"}),  # names that sort as the arrays
+                    "metric": metric,
+                    "log_effect": float(est),
+                    "std_error": se,
+                    "support": json.dumps({"creatives": 40}),
+                    "state": "learning",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_roas_weights_take_what_clicks_settled_and_shrink_the_value_part_alone():
+    """A ROAS weight is the CTR weight plus the value part (log ROAS - log CTR) shrunk on its
+    own, towards what the row's CTR weight says of it. Where clicks measure CTR precisely and
+    conversions measure the rest noisily, it is nearer the truth than ROAS's estimate shrunk
+    whole (what the DNA did before); where more clicks come with worse clicks, it is no worse."""
+    from compound_learning.core.shrinkage import posterior, prior_variance
+
+    rng = np.random.default_rng(7)
+    values, ctr_se, value_se = 12, 0.02, 0.1
+    roas_se = float(np.hypot(ctr_se, value_se))
+    empty = pd.DataFrame(columns=["account_id", "metric", "log_rate", "std_error"])
+
+    def errors(value_of_ctr, value_sd):
+        composed, whole = [], []
+        for _ in range(200):
+            true_ctr = rng.normal(0, 0.12, values)
+            true_value = value_of_ctr * true_ctr + rng.normal(0, value_sd, values)
+            ctr_noise = rng.normal(0, ctr_se, values)
+            ctr_est = true_ctr + ctr_noise
+            roas_est = true_ctr + true_value + ctr_noise + rng.normal(0, value_se, values)  # clicks' noise is shared
+            weights = dna_weights(_main_effect_patterns(ctr_est, roas_est, ctr_se, roas_se), empty)
+            roas = weights[weights["metric"] == "roas"].sort_values("value")
+            composed.append(roas["weight"].to_numpy() - (true_ctr + true_value))
+            tau2 = prior_variance(roas_est, np.full(values, roas_se))
+            whole.append(posterior(roas_est, np.full(values, roas_se), tau2)[0] - (true_ctr + true_value))
+        return np.mean(np.square(composed)), np.mean(np.square(whole)), weights, ctr_est, roas
+
+    composed, whole, weights, ctr_est, roas = errors(0.0, 0.03)  # the value part owes nothing to CTR
+    assert composed < 0.6 * whole, (composed, whole)
+    # Clickbait: what CTR gains the value of a click loses, and ROAS hardly moves. The slope
+    # finds it (taking ROAS as CTR would err by 0.9 of every CTR effect); ROAS shrunk whole is
+    # nearer here, shrinking nearly everything to nothing, but not by much.
+    clickbait, whole_clickbait, weights_cb, *_ = errors(-0.9, 0.03)
+    ctr_alone = np.mean(np.square(0.9 * weights_cb.loc[weights_cb["metric"] == "ctr"].sort_values("value")["weight"]))
+    assert clickbait < 0.3 * ctr_alone and clickbait < 1.5 * whole_clickbait, (clickbait, whole_clickbait)
+
+    # CTR's weights are CTR's estimates shrunk alone; ROAS's sd is at least CTR's
+    ctr_w = weights[weights["metric"] == "ctr"].sort_values("value")
+    alone = posterior(ctr_est, np.full(values, ctr_se), prior_variance(ctr_est, np.full(values, ctr_se)))
+    np.testing.assert_allclose(ctr_w["weight"], alone[0], rtol=1e-12)
+    assert (roas["weight_se"].to_numpy() > ctr_w["weight_se"].to_numpy()).all()
+    assert "roas/ctr" not in set(weights["metric"])  # the value part is internal
