@@ -89,6 +89,9 @@ def test_the_benchmark_runs_in_a_world_of_the_users(tmp_path, capsys):
     # the same world, run twice, pairs with itself
     again = closed_loop.run(days=12, seeds=2, accounts=3, out_dir=tmp_path / "again", world_from=INDEPENDENT)
     assert closed_loop.compare(saved, again)[0]["difference"]["mean"] == 0.0
+    # the same world from another checkout's file is the same world (named by module and factory)
+    moved = {**again, "config": {**again["config"], "world_from": "/elsewhere/independent_world.py:make_world"}}
+    assert closed_loop.compare(saved, moved)[0]["difference"]["mean"] == 0.0
     with pytest.raises(ValueError, match="world_from"):
         closed_loop.compare(own, again)
 

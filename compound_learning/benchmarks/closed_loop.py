@@ -443,13 +443,19 @@ def bursts(drift_log: list[tuple[int, float | None, bool]]) -> list[int]:
     return out
 
 
+def world_name(world_from: str | None) -> str | None:
+    """A world of the user's by its module's name and its factory's (``independent_world:make_world``),
+    wherever the file lies: two checkouts' runs of one world are the same world."""
+    if not world_from:
+        return None
+    where, _, name = world_from.rpartition(":")
+    return f"{Path(where).stem if where.endswith('.py') else where.rsplit('.', 1)[-1]}:{name}"
+
+
 def output_name(world: str, account_sd: float, world_from: str | None = None) -> str:
     """The PNG's and the JSON's name: one per world (and per world of the user's, by its file or
     module), and per account spread when not the default."""
-    own = ""
-    if world_from:
-        where, _, name = world_from.rpartition(":")
-        own = f"_{Path(where).stem if where.endswith('.py') else where.rsplit('.', 1)[-1]}_{name}"
+    own = f"_{world_name(world_from).replace(':', '_')}" if world_from else ""
     suffix = "" if account_sd == LoopConfig.account_deviation_sd else f"_account_sd_{account_sd:g}"
     return f"closed_loop_{world}{own}{suffix}"
 
@@ -488,6 +494,7 @@ def run(
         )
         for i in range(seeds)
     ]
+    given = world_from
     if world_from and world_from.rpartition(":")[0].endswith(".py"):  # the seeds' processes may start elsewhere
         where, _, name = world_from.rpartition(":")
         world_from = f"{Path(where).resolve()}:{name}"
@@ -550,7 +557,7 @@ def run(
             "accounts": accounts,
             "effect_scale": effect_scale,
             "world": world,
-            "world_from": world_from,
+            "world_from": given,
             "account_deviation_sd": account_sd,
             "half_life_days": half_life,
             "refit_days": refit_days,
@@ -628,7 +635,11 @@ def compare(before: dict, after: dict) -> list[dict]:
             raise ValueError(
                 f"the {name} run has no per-seed figures (written before the benchmark kept them): run it again"
             )
-    differ = [k for k in WORLD_KEYS if before["config"].get(k) != after["config"].get(k)]
+
+    def key(config: dict, k: str):
+        return world_name(config.get(k)) if k == "world_from" else config.get(k)
+
+    differ = [k for k in WORLD_KEYS if key(before["config"], k) != key(after["config"], k)]
     if differ:
         pairs = ", ".join(f"{k} {before['config'].get(k)!r} vs {after['config'].get(k)!r}" for k in differ)
         raise ValueError(f"the two runs are not the same worlds: {pairs}")

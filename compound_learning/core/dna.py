@@ -17,7 +17,7 @@ import pandas as pd
 
 from compound_learning.config import GLOBAL, METRICS
 from compound_learning.core.effects import Z95
-from compound_learning.core.patterns import estimates_frame, main_effects
+from compound_learning.core.patterns import main_effects
 from compound_learning.core.shrinkage import posterior, prior_variance
 
 WEIGHT_COLUMNS = ["account_id", "metric", "dimension", "value", "weight", "weight_se", "creatives"]
@@ -56,135 +56,48 @@ def _row(account_id, metric, dimension, value, weight, weight_se, creatives) -> 
     }
 
 
-VALUE_PART = "roas/ctr"  # log (ROAS / CTR): the value of a click for the spend of an impression
-KEY = ["account_id", "dimension", "value"]
-
-
-def _effect_rows(patterns: pd.DataFrame) -> pd.DataFrame:
-    """Main effects (every account) and global interactions as one frame of estimates, each
-    interaction named by its pair row (``pair_dimension``, ``pair_value``)."""
+def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """Global and per-account weights from the cycle's patterns; per-account baseline log rates
+    ride along as rows with ``dimension == value == "__baseline__"``."""
+    rows = []
+    effects = main_effects(patterns)
+    glob = effects[effects["account_id"] == GLOBAL]
+    global_means: dict[tuple, tuple[float, float]] = {}
+    for metric, sub in glob.groupby("metric"):
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"])
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
+            global_means[(metric, r.dimension, r.value)] = (float(m), float(s))
+            rows.append(_row(GLOBAL, metric, r.dimension, r.value, m, s, r.creatives))
+    local = effects[effects["account_id"] != GLOBAL]
+    for metric, sub in local.groupby("metric"):
+        pooled = [
+            global_means.get((metric, d, v), (0.0, 0.0)) for d, v in zip(sub["dimension"], sub["value"], strict=True)
+        ]
+        prior = np.array([m for m, _ in pooled])
+        prior_sd = np.array([s for _, s in pooled])
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"], prior)
+        # The account's effect varies around a global effect that is itself uncertain: its prior
+        # variance is the between-account spread plus the global weight's own variance.
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2 + prior_sd**2, prior)
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
+            rows.append(_row(r.account_id, metric, r.dimension, r.value, m, s, r.creatives))
+    # Interactions (synergy): shrunk the same way, towards no interaction; most are noise and
+    # shrink to nothing, the supported ones keep their weight.
     inter = patterns[
         (patterns["pattern_type"] == "interaction")
         & (patterns["account_id"] == GLOBAL)
         & patterns["std_error"].notna()
         & (patterns["state"] != "insufficient_data")
     ]
-    names = []
-    for a in inter["attributes"]:
-        attrs = json.loads(a)
-        da, db = sorted(attrs)
-        names.append((pair_dimension(da, db), pair_value(attrs, da, db)))
-    frames = [f for f in (main_effects(patterns), estimates_frame(inter, names)) if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else main_effects(patterns)
-
-
-def _with_value_part(effects: pd.DataFrame) -> pd.DataFrame:
-    """ROAS's estimates as their part beyond CTR: log ROAS - log CTR of the same row, with
-    ROAS's standard error (its errors are mostly those of the conversions, which CTR's clicks do
-    not share; the spend split takes the value part the same way)."""
-    roas = effects[effects["metric"] == "roas"]
-    ctr = effects.loc[effects["metric"] == "ctr", [*KEY, "log_effect"]].rename(columns={"log_effect": "ctr_effect"})
-    value = roas.merge(ctr, on=KEY, how="left")
-    value["log_effect"] = value["log_effect"] - value.pop("ctr_effect").fillna(0.0)
-    value["metric"] = VALUE_PART
-    return pd.concat([effects[effects["metric"] != "roas"], value], ignore_index=True)
-
-
-def _shrunk(effects: pd.DataFrame) -> pd.DataFrame:
-    """Each estimate's posterior: global main effects and interactions towards zero (one prior
-    spread per metric and kind; the value part's towards a slope times the row's CTR weight,
-    ``_regressed_prior``), an account's towards the global weight of its row."""
-    out = []
-    is_pair_row = effects["dimension"].str.startswith(PAIR_PREFIX)
-    glob = effects[effects["account_id"] == GLOBAL]
-    ctr_weight: dict[tuple, float] = {}
-    # CTR before the value part: the value part's prior mean leans on the row's CTR weight
-    groups = sorted(glob.groupby(["metric", is_pair_row[glob.index]]), key=lambda g: g[0][0] == VALUE_PART)
-    for (metric, _pair), sub in groups:
-        if metric == VALUE_PART:
-            ctr = np.array([ctr_weight.get(k, 0.0) for k in zip(sub["dimension"], sub["value"], strict=True)])
-            slope, tau2 = _regressed_prior(sub["log_effect"].to_numpy(), sub["std_error"].to_numpy(), ctr)
-            mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2, slope * ctr)
-        else:
-            tau2 = prior_variance(sub["log_effect"], sub["std_error"])
-            mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
-        if metric == "ctr":
-            ctr_weight.update(zip(zip(sub["dimension"], sub["value"], strict=True), mean, strict=True))
-        out.append(sub.assign(weight=mean, weight_se=sd))
-    pooled = pd.concat(out, ignore_index=True) if out else glob.assign(weight=[], weight_se=[])
-    local = effects[effects["account_id"] != GLOBAL]
-    prior_of = pooled[["metric", "dimension", "value", "weight", "weight_se"]].rename(
-        columns={"weight": "prior", "weight_se": "prior_sd"}
-    )
-    for _metric, sub in local.merge(prior_of, on=["metric", "dimension", "value"], how="left").groupby("metric"):
-        prior, prior_sd = sub["prior"].fillna(0.0).to_numpy(), sub["prior_sd"].fillna(0.0).to_numpy()
-        tau2 = prior_variance(sub["log_effect"], sub["std_error"], prior)
-        # The account's effect varies around a global effect that is itself uncertain: its prior
-        # variance is the between-account spread plus the global weight's own variance.
-        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2 + prior_sd**2, prior)
-        out.append(sub.drop(columns=["prior", "prior_sd"]).assign(weight=mean, weight_se=sd))
-    return pd.concat(out, ignore_index=True) if out else effects.assign(weight=[], weight_se=[])
-
-
-def _regressed_prior(estimates: np.ndarray, std_errors: np.ndarray, ctr: np.ndarray) -> tuple[float, float]:
-    """The value part's prior: its true effects spread ``tau2`` around ``slope`` times the row's
-    CTR weight, both by maximum likelihood (alternating; each step raises the likelihood). Where
-    more clicks come with worse clicks (a clickbait hook), the slope is negative and a CTR gain
-    promises less ROAS; where the value part has nothing to do with CTR, the slope is about 0."""
-    ok = np.isfinite(estimates) & np.isfinite(std_errors) & (std_errors > 0)
-    est, se2, x = estimates[ok], std_errors[ok] ** 2, ctr[ok]
-    slope, tau2 = 0.0, prior_variance(est, np.sqrt(se2))
-    if ok.sum() < 3 or not np.any(x):
-        return slope, tau2
-    for _ in range(50):
-        w = 1.0 / (tau2 + se2)
-        new = float(np.sum(w * x * est) / np.sum(w * x * x))
-        tau2 = prior_variance(est, np.sqrt(se2), new * x)
-        if abs(new - slope) < 1e-6:
-            return new, tau2
-        slope = new
-    return slope, tau2
-
-
-def _composed_roas(weights: pd.DataFrame) -> pd.DataFrame:
-    """ROAS weights as the sum of the row's CTR weight and its value part's (independent parts:
-    their variances add); the value-part rows give way to them."""
-    value = weights[weights["metric"] == VALUE_PART]
-    ctr = weights.loc[weights["metric"] == "ctr", [*KEY, "weight", "weight_se"]]
-    both = value.merge(ctr, on=KEY, how="left", suffixes=("", "_ctr"))
-    roas = both.assign(
-        metric="roas",
-        weight=both["weight"] + both["weight_ctr"].fillna(0.0),
-        weight_se=np.sqrt(both["weight_se"] ** 2 + both["weight_se_ctr"].fillna(0.0) ** 2),
-    )
-    return pd.concat([weights[weights["metric"] != VALUE_PART], roas[weights.columns]], ignore_index=True)
-
-
-def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
-    """Global and per-account weights from the cycle's patterns; per-account baseline log rates
-    ride along as rows with ``dimension == value == "__baseline__"``.
-
-    CTR and conversion-rate weights are their estimates shrunk. A ROAS weight is composed: the
-    row's CTR weight plus its *value part* (log ROAS - log CTR, the value of a click for the spend
-    of an impression) shrunk on its own, towards what the rows' CTR weights say of it (a slope
-    fitted over the rows: negative where more clicks have meant worse ones). Clicks tell CTR
-    precisely long before conversions tell ROAS, and most of ROAS's noise is in the value part:
-    shrinking ROAS whole let that noise outweigh a CTR difference the clicks had settled (in a
-    world written apart from the simulator the learner ran a call to action 0.15 worse in CTR for
-    90 days, its ROAS level with the better one's in conversions' noise). Where CTR and the value
-    part cancel, shrinking ROAS whole is somewhat nearer the truth (the test's clickbait world).
-    Interactions (synergy) are composed and shrunk the same way, towards no interaction: most
-    are noise and shrink to nothing, the supported ones keep their weight.
-    """
-    effects = _effect_rows(patterns)
-    rows = []
-    if len(effects):
-        weights = _composed_roas(_shrunk(_with_value_part(effects)))
-        weights = weights.assign(creatives=weights["creatives"].fillna(0).astype(int))
-        rows = [
-            _row(r.account_id, r.metric, r.dimension, r.value, r.weight, r.weight_se, r.creatives)
-            for r in weights.itertuples(index=False)
-        ]
+    for metric, sub in inter.groupby("metric"):
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"])
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
+        for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
+            attrs = json.loads(r.attributes)
+            da, db = sorted(attrs)
+            support = json.loads(r.support).get("creatives", 0)
+            rows.append(_row(GLOBAL, metric, pair_dimension(da, db), pair_value(attrs, da, db), m, s, support))
     for b in baselines.itertuples():
         se = b.std_error if np.isfinite(b.std_error) else 0.0
         rows.append(_row(b.account_id, b.metric, BASELINE_VALUE, BASELINE_VALUE, b.log_rate, se, 0))

@@ -379,20 +379,15 @@ def main_effects(patterns: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["account_id", "metric", "dimension", "value", "log_effect", "std_error", "creatives"]
         )
-    return estimates_frame(main, [next(iter(json.loads(a).items())) for a in main["attributes"]])
-
-
-def estimates_frame(patterns: pd.DataFrame, names: list[tuple[str, str]]) -> pd.DataFrame:
-    """Patterns as (account_id, metric, dimension, value, est, se, creatives), each row named by
-    the (dimension, value) of ``names``."""
+    pairs = [next(iter(json.loads(a).items())) for a in main["attributes"]]
     return pd.DataFrame(
         {
-            "account_id": patterns["account_id"].to_numpy(),
-            "metric": patterns["metric"].to_numpy(),
-            "dimension": [d for d, _ in names],
-            "value": [v for _, v in names],
-            "log_effect": patterns["log_effect"].to_numpy(float),
-            "std_error": patterns["std_error"].to_numpy(float),
-            "creatives": [json.loads(s).get("creatives", 0) for s in patterns["support"]],
+            "account_id": main["account_id"].to_numpy(),
+            "metric": main["metric"].to_numpy(),
+            "dimension": [d for d, _ in pairs],
+            "value": [v for _, v in pairs],
+            "log_effect": main["log_effect"].to_numpy(float),
+            "std_error": main["std_error"].to_numpy(float),
+            "creatives": [json.loads(s).get("creatives", 0) for s in main["support"]],
         }
     )
