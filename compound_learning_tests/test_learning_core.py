@@ -517,38 +517,3 @@ def test_a_trend_that_is_not_projected_is_not_called_absent():
     for out in held:
         assert "no ongoing trend" not in out["model"]
         assert f"a {out['trend']} daily trend" in out["model"] and "is not projected" in out["model"]
-
-
-def test_a_two_scale_prior_keeps_the_effects_that_stand_out_and_shrinks_the_crowd():
-    """``mixture_posterior``: where most true effects are nothing and a few are large, it is
-    nearer the truth than one normal prior (which shrinks the large ones as much as the noise);
-    where the effects are normal it is about as near; with too few rows it is the normal prior."""
-    from compound_learning.core.shrinkage import mixture_posterior, posterior, prior_variance
-
-    rng = np.random.default_rng(3)
-
-    def errors(draw):
-        mix, normal = [], []
-        for _ in range(60):
-            truth = draw(25)
-            se = 0.08 * rng.uniform(0.5, 1.5, 25)
-            est = truth + rng.normal(0, se)
-            mix.append(np.mean((mixture_posterior(est, se)[0] - truth) ** 2))
-            normal.append(np.mean((posterior(est, se, prior_variance(est, se))[0] - truth) ** 2))
-        return np.mean(mix), np.mean(normal)
-
-    sparse = errors(lambda n: np.where(rng.random(n) < 0.3, rng.laplace(0, 0.3, n), 0.0))
-    assert sparse[0] < 0.75 * sparse[1], sparse
-    gaussian = errors(lambda n: rng.normal(0, 0.15, n))
-    assert gaussian[0] < 1.1 * gaussian[1], gaussian
-
-    # one large effect among noise keeps more of its size than under one normal prior, and the
-    # noise is shrunk more; every sd is honest (not zero)
-    est = np.r_[0.6, rng.normal(0, 0.05, 20)]
-    se = np.full(21, 0.05)
-    mean, sd = mixture_posterior(est, se)
-    one = posterior(est, se, prior_variance(est, se))[0]
-    assert mean[0] > 0.55 > one[0] and np.abs(mean[1:]).mean() < np.abs(one[1:]).mean() and (sd > 0).all()
-    few = mixture_posterior(est[:3], se[:3])
-    normal = posterior(est[:3], se[:3], prior_variance(est[:3], se[:3]))
-    np.testing.assert_allclose(few, normal)
