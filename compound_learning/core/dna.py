@@ -3,8 +3,7 @@
 Weights are log multipliers of each attribute value against its dimension's geometric mean,
 re-estimated from the cumulative evidence every cycle and shrunk (empirical Bayes) so that a
 value seen on a handful of creatives, or a lucky early winner, does not dominate a score:
-global weights shrink towards zero under a two-scale prior (most effects near nothing, a few
-large: ``shrinkage.mixture_posterior``), an account's weights shrink towards the global ones
+global weights shrink towards zero, an account's weights shrink towards the global ones
 (partial pooling) with the between-account spread as the prior variance.
 """
 
@@ -19,7 +18,7 @@ import pandas as pd
 from compound_learning.config import GLOBAL, METRICS
 from compound_learning.core.effects import Z95
 from compound_learning.core.patterns import main_effects
-from compound_learning.core.shrinkage import mixture_posterior, posterior, prior_variance
+from compound_learning.core.shrinkage import posterior, prior_variance
 
 WEIGHT_COLUMNS = ["account_id", "metric", "dimension", "value", "weight", "weight_se", "creatives"]
 BASELINE_VALUE = "__baseline__"
@@ -65,7 +64,8 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
     glob = effects[effects["account_id"] == GLOBAL]
     global_means: dict[tuple, tuple[float, float]] = {}
     for metric, sub in glob.groupby("metric"):
-        mean, sd = mixture_posterior(sub["log_effect"], sub["std_error"])
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"])
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             global_means[(metric, r.dimension, r.value)] = (float(m), float(s))
             rows.append(_row(GLOBAL, metric, r.dimension, r.value, m, s, r.creatives))
@@ -91,7 +91,8 @@ def dna_weights(patterns: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame
         & (patterns["state"] != "insufficient_data")
     ]
     for metric, sub in inter.groupby("metric"):
-        mean, sd = mixture_posterior(sub["log_effect"], sub["std_error"])
+        tau2 = prior_variance(sub["log_effect"], sub["std_error"])
+        mean, sd = posterior(sub["log_effect"], sub["std_error"], tau2)
         for r, m, s in zip(sub.itertuples(), mean, sd, strict=True):
             attrs = json.loads(r.attributes)
             da, db = sorted(attrs)
