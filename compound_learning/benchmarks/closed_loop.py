@@ -422,9 +422,8 @@ def plot(results: list[dict], cfg: LoopConfig, path: Path, world_from: str | Non
     ax.set_xlabel("day")
     ax.set_ylabel("ROAS (all accounts)")
     ax.set_title(
-        f"closed loop, {cfg.world} world{f' from {world_from}' if world_from else ''}, effect scale "
-        f"{cfg.effect_scale}, {len(results)} seeds "
-        "(bands: 95% over seeds)",
+        f"closed loop, {cfg.world} world{f' of {world_name(world_from)}' if world_from else ''}, effect scale "
+        f"{cfg.effect_scale}, {len(results)} seeds\n(bands: 95% over seeds)",
         fontsize=10,
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
