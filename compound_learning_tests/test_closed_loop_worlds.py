@@ -12,7 +12,14 @@ import pytest
 
 from compound_learning.benchmarks import closed_loop
 from compound_learning.benchmarks.independent_world import CHANGED, DIMENSIONS, make_world
-from compound_learning.core.closed_loop import ClosedLoopWorld, LoopConfig, OraclePolicy, RandomPolicy, run_arm
+from compound_learning.core.closed_loop import (
+    WORLD_MEMBERS,
+    ClosedLoopWorld,
+    LoopConfig,
+    OraclePolicy,
+    RandomPolicy,
+    run_arm,
+)
 
 INDEPENDENT = "compound_learning.benchmarks.independent_world:make_world"
 
@@ -28,6 +35,11 @@ def test_the_independent_world_keeps_the_protocol():
     cfg = LoopConfig(days=10, accounts=3, seed=4)
     world = make_world(cfg)
     assert isinstance(world, ClosedLoopWorld) and world.cfg is cfg
+    # the names a world is checked for are the protocol's
+    declared = set(ClosedLoopWorld.__annotations__) | {
+        n for n, v in vars(ClosedLoopWorld).items() if callable(v) and not n.startswith("_")
+    }
+    assert set(WORLD_MEMBERS) == declared
     assert all(len(world.initial[a]) == cfg.live_creatives for a in world.accounts)
     # common random numbers: the slot, not the attributes or the day, sets a creative's quality
     a = world.new_creative("acct_002", 5, world.initial["acct_002"][0], 0)

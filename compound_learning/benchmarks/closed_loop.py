@@ -49,6 +49,7 @@ from compound_learning.benchmarks import processor
 from compound_learning.config import CycleSettings, load_settings
 from compound_learning.core import recommend
 from compound_learning.core.closed_loop import (
+    WORLD_MEMBERS,
     ClosedLoopWorld,
     CommonOraclePolicy,
     Creative,
@@ -114,17 +115,13 @@ def world_factory(spec: str):
     return factory
 
 
-WORLD_MEMBERS = ("cfg", "accounts", "initial", "random_attributes", "new_creative", "deliver")
-ORACLE_MEMBERS = ("best_attributes", "current_log_roas")
-
-
 def make_world(cfg: LoopConfig, world_from: str | None = None) -> ClosedLoopWorld:
     """The project's simulated world, or the one ``world_from``'s factory makes of ``cfg``,
     checked for what every arm needs of it (``core.closed_loop.ClosedLoopWorld``)."""
     if world_from is None:
         return World(cfg)
     world = world_factory(world_from)(cfg)
-    missing = [m for m in (*WORLD_MEMBERS, *ORACLE_MEMBERS) if not hasattr(world, m)]
+    missing = [m for m in WORLD_MEMBERS if not hasattr(world, m)]
     if missing:
         raise WorldError(
             f"--world-from {world_from!r}: the world lacks {', '.join(missing)} "

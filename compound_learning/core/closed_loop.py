@@ -108,6 +108,20 @@ class ClosedLoopWorld(Protocol):
     def current_log_roas(self, account: str, creative: Creative, day: int) -> float: ...
 
 
+# ClosedLoopWorld's members, by name: what a world of the user's is checked for, so that a
+# missing one is named (isinstance on a runtime protocol only says that one is missing).
+WORLD_MEMBERS = (
+    "cfg",
+    "accounts",
+    "initial",
+    "random_attributes",
+    "new_creative",
+    "deliver",
+    "best_attributes",
+    "current_log_roas",
+)
+
+
 class World:
     """The truth of one closed-loop world and the per-account state of one arm in it."""
 
