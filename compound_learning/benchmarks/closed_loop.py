@@ -491,10 +491,10 @@ def run(
         for i in range(seeds)
     ]
     given = world_from
-    if world_from and world_from.rpartition(":")[0].endswith(".py"):  # the seeds' processes may start elsewhere
-        where, _, name = world_from.rpartition(":")
-        world_from = f"{Path(where).resolve()}:{name}"
     if world_from:
+        where, _, name = world_from.rpartition(":")
+        if where.endswith(".py"):  # the seeds' processes may start elsewhere
+            world_from = f"{Path(where).resolve()}:{name}"
         make_world(configs[0], world_from)  # a bad world fails here, before any seed runs
 
     def done(i: int) -> None:
