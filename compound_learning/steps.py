@@ -61,6 +61,21 @@ def _lock(name: str, day: date) -> str:
 
 
 # -- performance_data -----------------------------------------------------------------------
+NOTHING_INGESTED = (
+    "nothing was ingested for the run's days: the steps after performance_data are skipped and the "
+    "knowledge stays the last day's (they run when data for these days arrives)"
+)
+
+
+def nothing_ingested(performance_summaries: list[dict]) -> bool:
+    """Whether no row was ever stored or quarantined for any day of a run (``check_performance_day``
+    summaries). Raw rows are only ever replaced, never removed, so such days have no statistics
+    either, and skipping the learning steps on them changes nothing that follows: a later day's
+    cumulative statistics roll forward from the last snapshot over the days without data, with
+    the forgetting of the whole gap (``cumulative_cells``)."""
+    return all(s["rows"] == 0 and s["quarantined_rows"] == 0 for s in performance_summaries)
+
+
 def check_performance_day(ctx: CycleContext, day: date) -> dict:
     """Summarize the validated slice of ``day`` (the contract was enforced at ingestion).
 

@@ -17,7 +17,14 @@ from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.orchestration.launch import run_in_process as run_cycle
 from compound_learning.storage import schema as t
-from compound_learning_tests.conftest import DERIVED_BY_DAY, START, day_rows, make_context, make_store
+from compound_learning_tests.conftest import (
+    DERIVED_BY_DAY,
+    START,
+    day_rows,
+    make_context,
+    make_store,
+    table_differences,
+)
 
 
 def _load(url, env, data):
@@ -104,6 +111,60 @@ def test_restated_old_day_rebuilds_later_knowledge(sqlite_url, env, world):
         == total_clicks - (data[data["date"] == days[2].isoformat()]["clicks"] - restated["clicks"]).sum()
     )
     assert not after["log_effect"].equals(before["log_effect"])
+
+
+def test_a_day_with_nothing_ingested_skips_the_learning_and_the_next_day_learns_as_if_it_had_run(
+    db_url, env, world, instance, tmp_path, monkeypatch
+):
+    """A run for a day on which nothing was ingested succeeds without learning: performance_data
+    reports its checks but is not materialized, every step after it is skipped, nothing is
+    written, and the run and the cycle log say why. With forgetting on, the next day estimates
+    over the gap what it estimates when the empty day was run step by step (what the job did
+    before); only the persistence streaks no longer count the empty day as a cycle."""
+    monkeypatch.setenv("COMPOUND_LEARNING_HALF_LIFE_DAYS", "7")
+    data, _ = world
+    gap, nxt = START + timedelta(days=5), START + timedelta(days=6)
+    kept = data[pd.to_datetime(data["date"]).dt.date != gap]
+    plain_url = f"sqlite:///{tmp_path / 'plain.db'}"
+    _load(plain_url, env, kept)
+    steps.run_days(make_context(plain_url), START, nxt)  # every day step by step, the empty one too
+    _load(db_url, env, kept)
+    assert run_cycle(START, gap - timedelta(days=1), instance=instance)["status"] == "SUCCESS"
+
+    out = run_cycle(gap, gap, instance=instance)
+    assert out["status"] == "SUCCESS" and out["message"].startswith(steps.NOTHING_INGESTED), out
+    records = instance.get_records_for_run(out["run_id"]).records
+    events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.is_dagster_event]
+    skipped = {e.step_key for e in events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
+    assert skipped == set(steps.CYCLE_STEPS) - {"performance_data"}
+    assert not [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+    checks = [e.event_specific_data for e in events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+    assert sorted(c.check_name for c in checks) == ["quarantine_rate", "stored_rows_valid"]
+    assert all(c.passed for c in checks)
+    store = make_store(db_url)
+    for table, column in DERIVED_BY_DAY:
+        assert day_rows(store, table, column, gap).empty, f"{table.name} has rows for the empty day"
+    log = store.cycle_logs().iloc[0]
+    assert log["status"] == "SUCCESS" and steps.NOTHING_INGESTED in log["message"]
+    assert json.loads(log["counts"])["steps_skipped"] == len(skipped)
+
+    assert run_cycle(nxt, nxt, instance=instance)["status"] == "SUCCESS"
+    plain = make_store(plain_url)
+    learned = [t.account_baselines, t.creative_dna, t.cross_account_insights]
+    ours, theirs = (
+        {tb.name: day_rows(s, tb, "as_of", nxt) for tb in [*learned, t.learning_patterns]} for s in (store, plain)
+    )
+    # The estimates are the same; a claim's persistence counts cycles with evidence, and the
+    # step-by-step run counted the empty day's re-test of unchanged evidence as one.
+    streaks = {
+        name: frame.pop("streak").abs()
+        for name, frame in (("ours", ours[t.learning_patterns.name]), ("theirs", theirs[t.learning_patterns.name]))
+    }
+    states = ours[t.learning_patterns.name].pop("state"), theirs[t.learning_patterns.name].pop("state")
+    assert not table_differences(ours, theirs), table_differences(ours, theirs)
+    assert len(ours[t.learning_patterns.name]) and (streaks["theirs"] - streaks["ours"]).isin([0, 1]).all()
+    differ = states[0] != states[1]
+    assert differ.any() and set(states[0][differ]) == {"learning"} and set(states[1][differ]) == {"significant"}
 
 
 def test_failed_run_is_logged_and_leaves_data_intact(sqlite_url, env, world, monkeypatch, instance):

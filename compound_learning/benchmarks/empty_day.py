@@ -1,8 +1,12 @@
 """A cycle on a day with no data next to the bare baseline: one trivial asset materialized in
 process on the same Dagster instance. Each run is a fresh Python process timed from start to
 exit (imports included, as a scheduled run pays them); the two alternate, medians reported.
+With ``--history-days N`` the store first holds N days of simulated data, learned by one run,
+and the empty day is the day after them. With ``--pg-url`` the instance and the store are
+PostgreSQL databases of that server (production's setup), made and dropped by the benchmark.
 
-    python -m compound_learning.benchmarks.empty_day [--repeats 5]
+    python -m compound_learning.benchmarks.empty_day [--repeats 5] [--history-days 14] \
+        [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 TRIVIAL = """
@@ -28,12 +33,27 @@ instance = dg.DagsterInstance.get()
 assert dg.materialize([one], instance=instance).success
 """
 
+FIRST_DAY = date(2026, 1, 1)
+
 EMPTY_DAY = """
 from datetime import date
 import dagster as dg
 from compound_learning.orchestration.launch import run_in_process
 
-out = run_in_process(date(2026, 1, 5), date(2026, 1, 5), instance=dg.DagsterInstance.get())
+out = run_in_process(date.fromisoformat("{day}"), date.fromisoformat("{day}"), instance=dg.DagsterInstance.get())
+assert out["status"] == "SUCCESS", out
+"""
+
+HISTORY = """
+from datetime import date
+import dagster as dg
+from compound_learning.core.simulate import WorldConfig, simulate
+from compound_learning.ingestion import ingest_frame
+from compound_learning.orchestration.launch import run_in_process
+
+data, _ = simulate(WorldConfig(days={days}, accounts=6, creatives_per_account=25, start=date.fromisoformat("{first}")))
+ingest_frame(data, today=date(2100, 1, 1))
+out = run_in_process(date.fromisoformat("{first}"), date.fromisoformat("{last}"), instance=dg.DagsterInstance.get())
 assert out["status"] == "SUCCESS", out
 """
 
@@ -70,31 +90,49 @@ def _imported(module: str, env: dict) -> list[str]:
     return out.stdout.split()
 
 
-def run(repeats: int = 5) -> dict:
+def run(repeats: int = 5, history_days: int = 0, pg_url: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="empty_day_") as tmp:  # the instance and databases go with it
-        return _measure(Path(tmp), repeats)
+        if not pg_url:
+            storage = f"sqlite:\n    base_dir: {tmp}/dagster"
+            return _measure(Path(tmp), repeats, history_days, storage, f"sqlite:///{tmp}/cl.db")
+        from compound_learning.benchmarks.scale import Postgres
+
+        server, names = Postgres(pg_url), ("cl_empty_day_instance", "cl_empty_day_store")
+        instance_url, store_url = (server.fresh(name) for name in names)
+        try:
+            storage = f"postgres:\n    postgres_url: {instance_url}"
+            return {**_measure(Path(tmp), repeats, history_days, storage, store_url), "storage": "postgresql"}
+        finally:
+            for name in names:
+                server.drop(name)
 
 
-def _measure(home: Path, repeats: int) -> dict:
-    (home / "dagster.yaml").write_text(
-        f"storage:\n  sqlite:\n    base_dir: {home}/dagster\ntelemetry:\n  enabled: false\n"
-    )
+def _measure(home: Path, repeats: int, history_days: int, storage: str, store_url: str) -> dict:
+    (home / "dagster.yaml").write_text(f"storage:\n  {storage}\ntelemetry:\n  enabled: false\n")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "COMPOUND_LEARNING_DATABASE_URL": f"sqlite:///{home}/cl.db",
+        "COMPOUND_LEARNING_DATABASE_URL": store_url,
         "COMPOUND_LEARNING_ARTIFACTS_DIR": str(home / "artifacts"),
-        "COMPOUND_LEARNING_PARTITION_START": "2026-01-01",
+        "COMPOUND_LEARNING_PARTITION_START": str(FIRST_DAY),
     }
-    _timed(TRIVIAL, env), _timed(EMPTY_DAY, env)  # warm the file cache and create the databases
+    day = FIRST_DAY + timedelta(days=history_days + 4)
+    if history_days:
+        last = FIRST_DAY + timedelta(days=history_days - 1)
+        _timed(HISTORY.format(days=history_days, first=FIRST_DAY, last=last), env)
+    empty_day = EMPTY_DAY.format(day=day)
+    _timed(TRIVIAL, env), _timed(empty_day, env)  # warm the file cache and create the databases
     trivial, empty = [], []
     for _ in range(repeats):
         trivial.append(_timed(TRIVIAL, env))
-        empty.append(_timed(EMPTY_DAY, env))
+        empty.append(_timed(empty_day, env))
     t_s = statistics.median(s for s, _ in trivial)
     e_s = statistics.median(s for s, _ in empty)
     return {
         "repeats": repeats,
+        "storage": "sqlite",
+        "history_days": history_days,
+        "empty_day": str(day),
         "trivial_asset_seconds": round(t_s, 2),
         "trivial_asset_peak_mb": round(max(m for _, m in trivial)),
         "empty_day_seconds": round(e_s, 2),
@@ -109,7 +147,10 @@ def _measure(home: Path, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    print(json.dumps(run(parser.parse_args().repeats), indent=2))
+    parser.add_argument("--history-days", type=int, default=0, help="days of simulated data learned before it")
+    parser.add_argument("--pg-url", help="a PostgreSQL server for the instance and the store (default: SQLite files)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.repeats, args.history_days, args.pg_url), indent=2))
 
 
 if __name__ == "__main__":

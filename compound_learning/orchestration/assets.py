@@ -5,7 +5,7 @@ what happened as metadata, so the UI tells the story without the logs."""
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 
 import dagster as dg
@@ -18,6 +18,21 @@ from compound_learning.storage.retry import is_transient, with_retries
 
 # Single-run backfills are what make a range one run; the parameter is marked beta in 1.13.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+
+class _SkippedCheckStep(logging.Filter):
+    """Drops Dagster's warning that a blocking check of ours "emitted no result". It logs it for
+    a step skipped on a day on which nothing was ingested (``ctr_model``, after
+    ``performance_data``) while deciding whether to skip the steps after it, which it then skips
+    too: nothing proceeds ungated. A step of ours that runs always emits its checks (Dagster
+    fails it otherwise), so the warning can mean nothing else here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Blocking asset check '") and "emitted no result in step" in message)
+
+
+logging.getLogger("dagster._core.execution.plan.active").addFilter(_SkippedCheckStep())
 
 OWNERS = ["team:growth-data"]
 SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -146,13 +161,21 @@ def _report(
 
 
 def _materialize(
+    context: dg.AssetExecutionContext, store: StoreResource, figures: list[str], *args, **kwargs
+) -> dg.MaterializeResult:
+    """The materialization of :func:`_run_days` (the same arguments)."""
+    return _run_days(context, store, figures, *args, **kwargs)[1]
+
+
+def _run_days(
     context: dg.AssetExecutionContext,
     store: StoreResource,
     figures: list[str],
     preview: Callable[[dict, StoreResource], str] | None = None,
     checks: Callable[[date], list[dg.AssetCheckResult]] | None = None,
     all_checks: Callable[[list[dict]], list[dg.AssetCheckResult]] | None = None,
-) -> dg.MaterializeResult:
+) -> tuple[list[dict], dg.MaterializeResult]:
+    """The step for every day of the run: each day's summary, and the materialization that reports them."""
     ctx = store.cycle_context()
     name = context.asset_key.to_user_string()
     results = _each_day(context, name, partition_days(context), lambda day: steps.run_step(ctx, name, day), figures)
@@ -160,7 +183,7 @@ def _materialize(
     check_results = checks(date.fromisoformat(results[-1]["day"])) if checks else None
     if all_checks:
         check_results = (check_results or []) + all_checks(results)
-    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+    return results, dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
 
 def _sharded(
@@ -253,9 +276,12 @@ STEP_RETRIES = 2
 STEP_RETRY_WAIT_SECONDS = 30
 
 
-def _asset(name: str, deps: list, group: str, kinds: set[str], check_specs: list | None = None):
+def _asset(
+    name: str, deps: list, group: str, kinds: set[str], check_specs: list | None = None, output_required: bool = True
+):
     return dg.asset(
         name=name,
+        output_required=output_required,
         deps=deps,
         partitions_def=daily_partitions,
         backfill_policy=SINGLE_RUN,
@@ -300,12 +326,24 @@ def _day_checks(
     return out
 
 
-@_asset("performance_data", [compound_performance_data], "ingestion", {"python", "sql"}, PERFORMANCE_CHECKS)
-def performance_data(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+@_asset(
+    "performance_data",
+    [compound_performance_data],
+    "ingestion",
+    {"python", "sql"},
+    PERFORMANCE_CHECKS,
+    output_required=False,
+)
+def performance_data(context: dg.AssetExecutionContext, store: StoreResource) -> Iterator[dg.MaterializeResult]:
     """The validated slice of one day: row, account and creative counts, totals, the rows
     quarantined for that day with the data version (newest ingestion batch) it was built from.
-    Checks: the quarantine rate, and that every stored row satisfies the contract."""
-    return _materialize(
+    Checks: the quarantine rate, and that every stored row satisfies the contract.
+
+    A run for days on which nothing was ingested (no row stored, none quarantined) has no slice:
+    the asset is not materialized and the steps after it are skipped (the knowledge stays the
+    last day's; a later day rolls the evidence forward over the gap). They run when data for
+    those days arrives (``new_data_sensor``). The checks still report, vacuously passed."""
+    results, materialization = _run_days(
         context,
         store,
         [
@@ -328,6 +366,11 @@ def performance_data(context: dg.AssetExecutionContext, store: StoreResource) ->
             ],
         ),
     )
+    if steps.nothing_ingested(results):
+        context.log.info(f"{results[0]['day']}..{results[-1]['day']}: {steps.NOTHING_INGESTED}")
+        yield from materialization.check_results
+        return
+    yield materialization
 
 
 @_asset(

@@ -23,6 +23,7 @@ import dagster as dg
 from compound_learning.config import GLOBAL, Settings, load_settings
 from compound_learning.orchestration.jobs import JOB_NAME
 from compound_learning.orchestration.partitions import daily_partitions
+from compound_learning.steps import NOTHING_INGESTED
 from compound_learning.storage import schema as t
 from compound_learning.storage.store import Store, get_store
 
@@ -96,11 +97,15 @@ def record_cycle_run(
     stats = instance.get_run_stats(run.run_id)
     started = datetime.fromtimestamp(stats.start_time, UTC) if stats.start_time else None
     ended = datetime.fromtimestamp(stats.end_time, UTC) if stats.end_time else datetime.now(UTC)
+    skipped = len(instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_SKIPPED).records)
     counts = {
         "materializations": int(stats.materializations),
         "steps_succeeded": int(stats.steps_succeeded),
         "steps_failed": int(stats.steps_failed),
+        "steps_skipped": skipped,
     }
+    if status == "SUCCESS" and skipped and not message:  # only performance_data's output is optional
+        message = f"{NOTHING_INGESTED} ({skipped} steps skipped)"
     if end:
         end_day = date.fromisoformat(end)
         counts["significant_global_patterns"] = store.count_rows(
@@ -182,14 +187,16 @@ def run_in_process(
         result = dg.execute_job(job, instance, run_config=run_config, tags=tags, raise_on_error=False)
     status = "SUCCESS" if result.success else "FAILURE"
     message = "" if result.success else failure_message(result)
-    record_cycle_run(instance, get_store(settings.database_url), instance.get_run_by_id(result.run_id), status, message)
+    row = record_cycle_run(
+        instance, get_store(settings.database_url), instance.get_run_by_id(result.run_id), status, message
+    )
     return {
         "run_id": result.run_id,
         "status": status,
         "start": str(start),
         "end": str(end),
         "days": (end - start).days + 1,
-        "message": message,
+        "message": row["message"],
     }
 
 
