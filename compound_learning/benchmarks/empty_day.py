@@ -100,7 +100,8 @@ def run(repeats: int = 5, history_days: int = 0, pg_url: str | None = None) -> d
         server, names = Postgres(pg_url), ("cl_empty_day_instance", "cl_empty_day_store")
         instance_url, store_url = (server.fresh(name) for name in names)
         try:
-            storage = f"postgres:\n    postgres_url: {instance_url}"
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; Dagster's storage gets psycopg2 (deploy/)
+            storage = f"postgres:\n    postgres_url: {instance_url.replace('postgresql://', 'postgresql+psycopg2://')}"
             return {**_measure(Path(tmp), repeats, history_days, storage, store_url), "storage": "postgresql"}
         finally:
             for name in names:
