@@ -380,7 +380,7 @@ def cmd_dashboard(args) -> int:
         print("== last cycles")
         for c in d["last_cycles"]:
             seconds = "" if c["duration_seconds"] is None else f"{float(c['duration_seconds']):.0f} s"
-            print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']}  {seconds}")
+            print(f"  {c['status']:<8} {c['partition_start']}..{c['partition_end']}  {seconds}  {c['message'][:160]}")
 
     _print(dash, args.json, human)
     return 0

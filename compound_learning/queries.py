@@ -318,6 +318,7 @@ def dashboard(store: Store, account_id: str | None = None) -> dict:
             "partition_end": None if r.partition_end is None else str(r.partition_end),
             "status": r.status,
             "duration_seconds": r.duration_seconds,
+            "message": r.message if isinstance(r.message, str) else "",  # why it failed, or that nothing was ingested
         }
         for r in logs.itertuples()
     ]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from compound_learning import steps
+from compound_learning import queries, steps
 from compound_learning.config import load_settings
 from compound_learning.ingestion import ingest_frame
 from compound_learning.orchestration.launch import run_in_process as run_cycle
@@ -147,6 +147,7 @@ def test_a_day_with_nothing_ingested_skips_the_learning_and_the_next_day_learns_
     log = store.cycle_logs().iloc[0]
     assert log["status"] == "SUCCESS" and steps.NOTHING_INGESTED in log["message"]
     assert json.loads(log["counts"])["steps_skipped"] == len(skipped)
+    assert queries.dashboard(store)["last_cycles"][0]["message"] == out["message"]  # the CLI, API and page show it
 
     assert run_cycle(nxt, nxt, instance=instance)["status"] == "SUCCESS"
     plain = make_store(plain_url)

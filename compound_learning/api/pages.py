@@ -36,7 +36,7 @@ def render_dashboard(db: Store, account_id: str, shared_only: bool = False) -> s
     )
     cycles = "".join(
         f"<tr><td>{e(c['status'])}</td><td>{e(str(c['partition_start']))} .. {e(str(c['partition_end']))}</td>"
-        f"<td>{fmt(c['duration_seconds'])}</td></tr>"
+        f"<td>{fmt(c['duration_seconds'])}</td><td>{e(c['message'])}</td></tr>"
         for c in dash["last_cycles"]
     )
     try:
@@ -111,5 +111,5 @@ Status: <b>{e(traj["learning_status"])}</b>; ongoing daily trend: {e(traj.get("t
 <h2>Knowledge graph</h2><img alt="knowledge graph" src="{charts.data_uri(charts.graph_chart(graph))}">
 <h2>Launch next</h2>{rec_html}
 <h2>CTR model</h2>{model_html}
-<h2>Last cycles</h2><table><tr><th>status</th><th>days</th><th>seconds</th></tr>{cycles}</table>
+<h2>Last cycles</h2><table><tr><th>status</th><th>days</th><th>seconds</th><th>note</th></tr>{cycles}</table>
 </body></html>"""

@@ -274,6 +274,7 @@ def scheduler_status(store: Store, settings: Settings | None = None) -> dict:
                 "partition_end": None if r.partition_end is None else str(r.partition_end)[:10],
                 "duration_seconds": r.duration_seconds,
                 "ended_at": None if r.ended_at is None else str(r.ended_at),
+                "message": r.message if isinstance(r.message, str) else "",
             }
             for r in logs.itertuples()
         ],
