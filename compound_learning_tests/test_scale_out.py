@@ -7,6 +7,9 @@ spread, with exactly the tables of the one-process run.
   shards carry several days) writes the tables of the in-process run;
 - the same on the Celery executor, with two workers on the RabbitMQ of 127.0.0.1:5672 (skipped
   when no broker answers, except where ``COMPOUND_LEARNING_REQUIRE_RABBITMQ=1``: CI).
+
+``COMPOUND_LEARNING_TEST_SHARDS=n`` reruns the two executor tests with n shards (default 2):
+``COMPOUND_LEARNING_TEST_SHARDS=3 pytest compound_learning_tests/test_scale_out.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ DAYS = 6
 END = START + timedelta(days=DAYS - 1)
 REQUIRE_RABBITMQ = os.environ.get("COMPOUND_LEARNING_REQUIRE_RABBITMQ") == "1"
 BROKER = os.environ.get("COMPOUND_LEARNING_TEST_CELERY_BROKER", "pyamqp://guest@127.0.0.1:5672//")
+SHARDS = int(os.environ.get("COMPOUND_LEARNING_TEST_SHARDS", "2"))
 
 
 def _world_store(url: str) -> None:
@@ -125,7 +129,7 @@ def _cycle_in_a_child(url: str, home: Path, executor: str, extra_env: dict[str, 
         "PATH": PATH,
         "COMPOUND_LEARNING_DATABASE_URL": url,
         "COMPOUND_LEARNING_ARTIFACTS_DIR": str(home / "artifacts"),
-        "COMPOUND_LEARNING_SHARDS": "2",
+        "COMPOUND_LEARNING_SHARDS": str(SHARDS),
         "COMPOUND_LEARNING_EXECUTOR": executor,
         "DAGSTER_HOME": str(home),
         **(extra_env or {}),
@@ -156,10 +160,11 @@ def test_two_shards_on_the_multiprocess_executor_write_the_in_process_tables(tmp
     out = _cycle_in_a_child(url, tmp_path, "multiprocess")
     assert out.returncode == 0 and '"SUCCESS"' in out.stdout, out.stdout + out.stderr
     pids = _step_pids(tmp_path)
-    # learning has three global units (one per metric) and two account shards; the other two
-    # steps two shards each
-    assert len(pids) == 9, pids
-    assert len(set(pids.values())) == 9, f"the shard steps should each run in a process of their own: {pids}"
+    # learning has three global units (one per metric) and the account shards; the other two
+    # sharded steps the account shards each
+    units = sum(len(step.shards(SHARDS)) for step in steps.SHARDED_STEPS.values())
+    assert len(pids) == units == 3 + 3 * SHARDS, pids
+    assert len(set(pids.values())) == units, f"the shard steps should each run in a process of their own: {pids}"
     assert not table_differences(_tables(url), reference), table_differences(_tables(url), reference)
 
 
@@ -188,7 +193,7 @@ def test_two_celery_workers_write_the_in_process_tables(tmp_path, reference):
         "PATH": PATH,
         "COMPOUND_LEARNING_DATABASE_URL": url,
         "COMPOUND_LEARNING_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-        "COMPOUND_LEARNING_SHARDS": "2",
+        "COMPOUND_LEARNING_SHARDS": str(SHARDS),
         "COMPOUND_LEARNING_EXECUTOR": "celery",
         "COMPOUND_LEARNING_CELERY_BROKER": BROKER,
         "COMPOUND_LEARNING_CELERY_QUEUE": queue,
