@@ -152,3 +152,19 @@ def test_a_world_that_cannot_be_used_is_refused_before_any_seed_runs(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and message in err and "seed 1/1 done" not in err
     assert not list(tmp_path.glob("closed_loop_*"))
+
+
+def test_the_oracle_split_runs_the_benchmarks_random_arm_and_oracle_and_parameter_oracles_fall_between():
+    """``benchmarks.oracle_split`` plays the closed-loop benchmark's random arm and oracle on the
+    same world and streams (the same ROAS to the bit), and an oracle that knows every parameter
+    but not the creatives' quality draws lands between the two."""
+    from compound_learning.benchmarks import oracle_split
+
+    (row,) = oracle_split.run(seeds=1, days=30)
+    arms = closed_loop.run_seed(LoopConfig(days=30, seed=0), 0.0, 1, arms=("random", "oracle"))
+    start = LoopConfig().start
+    assert row["random"] == round(closed_loop._roas(arms["random"], 0, 29, start), 2)
+    assert row["oracle"] == round(closed_loop._roas(arms["oracle"], 0, 29, start), 2)
+    assert row["random"] < row["oracle_launch_even"] < row["oracle"]
+    assert row["random"] < row["oracle_parameters"] < row["oracle"]
+    assert 0 < row["oracle_parameters of the oracle's gain"] < 1
