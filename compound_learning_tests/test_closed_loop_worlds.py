@@ -166,5 +166,25 @@ def test_the_oracle_split_runs_the_benchmarks_random_arm_and_oracle_and_paramete
     assert row["random"] == round(closed_loop._roas(arms["random"], 0, 29, start), 2)
     assert row["oracle"] == round(closed_loop._roas(arms["oracle"], 0, 29, start), 2)
     assert row["random"] < row["oracle_launch_even"] < row["oracle"]
-    assert row["random"] < row["oracle_parameters"] < row["oracle"]
+    assert row["random"] < row["oracle_parameters"] < row["oracle_parameters_split"] < row["oracle"]
     assert 0 < row["oracle_parameters of the oracle's gain"] < 1
+
+
+def test_the_truth_as_a_dna_predicts_the_worlds_log_rates_exactly():
+    """``oracle_split.TruthDNA``: every account's CTR and ROAS posterior predicts the world's true
+    log rates of any combination, with sd 0; without the accounts' deviations, the common ones."""
+    from compound_learning.benchmarks.oracle_split import TruthDNA
+    from compound_learning.core import recommend
+    from compound_learning.core.closed_loop import World
+
+    world, rng = World(LoopConfig(seed=3)), np.random.default_rng(0)
+    for differ in (True, False):
+        dna = TruthDNA(world, accounts_differ=differ)
+        for account in world.accounts[:4]:
+            for _ in range(25):
+                attributes = world.random_attributes(rng)
+                roas, roas_sd = recommend.predict_log_rate(dna.posterior(account, "roas"), attributes)
+                ctr, ctr_sd = recommend.predict_log_rate(dna.posterior(account, "ctr"), attributes)
+                assert roas == pytest.approx(world.expected_log_roas(account, attributes, 0, differ), abs=1e-12)
+                assert ctr == pytest.approx(world.log_rates(account, attributes, 0, differ)[0], abs=1e-12)
+                assert roas_sd == ctr_sd == 0.0

@@ -1,15 +1,23 @@
-"""What the closed-loop oracle's gain is made of: the best combinations, and knowing each
-creative's realized quality.
+"""What the closed-loop oracle's gain is made of: the best combinations, knowing each creative's
+realized quality, and knowing each account's own deviations.
 
 The closed-loop ``oracle`` launches each account's best combination and spends every day on the
 creative whose true ROAS is highest today, its quality draw included (sd 0.25 of log CTR and
 0.2 of log conversion rate per creative in the default world). No policy knows a creative's draw
-before spending on it. Two oracles that know every parameter of the world but not the draws show
-how much of the gain the draws are, on the same worlds and seeds (no learner runs here):
+before spending on it. Oracles that know the world's parameters but not the draws show how much
+of the gain the draws are, and the deviations, on the same worlds and seeds (no learner runs here;
+its figures are the closed-loop benchmark's):
 
 - ``oracle_parameters``: the oracle's combinations; spends on the creative with the best expected
   ROAS from the parameters (its attributes, the account's deviations, its fatigue);
-- ``oracle_launch_even``: the oracle's combinations, spend split evenly.
+- ``oracle_launch_even``: the oracle's combinations, spend split evenly;
+- ``oracle_parameters_split``: the oracle's combinations, and the project's own spend split
+  (``core.recommend.spend_split``, as the learner calls it) given the true parameters as its
+  DNA (every weight exact, sd 0) and the true fatigue: it learns the draws from each creative's
+  clicks and conversions as the learner does. Against it, the learner's share is what its
+  learning of the parameters takes of what knowing them would give, with the same split;
+- ``oracle_common_split``: the same, knowing only the effects common to all accounts (not each
+  account's deviations), like the benchmark's ``oracle_common`` but without the draws.
 
     python -m compound_learning.benchmarks.oracle_split --seeds 10
 """
@@ -19,8 +27,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pandas as pd
 
-from compound_learning.benchmarks.closed_loop import ARMS, _roas, windows
+from compound_learning import steps
+from compound_learning.benchmarks.closed_loop import ARMS, _live_frame, _OwnData, _roas, windows
+from compound_learning.config import CycleSettings
+from compound_learning.core import recommend
 from compound_learning.core.closed_loop import (
     FATIGUE_PER_100K,
     Creative,
@@ -56,11 +68,78 @@ class ParametersOraclePolicy(OraclePolicy):
         return out
 
 
+class TruthDNA(recommend.DNA):
+    """The world's true parameters as a creative DNA: each account's posterior is exact (sd 0):
+    its baselines, main effects with its own deviations, and the interactions."""
+
+    EXACT = 10**6  # the "creatives" behind an exact weight
+
+    def __init__(self, world: World, accounts_differ: bool = True):
+        super().__init__(pd.DataFrame())
+        self.world, self.accounts_differ = world, accounts_differ
+
+    def _build(self, account_id: str, metric: str) -> recommend.MetricPosterior:
+        w, dims = self.world, self.world.cfg.dimensions
+        metrics = ["ctr"] if metric == "ctr" else ["ctr", "cvr"]
+        base = w.log_ctr[account_id]
+        if metric != "ctr":  # log ROAS = log CTR + log CVR + log(AOV x 1000 / CPM)
+            base += w.log_cvr[account_id] + np.log(w.aov[account_id] * 1000.0 / w.cpm[account_id])
+        tables = {"ctr": w.ctr_eff, "cvr": w.cvr_eff}
+
+        def weight(d: str, v: str) -> recommend.Weight:
+            effects = (w._effect(tables[m], m, account_id, d, v, 0, self.accounts_differ) for m in metrics)
+            return sum(effects), 0.0, self.EXACT
+
+        weights = {d: {v: weight(d, v) for v in values} for d, values in dims.items()}
+        pairs: dict = {}
+        for m in metrics:
+            for (da, db), mat in w.inter[m].items():
+                key, flip = ((da, db), False) if da <= db else ((db, da), True)
+                table = pairs.setdefault(key, {})
+                for i, va in enumerate(dims[da]):
+                    for j, vb in enumerate(dims[db]):
+                        values = (vb, va) if flip else (va, vb)
+                        mean = table.get(values, (0.0, 0.0, self.EXACT))[0] + float(mat[i, j])
+                        table[values] = (mean, 0.0, self.EXACT)
+        return recommend.MetricPosterior(metric, float(base), 0.0, weights, dict(sorted(pairs.items())))
+
+
+class ParametersSplitOraclePolicy(_OwnData, OraclePolicy):
+    """The oracle's combinations; the project's spend split on the true parameters and fatigue."""
+
+    name = "oracle_parameters_split"
+
+    accounts_differ = True
+
+    def __init__(self, world: World, rng: np.random.Generator):
+        super().__init__(world, rng)
+        self.dna = TruthDNA(world, self.accounts_differ)
+        self.floor = steps.spend_floor_share(CycleSettings(), burst=False)  # the learner's everyday floor
+
+    def spend(self, account: str, creatives: list[Creative], day: int) -> np.ndarray:
+        live = _live_frame(creatives, self.totals)
+        return recommend.spend_split(live, self.dna, account, self.rng, -FATIGUE_PER_100K, self.floor)[
+            "share"
+        ].to_numpy()
+
+
+class CommonSplitOraclePolicy(ParametersSplitOraclePolicy):
+    """The common effects' best combinations; the spend split on the common effects."""
+
+    name = "oracle_common_split"
+    accounts_differ = False
+
+    def launch(self, account: str, n: int, day: int) -> list[dict[str, str]]:
+        return [self.world.best_attributes(account, day, accounts_differ=False)] * n
+
+
 POLICIES = {
     "random": RandomPolicy,
     "oracle": OraclePolicy,
     "oracle_parameters": ParametersOraclePolicy,
     "oracle_launch_even": EvenOraclePolicy,
+    "oracle_parameters_split": ParametersSplitOraclePolicy,
+    "oracle_common_split": CommonSplitOraclePolicy,
 }
 
 
@@ -87,7 +166,8 @@ def run(seeds: int = 10, days: int = 90) -> list[dict]:
                 **{name: round(value, 2) for name, value in mean.items()},
                 **{
                     f"{name} of the oracle's gain": round((mean[name] - mean["random"]) / gain, 3)
-                    for name in ("oracle_parameters", "oracle_launch_even")
+                    for name in POLICIES
+                    if name.startswith("oracle_")
                 },
             }
         )
