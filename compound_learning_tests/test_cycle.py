@@ -203,6 +203,22 @@ def test_data_quality_checks_show_on_their_assets(sqlite_url, env, world, instan
     assert last("performance_data", "stored_rows_valid") == "SUCCEEDED"
     assert last("performance_data", "quarantine_rate") == "FAILED"
 
+    # a day whose every row was refused is not a day without data: it is processed, and its
+    # warning says what happened to its rows
+    refused = START + timedelta(days=20)
+    rows = data[data["date"] == day].head(5).assign(date=refused.isoformat(), impressions=-3)
+    _load(sqlite_url, env, rows)
+    out = run_cycle(refused, refused, instance=instance)
+    assert out["status"] == "SUCCESS" and not out["message"], out
+    logs = [r.user_message for r in instance.all_logs(out["run_id"]) if not r.is_dagster_event]
+    assert f"{refused}: no valid rows for this day: all 5 rows given for it were quarantined" in logs, logs
+    assert last("performance_data", "quarantine_rate") == "FAILED"
+    materialized = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("learning_patterns"), asset_partitions=[refused.isoformat()]),
+        limit=1,
+    ).records
+    assert materialized
+
 
 def test_old_snapshots_are_pruned_but_weekly_restart_points_kept(sqlite_url, env, world):
     data, _ = world

@@ -121,9 +121,16 @@ def _each_day(
         if len(days) > 1:  # a one-day run's figures are its materialization's metadata: no second copy
             context.log.info(f"{day}: " + ", ".join(f"{k}={summary[k]}" for k in figures if k in summary))
         if summary.get("rows") == 0:
-            context.log.warning(f"{day}: no data for this day (nothing was ingested for it)")
+            context.log.warning(f"{day}: {_no_rows(summary)}")
         results.append({"day": str(day), **summary})
     return results
+
+
+def _no_rows(summary: dict) -> str:
+    """Why a day of ``performance_data`` has no rows, in words."""
+    if summary.get("quarantined_rows"):
+        return f"no valid rows for this day: all {summary['quarantined_rows']} rows given for it were quarantined"
+    return "no data for this day (nothing was ingested for it)"
 
 
 def _report(
@@ -366,8 +373,7 @@ def performance_data(context: dg.AssetExecutionContext, store: StoreResource) ->
             ],
         ),
     )
-    if steps.nothing_ingested(results):
-        context.log.info(f"{results[0]['day']}..{results[-1]['day']}: {steps.NOTHING_INGESTED}")
+    if steps.nothing_ingested(results):  # each day's warning above says so; Dagster logs the skips
         yield from materialization.check_results
         return
     yield materialization
