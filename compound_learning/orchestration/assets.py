@@ -341,7 +341,9 @@ def _day_checks(
     PERFORMANCE_CHECKS,
     output_required=False,
 )
-def performance_data(context: dg.AssetExecutionContext, store: StoreResource) -> Iterator[dg.MaterializeResult]:
+def performance_data(
+    context: dg.AssetExecutionContext, store: StoreResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The validated slice of one day: row, account and creative counts, totals, the rows
     quarantined for that day with the data version (newest ingestion batch) it was built from.
     Checks: the quarantine rate, and that every stored row satisfies the contract.
