@@ -188,3 +188,22 @@ def test_the_truth_as_a_dna_predicts_the_worlds_log_rates_exactly():
                 assert roas == pytest.approx(world.expected_log_roas(account, attributes, 0, differ), abs=1e-12)
                 assert ctr == pytest.approx(world.log_rates(account, attributes, 0, differ)[0], abs=1e-12)
                 assert roas_sd == ctr_sd == 0.0
+
+
+def test_the_independent_worlds_truth_as_a_dna_is_its_log_roas_up_to_the_logistic_curvature():
+    """``oracle_split.IndependentTruthDNA`` predicts the independent world's log ROAS of any
+    combination to within its logistic CTR's curvature (small at a CTR of about 1%), with sd 0."""
+    from compound_learning.benchmarks.oracle_split import IndependentTruthDNA
+    from compound_learning.core import recommend
+
+    world, rng = make_world(LoopConfig(seed=3)), np.random.default_rng(0)
+    for differ in (True, False):
+        dna, errors = IndependentTruthDNA(world, accounts_differ=differ), []
+        for account in world.accounts[:4]:
+            for _ in range(25):
+                attributes = world.random_attributes(rng)
+                predicted, sd = recommend.predict_log_rate(dna.posterior(account, "roas"), attributes)
+                truth = world._log_roas(world._parts(account, world._codes(attributes), 0, differ))[0]
+                errors.append(predicted - truth)
+                assert sd == 0.0
+        assert np.max(np.abs(errors)) < 0.1 and np.std(errors) < 0.02, errors
