@@ -70,9 +70,10 @@ NOTHING_INGESTED = (
 def nothing_ingested(performance_summaries: list[dict]) -> bool:
     """Whether no row was ever stored or quarantined for any day of a run (``check_performance_day``
     summaries). Raw rows are only ever replaced, never removed, so such days have no statistics
-    either, and skipping the learning steps on them changes nothing that follows: a later day's
-    cumulative statistics roll forward from the last snapshot over the days without data, with
-    the forgetting of the whole gap (``cumulative_cells``)."""
+    either, and skipping the learning steps on them changes no estimate that follows: a later
+    day's cumulative statistics roll forward from the last snapshot over the days without data,
+    with the forgetting of the whole gap (``cumulative_cells``). A claim's persistence streak
+    counts cycles with evidence, so those days do not add to it (DESIGN.md)."""
     return all(s["rows"] == 0 and s["quarantined_rows"] == 0 for s in performance_summaries)
 
 
