@@ -99,14 +99,19 @@ class TruthDNA(recommend.DNA):
         pairs: dict = {}
         for m in metrics:
             for (da, db), mat in w.inter[m].items():
-                key, flip = ((da, db), False) if da <= db else ((db, da), True)
-                table = pairs.setdefault(key, {})
-                for i, va in enumerate(dims[da]):
-                    for j, vb in enumerate(dims[db]):
-                        values = (vb, va) if flip else (va, vb)
-                        mean = table.get(values, (0.0, 0.0, self.EXACT))[0] + float(mat[i, j])
-                        table[values] = (mean, 0.0, self.EXACT)
+                self._add_pair(pairs, da, db, dims, mat)
         return recommend.MetricPosterior(metric, float(base), 0.0, weights, dict(sorted(pairs.items())))
+
+    @classmethod
+    def _add_pair(cls, pairs: dict, da: str, db: str, dims: dict[str, list[str]], mat: np.ndarray) -> None:
+        """Add a synergy matrix over the values of ``da`` x ``db`` to the pair weights, keyed as
+        ``MetricPosterior.pairs`` wants them (dimensions sorted, values in that order)."""
+        key, flip = ((da, db), False) if da <= db else ((db, da), True)
+        table = pairs.setdefault(key, {})
+        for i, va in enumerate(dims[da]):
+            for j, vb in enumerate(dims[db]):
+                values = (vb, va) if flip else (va, vb)
+                table[values] = (table.get(values, (0.0, 0.0, 0))[0] + float(mat[i, j]), 0.0, cls.EXACT)
 
 
 class IndependentTruthDNA(TruthDNA):
@@ -135,14 +140,8 @@ class IndependentTruthDNA(TruthDNA):
         weights = {d: {v: weight(d, i) for i, v in enumerate(values)} for d, values in DIMENSIONS.items()}
         pairs: dict = {}
         for (part, da, db), mat in w.interactions.items():
-            if part not in signs:
-                continue
-            key, flip = ((da, db), False) if da <= db else ((db, da), True)
-            table = pairs.setdefault(key, {})
-            for i, va in enumerate(DIMENSIONS[da]):
-                for j, vb in enumerate(DIMENSIONS[db]):
-                    values = (vb, va) if flip else (va, vb)
-                    table[values] = (table.get(values, (0.0, 0.0, 0))[0] + float(mat[i, j]), 0.0, self.EXACT)
+            if part in signs:
+                self._add_pair(pairs, da, db, DIMENSIONS, mat)
         return recommend.MetricPosterior(metric, base, 0.0, weights, dict(sorted(pairs.items())))
 
 
