@@ -66,19 +66,26 @@ def test_blockwise_fit_equals_statsmodels_with_clustered_covariance(absorbed, mo
         assert row["creatives"] == d.loc[d[dim] == value, ["account_id", "creative_id"]].drop_duplicates().shape[0]
 
 
-def test_absorbing_the_accounts_changes_no_figure(monkeypatch):
-    """Effects, interactions' inputs and every account's baseline (a contrast with an account
-    coefficient) are the same whether the account block is absorbed or not."""
+@pytest.mark.parametrize("inference", ["cluster", "creative"])
+def test_absorbing_the_accounts_changes_no_figure(inference, monkeypatch):
+    """Effects, interactions and every account's baseline (a contrast with an account
+    coefficient) are the same whether the account block is absorbed or not: in the clustered
+    GLM, and in the creative-level model (which also gives every interaction)."""
     data, _ = small_world(days=14, accounts=12, creatives=10, seed=8)
     cells, dims = cells_of(data)
+    pairs = [(dims[0], dims[1]), (dims[1], dims[2])]
     fits = {}
     for absorb in (10**9, 0):
         monkeypatch.setattr(effects, "ABSORB_ACCOUNTS", absorb)
-        fits[absorb] = {m: fit_effects(cells, dims, m, inference="cluster") for m in ("ctr", "roas")}
+        fits[absorb] = {
+            m: fit_effects(cells, dims, m, inference=inference, interaction_pairs=pairs, min_cell_creatives=3)
+            for m in ("ctr", "roas")
+        }
     for metric, dense in fits[10**9].items():
         absorbed = fits[0][metric]
         assert isinstance(absorbed, effects.EffectFit) and len(dense.baselines) == 12
-        for name in ("effects", "baselines"):
+        assert len(dense.interactions) > 10 and dense.effects["std_error"].notna().all()
+        for name in ("effects", "interactions", "baselines"):
             a, b = getattr(dense, name), getattr(absorbed, name)
             pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-10)
 

@@ -299,9 +299,10 @@ def fit_coded(
     count = cells.values[COUNT_FOR_VARIANCE[metric]][rows]
     collapsed = _collapse(A, Z, params, y, count, exposure, coded)
     dof = float(coded.n_creatives - 1)
+    accounts = (coded.account, n_acc)  # the first columns of the creative-level design
     if inference == "creative":
         keep, Xc, y_c, count_c, e_c = collapsed
-        meta = _fit_creative_re(y_c, count_c, e_c, Xc)
+        meta = _fit_creative_re(y_c, count_c, e_c, Xc, accounts)
         if meta is None:
             return EffectFit(
                 metric,
@@ -315,12 +316,15 @@ def fit_coded(
             )
         params = params.copy()
         params[keep] = meta[0]
-        cov = np.zeros((len(params), len(params)))
-        cov[np.ix_(keep, keep)] = meta[1]
+        if isinstance(meta[1], AbsorbedCov):  # keep: the accounts first, then the attributes
+            cov = meta[1].padded(len(params))
+        else:
+            cov = np.zeros((len(params), len(params)))
+            cov[np.ix_(keep, keep)] = meta[1]
         dof = meta[2]
 
     def contrast(vec: np.ndarray) -> tuple[float, float]:
-        var = cov.quad(vec) if isinstance(cov, AbsorbedCov) else float(vec @ cov @ vec)
+        var = quad(cov, vec)
         return float(vec @ params), (float(np.sqrt(var)) if var > 0 else np.nan)
 
     rows = []
@@ -368,7 +372,7 @@ def fit_coded(
         Xi = (
             sp.hstack([Xc, sp.csr_matrix(indicators)], format="csr") if sp.issparse(Xc) else np.hstack([Xc, indicators])
         )
-        meta = _fit_creative_re(y_c, count_c, e_c, Xi)
+        meta = _fit_creative_re(y_c, count_c, e_c, Xi, accounts)
         if meta is not None:
             p_i, cov_i, df_i = meta
             irows = _centred_interactions(
@@ -430,7 +434,7 @@ def _centred_interactions(
                 vec = np.zeros(len(p_i))
                 for (k1, k2), j in cols.items():
                     vec[j] = (k1 == v1) * (k2 == v2) - (k2 == v2) / n1 - (k1 == v1) / n2 + 1.0 / (n1 * n2)
-                var = float(vec @ cov_i @ vec)
+                var = quad(cov_i, vec)
                 rows.append(
                     {
                         "dimension": d1,
@@ -469,13 +473,18 @@ def _gram(X, w: np.ndarray) -> np.ndarray:
     return (X.T * w) @ X
 
 
-def _fit_creative_re(y, count, exposure, X):
+def _fit_creative_re(y, count, exposure, X, accounts: tuple[np.ndarray, int] | None = None):
     """Random-effects meta-regression of creatives' log rates on their attributes.
 
     Each creative gives ``log((y + 0.5 u) / exposure)`` with sampling variance ~ 1 / count;
     creatives differ beyond their attributes by ``tau^2`` (method of moments); inference uses
     the Knapp-Hartung scale and t with n - k degrees of freedom. ``X`` may be sparse (one row
     per creative: most entries are zero). Returns (beta, cov, df) or None.
+
+    ``accounts`` (each row's account, and how many): the first columns of ``X`` are one indicator
+    per account. Above ``ABSORB_ACCOUNTS`` of them their block is absorbed, as in the GLM
+    (``_absorbed_wls``), and the covariance comes back as an :class:`AbsorbedCov`: with 5,000
+    accounts the dense system had 5,000+ columns to invert twice per fit.
     """
     n, k = X.shape
     if n <= k + 1:
@@ -483,33 +492,99 @@ def _fit_creative_re(y, count, exposure, X):
     unit = float(y.sum() / count.sum()) if count.sum() > 0 else 1.0  # e.g. revenue per conversion
     r = np.log((y + 0.5 * unit) / exposure)
     v = 1.0 / (count + 0.5)
-    ridge = 1e-8 * np.eye(k)
-
-    def wls(w):
-        try:
-            inv = np.linalg.inv(_gram(X, w) + ridge)
-        except np.linalg.LinAlgError:
-            return None
-        beta = inv @ (X.T @ (w * r))
-        return beta, inv, r - X @ beta
-
-    fixed = wls(1.0 / v)
-    if fixed is None:
-        return None
-    _, inv_fe, resid = fixed
+    absorb = accounts is not None and accounts[1] > ABSORB_ACCOUNTS
+    wls = _AbsorbedWls(X, r, *accounts) if absorb else _DenseWls(X, r)
     w = 1.0 / v
-    q = float(np.sum(w * resid**2))
-    trace = float(np.sum(w) - np.sum(inv_fe * _gram(X, w**2)))
-    tau2 = max(0.0, (q - (n - k)) / trace) if trace > 0 else 0.0
-    random = wls(1.0 / (v + tau2))
-    if random is None:
+    if not wls.fit(w):
         return None
-    beta, inv, resid = random
-    scale = float(np.sum(resid**2 / (v + tau2)) / (n - k))
-    cov = inv * max(scale, 1.0)
-    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(cov))):
+    q = float(np.sum(w * wls.resid**2))
+    trace = float(np.sum(w) - wls.trace_times_gram(w**2))
+    tau2 = max(0.0, (q - (n - k)) / trace) if trace > 0 else 0.0
+    if not wls.fit(1.0 / (v + tau2)):
+        return None
+    scale = float(np.sum(wls.resid**2 / (v + tau2)) / (n - k))
+    beta, cov = wls.beta, wls.covariance(max(scale, 1.0))
+    if not (np.all(np.isfinite(beta)) and cov_is_finite(cov)):
         return None
     return beta, cov, float(n - k)
+
+
+class _DenseWls:
+    """Weighted least squares of ``r`` on ``X`` by the inverse of ``X' W X`` (+ a ridge guard)."""
+
+    def __init__(self, X, r: np.ndarray):
+        self.X, self.r = X, r
+
+    def fit(self, w: np.ndarray) -> bool:
+        k = self.X.shape[1]
+        try:
+            self.inv = np.linalg.inv(_gram(self.X, w) + 1e-8 * np.eye(k))
+        except np.linalg.LinAlgError:
+            return False
+        self.beta = self.inv @ (self.X.T @ (w * self.r))
+        self.resid = self.r - self.X @ self.beta
+        return True
+
+    def trace_times_gram(self, w2: np.ndarray) -> float:
+        """``trace((X' W X)^-1 X' W2 X)`` of the last fit."""
+        return float(np.sum(self.inv * _gram(self.X, w2)))
+
+    def covariance(self, scale: float) -> np.ndarray:
+        return self.inv * scale
+
+
+class _AbsorbedWls(_DenseWls):
+    """:class:`_DenseWls` with the first ``k1`` columns of ``X`` (one indicator per account,
+    ``account`` of each row) absorbed: ``X' W X = [[D, B], [B', C]]`` with ``D`` diagonal, so the
+    system is solved through the Schur complement ``S = C - B' D^-1 B`` and the inverse is kept
+    in parts: ``S^-1``, ``P = D^-1 B`` and ``D`` (``inv = [[D^-1 + P S^-1 P', -P S^-1], [., S^-1]]``).
+    The same ridge as the dense path is added to ``D`` and ``C``, so both solve the same system."""
+
+    def __init__(self, X, r: np.ndarray, account: np.ndarray, k1: int):
+        super().__init__(X, r)
+        self.account, self.k1 = account, k1
+        self.rest = X[:, k1:]
+        self.to_account = _one_hot(account, k1).T.tocsr()
+
+    def _blocks(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import scipy.sparse as sp
+
+        d = np.bincount(self.account, weights=w, minlength=self.k1)
+        weighted = self.rest.multiply(w[:, None]).tocsr() if sp.issparse(self.rest) else self.rest * w[:, None]
+        b = self.to_account @ weighted
+        b = b.toarray() if sp.issparse(b) else np.asarray(b)
+        return d, b, _gram(self.rest, w)
+
+    def fit(self, w: np.ndarray) -> bool:
+        d, b, c = self._blocks(w)
+        self.d = d + 1e-8
+        self.p = b / self.d[:, None]
+        try:
+            self.s_inv = np.linalg.inv(c + 1e-8 * np.eye(c.shape[0]) - b.T @ self.p)
+        except np.linalg.LinAlgError:
+            return False
+        wr = w * self.r
+        r1 = np.bincount(self.account, weights=wr, minlength=self.k1)
+        r2 = np.asarray(self.rest.T @ wr)
+        b2 = self.s_inv @ (r2 - self.p.T @ r1)
+        self.beta = np.concatenate([r1 / self.d - self.p @ b2, b2])
+        self.resid = self.r - self.X @ self.beta
+        return True
+
+    def trace_times_gram(self, w2: np.ndarray) -> float:
+        d2, b2, c2 = self._blocks(w2)
+        p, s_inv = self.p, self.s_inv
+        return float(
+            np.sum(d2 / self.d)
+            + np.sum(s_inv * ((p.T * d2) @ p))
+            - 2.0 * np.sum(s_inv * (p.T @ b2))
+            + np.sum(s_inv * c2)
+        )
+
+    def covariance(self, scale: float) -> AbsorbedCov:
+        ps = self.p @ self.s_inv
+        account_var = 1.0 / self.d + np.einsum("ij,ij->i", ps, self.p)
+        return AbsorbedCov(self.k1, scale * self.s_inv, scale * account_var, -scale * ps)
 
 
 ABSORB_ACCOUNTS = 64  # above this many accounts the account block is absorbed (see _fit_glm)
@@ -527,6 +602,15 @@ class AbsorbedCov:
     account_var: np.ndarray
     cross: np.ndarray
 
+    def padded(self, k: int) -> AbsorbedCov:
+        """The same covariance among ``k`` parameters, the ones past its own with none."""
+        k2 = k - self.n_accounts
+        rest = np.zeros((k2, k2))
+        rest[: self.rest.shape[0], : self.rest.shape[1]] = self.rest
+        cross = np.zeros((self.n_accounts, k2))
+        cross[:, : self.cross.shape[1]] = self.cross
+        return AbsorbedCov(self.n_accounts, rest, self.account_var, cross)
+
     def quad(self, vec: np.ndarray) -> float:
         """``vec' V vec`` for a contrast touching at most one account."""
         k1 = self.n_accounts
@@ -539,6 +623,17 @@ class AbsorbedCov:
             a, w = int(touched[0]), float(v1[touched[0]])
             out += w * w * float(self.account_var[a]) + 2.0 * w * float(self.cross[a] @ v2)
         return out
+
+
+def quad(cov: np.ndarray | AbsorbedCov, vec: np.ndarray) -> float:
+    """``vec' V vec`` for a dense covariance or an :class:`AbsorbedCov`."""
+    return cov.quad(vec) if isinstance(cov, AbsorbedCov) else float(vec @ cov @ vec)
+
+
+def cov_is_finite(cov: np.ndarray | AbsorbedCov) -> bool:
+    if isinstance(cov, AbsorbedCov):
+        return all(np.all(np.isfinite(m)) for m in (cov.rest, cov.account_var, cov.cross))
+    return bool(np.all(np.isfinite(cov)))
 
 
 def _per_creative_z(coded: _Coded, Z: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -705,6 +800,6 @@ def _fit_glm_absorbed(y, A, Z, offset, coded: _Coded, k1: int, max_iter: int, to
         n_g = coded.n_creatives
         correction = n_g / (n_g - 1.0) * (n - 1.0) / (n - k)
         cov = AbsorbedCov(k1, correction * rest, correction * account_var, correction * cross_cov)
-    if not np.all(np.isfinite(beta)) or not all(np.all(np.isfinite(m)) for m in (cov.rest, cov.account_var)):
+    if not np.all(np.isfinite(beta)) or not cov_is_finite(cov):
         return None
     return beta, cov, converged
