@@ -75,6 +75,9 @@ def test_absorbing_the_accounts_changes_no_figure(inference, monkeypatch):
     cells, dims = cells_of(data)
     pairs = [(dims[0], dims[1]), (dims[1], dims[2])]
     fits = {}
+    # absorbed, the creative-level sums also run over the design's distinct rows, as they do
+    # with many creatives per combination of attributes
+    monkeypatch.setattr(effects, "DISTINCT_ROWS_SHARE", 1.0)
     for absorb in (10**9, 0):
         monkeypatch.setattr(effects, "ABSORB_ACCOUNTS", absorb)
         fits[absorb] = {
@@ -88,6 +91,21 @@ def test_absorbing_the_accounts_changes_no_figure(inference, monkeypatch):
         for name in ("effects", "interactions", "baselines"):
             a, b = getattr(dense, name), getattr(absorbed, name)
             pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_distinct_rows_rebuild_the_matrix(sparse):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    M = rng.integers(0, 2, (400, 6)).astype(float)
+    M[:, 5] = 0.0  # a column no row has
+    found = effects._distinct_rows(sp.csr_matrix(M) if sparse else M)
+    assert found is not None
+    codes, U = found
+    assert len(U) == len(np.unique(M, axis=0)) and np.array_equal(U[codes], M)
+    # every row distinct: nothing to gain, and None says so
+    assert effects._distinct_rows(np.eye(50)) is None
 
 
 def test_interactions_are_centred_cells_whatever_the_reference():

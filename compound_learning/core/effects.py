@@ -141,9 +141,10 @@ class _Coded:
 
     def support(self, mask: np.ndarray) -> dict:
         """Sums and counts over the creatives in ``mask`` (one flag per creative)."""
-        out = {c: float(v[mask].sum()) if self.known[c][mask].any() else np.nan for c, v in self.sums.items()}
-        out["creatives"] = int(mask.sum())
-        out["accounts"] = int(np.count_nonzero(np.bincount(self.account[mask], minlength=len(self.accounts))))
+        rows = np.flatnonzero(mask)  # once: a flag array scanned per column costs all the creatives each time
+        out = {c: float(v[rows].sum()) if self.known[c][rows].any() else np.nan for c, v in self.sums.items()}
+        out["creatives"] = len(rows)
+        out["accounts"] = len(np.unique(self.account[rows]))
         return out
 
 
@@ -166,6 +167,43 @@ def _design(blocks: list[tuple[np.ndarray, int]], n_rows: int) -> np.ndarray | s
         dense[rows, offset + column[rows]] = 1.0
         offset += n
     return dense
+
+
+def _one_hot_columns(masks: list[np.ndarray]) -> sp.csr_matrix:
+    """One column per flag array (a row's 1 where its flag is set)."""
+    import scipy.sparse as sp
+
+    rows = [np.flatnonzero(m) for m in masks]
+    columns = np.repeat(np.arange(len(masks)), [len(r) for r in rows])
+    ones = np.ones(len(columns))
+    return sp.csr_matrix((ones, (np.concatenate(rows), columns)), shape=(len(masks[0]), len(masks)))
+
+
+DISTINCT_ROWS_SHARE = 0.25  # above this share of distinct rows, sums over the distinct rows buy nothing
+
+
+def _distinct_rows(M) -> tuple[np.ndarray, np.ndarray] | None:
+    """``M``'s rows as ``(codes, U)``: ``U`` its distinct rows (dense), ``codes`` each row's, so
+    that ``M == U[codes]``; None when more than ``most`` of its rows are distinct. The rows of a
+    creative-level design past the accounts are attribute (and interaction) flags, so a million
+    creatives have a few thousand distinct rows: sums over them cost the distinct rows, not the
+    creatives."""
+    import scipy.sparse as sp
+
+    n, k = M.shape
+    if n == 0 or k == 0:
+        return None
+    probe = np.random.default_rng(0).standard_normal(k)
+    codes, _ = pd.factorize(np.asarray(M @ probe).ravel())
+    n_distinct = int(codes.max()) + 1
+    if n_distinct > DISTINCT_ROWS_SHARE * n:
+        return None
+    first = np.zeros(n_distinct, dtype=np.int64)
+    first[codes[::-1]] = np.arange(n)[::-1]
+    U = M[first].toarray() if sp.issparse(M) else np.asarray(M[first])
+    # a projection merges two different rows only by a coincidence of floats: checked exactly
+    same = (sp.csr_matrix(U)[codes] != M).nnz == 0 if sp.issparse(M) else np.array_equal(U[codes], M)
+    return (codes, U) if same else None
 
 
 def _one_hot(column_of_row: np.ndarray, n_columns: int) -> sp.csr_matrix:
@@ -368,10 +406,11 @@ def fit_coded(
         # One row per creative (day-of-week and age effects from the main fit move into the
         # offset), a random effect per creative, t-intervals: honest for cells of few creatives.
         keep, Xc, y_c, count_c, e_c = collapsed
-        indicators = np.column_stack([m for *_, m in terms]).astype(float)
-        Xi = (
-            sp.hstack([Xc, sp.csr_matrix(indicators)], format="csr") if sp.issparse(Xc) else np.hstack([Xc, indicators])
-        )
+        masks = [m for *_, m in terms]
+        if sp.issparse(Xc):  # built from the flags' rows: a dense creatives x terms matrix can take gigabytes
+            Xi = sp.hstack([Xc, _one_hot_columns(masks)], format="csr")
+        else:
+            Xi = np.hstack([Xc, np.column_stack(masks).astype(float)])
         meta = _fit_creative_re(y_c, count_c, e_c, Xi, accounts)
         if meta is not None:
             p_i, cov_i, df_i = meta
@@ -545,11 +584,17 @@ class _AbsorbedWls(_DenseWls):
         self.account, self.k1 = account, k1
         self.rest = X[:, k1:]
         self.to_account = _one_hot(account, k1).T.tocsr()
+        self.distinct = _distinct_rows(self.rest)
 
     def _blocks(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import scipy.sparse as sp
 
         d = np.bincount(self.account, weights=w, minlength=self.k1)
+        if self.distinct is not None:
+            codes, U = self.distinct
+            # the weights summed per account and distinct row (a sparse matrix sums repeated entries)
+            per_account = sp.csr_matrix((w, (self.account, codes)), shape=(self.k1, len(U)))
+            return d, np.asarray(per_account @ U), (U.T * np.bincount(codes, weights=w, minlength=len(U))) @ U
         weighted = self.rest.multiply(w[:, None]).tocsr() if sp.issparse(self.rest) else self.rest * w[:, None]
         b = self.to_account @ weighted
         b = b.toarray() if sp.issparse(b) else np.asarray(b)
