@@ -217,7 +217,7 @@ def test_recommend_says_why_it_explores(dropped):
 
 def _fit(effects: list[tuple[str, str, float, float]]) -> EffectFit:
     frame = pd.DataFrame(effects, columns=["dimension", "value", "log_effect", "std_error"])
-    return EffectFit("roas", frame, pd.DataFrame(), pd.DataFrame())
+    return EffectFit("roas", frame.to_dict("records"), [], [])
 
 
 def test_changed_dimensions_names_the_dimension_whose_effects_moved():

@@ -130,8 +130,8 @@ def test_states_need_persistence_and_flip_to_contradicted(learned):
     flipped = {
         k: replace(
             f,
-            effects=f.effects.assign(log_effect=-f.effects["log_effect"]),
-            interactions=f.interactions.assign(log_effect=-f.interactions["log_effect"]),
+            effect_rows=[{**r, "log_effect": -r["log_effect"]} for r in f.effect_rows],
+            interaction_rows=[{**r, "log_effect": -r["log_effect"]} for r in f.interaction_rows],
         )
         for k, f in fits.global_fits.items()
     }

@@ -147,8 +147,8 @@ def relearned(pooled: EffectFit, recent: EffectFit, dimensions) -> EffectFit:
 
     return replace(
         pooled,
-        effects=swap(pooled.effects, recent.effects, ["dimension"]),
-        interactions=swap(pooled.interactions, recent.interactions, ["dimension", "dimension2"]),
+        effect_rows=swap(pooled.effects, recent.effects, ["dimension"]).to_dict("records"),
+        interaction_rows=swap(pooled.interactions, recent.interactions, ["dimension", "dimension2"]).to_dict("records"),
     )
 
 
