@@ -699,13 +699,18 @@ FATIGUE_WINDOW_DAYS = 28
 
 
 def live_creatives(totals: pd.DataFrame, day: date) -> pd.DataFrame:
-    """The creatives that ran on ``day`` with their totals so far and their attributes (parsed),
-    from :meth:`Store.creative_totals`."""
+    """The creatives that ran on ``day`` with their totals so far and their attributes (parsed,
+    and as the sorted JSON the recommendations store), from :meth:`Store.creative_totals`."""
     columns = ["account_id", "creative_id", "attributes", *stats.METRICS]
     if totals.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=[*columns, "attributes_json"])
     live = totals.loc[totals["last_seen"] == day, columns].reset_index(drop=True)
-    live["attributes"] = [json.loads(a) for a in live["attributes"]]
+    # each distinct set once: a 1M-row day has a million creatives and a few thousand sets
+    # (creatives of one set share one parsed dict, which nothing changes)
+    texts = live["attributes"]
+    parsed = {text: json.loads(text) for text in texts.unique()}
+    live["attributes"] = [parsed[text] for text in texts]
+    live["attributes_json"] = texts.map({text: json.dumps(a, sort_keys=True) for text, a in parsed.items()})
     return live
 
 
@@ -778,7 +783,7 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
             rows += [_launch_row(account_id, p) for p in picks]
             split = recommend.spend_split(mine, dna, account_id, rng, fatigue, floor_share=floor_share)
             # the split's rows are the live creatives', in their order
-            for column in ("attributes", "impressions", "clicks"):
+            for column in ("attributes_json", "impressions", "clicks"):
                 split[column] = mine[column].to_numpy()
             spend.append(_spend_rows(account_id, split.sort_values("share", ascending=False), fatigue))
             if picks:
@@ -827,7 +832,7 @@ def _launch_row(account_id: str, p: dict) -> dict:
 
 def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.DataFrame:
     """An account's spend rows, best share first (``ranked``: its split with each creative's
-    attributes, impressions and clicks), built column by column: a 1M-row day has a million of
+    attributes as sorted JSON, impressions and clicks), built column by column: a 1M-row day has a million of
     them."""
     p_best, impressions = ranked["p_best"].to_numpy(float), ranked["impressions"].to_numpy(float)
     ctr, clicks = ranked["expected_ctr"].to_numpy(float), ranked["clicks"].to_numpy(float)
@@ -838,7 +843,7 @@ def _spend_rows(account_id: str, ranked: pd.DataFrame, fatigue: float) -> pd.Dat
             "rank": np.arange(1, len(ranked) + 1),
             "creative_id": ranked["creative_id"].to_numpy(),
             "pick": "live",
-            "attributes": [json.dumps(a, sort_keys=True) for a in ranked["attributes"]],
+            "attributes": ranked["attributes_json"].to_numpy(),
             "expected_roas": ranked["expected_roas"].to_numpy(float),
             "roas_ci_low": ranked["roas_ci_low"].to_numpy(float),
             "roas_ci_high": ranked["roas_ci_high"].to_numpy(float),

@@ -159,9 +159,16 @@ def _terms(post: MetricPosterior, attributes: dict[str, str]):
 
 def predict_log_rate(post: MetricPosterior, attributes: dict[str, str]) -> tuple[float, float]:
     """The combination's posterior log rate: mean and sd (the terms of :func:`_terms`, in its
-    order)."""
-    mean, sd = predict_log_rates(post, [attributes])
-    return float(mean[0]), float(sd[0])
+    order): :func:`predict_log_rates` of one combination, to the bit, without its arrays (the
+    launch picks describe ten combinations per account and metric)."""
+    mean, var = post.base, post.base_sd * post.base_sd
+    for dim in sorted(attributes):
+        m, sd, _ = post.value(dim, attributes[dim])
+        mean, var = mean + m, var + sd * sd
+    for (da, db), table in post.pairs.items():
+        m, sd, _ = table.get((attributes.get(da), attributes.get(db)), (0.0, 0.0, 0))
+        mean, var = mean + m, var + sd * sd
+    return float(mean), math.sqrt(var)
 
 
 def predict_log_rates(post: MetricPosterior, attributes: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
