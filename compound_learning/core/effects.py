@@ -201,7 +201,7 @@ DISTINCT_ROWS_SHARE = 0.25  # above this share of distinct rows, sums over the d
 
 def _distinct_rows(M) -> tuple[np.ndarray, np.ndarray] | None:
     """``M``'s rows as ``(codes, U)``: ``U`` its distinct rows (dense), ``codes`` each row's, so
-    that ``M == U[codes]``; None when more than ``most`` of its rows are distinct. The rows of a
+    that ``M == U[codes]``; None when more than ``DISTINCT_ROWS_SHARE`` of its rows are distinct. The rows of a
     creative-level design past the accounts are attribute (and interaction) flags, so a million
     creatives have a few thousand distinct rows: sums over them cost the distinct rows, not the
     creatives."""
