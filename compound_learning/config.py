@@ -153,6 +153,10 @@ class CycleSettings:
     # Cumulative snapshots are caches: keep the last month daily, older ones weekly (Sundays),
     # so a backfill of an old day rolls forward at most a week, and storage stays bounded.
     snapshot_daily_retention_days: int = 35
+    # A creative not seen for this many days is kept as one row with its exposures adjusted for
+    # day of week and age (``core.stats.collapse_cells``) when a full snapshot is written: the
+    # knowledge grows with the creatives ever run, not with their cells. 0: never.
+    collapse_after_days: int = 28
     # On PostgreSQL the day's validation summary, daily statistics and the roll-forward of the
     # cumulative cells run inside the database (storage.rollup); off, the same in pandas.
     rollup_in_database: bool = True

@@ -289,23 +289,67 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     if previous is not None:
         decay = evidence_weight(ctx, previous, day)
         keep = _burst_snapshots(ctx)
+        plan = _collapse_plan(ctx, day)
         with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
             size = store.roll_forward_in_database(conn, previous, day, decay)
+            collapsed = _collapse_inactive(store, conn, day, plan) if size["base"] == day else {}
+            if collapsed.get("cells_collapsed"):
+                size = {**size, **store.snapshot_size(conn, day, day)}
             pruned = _prune(ctx, conn, day, keep)
         figures = _snapshot_figures(day, size, size["written"])
-        return {"days_rolled_forward": 1, **figures, "snapshot_rows_pruned": pruned}
+        return {"days_rolled_forward": 1, **figures, **collapsed, "snapshot_rows_pruned": pruned}
     previous = store.latest_cumulative(on_or_before=day - timedelta(days=1))
     base = store.delta_base(previous, day, evidence_weight(ctx, previous, day)) if previous is not None else None
     cells, rolled = cumulative_cells(ctx, day, base)
     keep = _burst_snapshots(ctx)
+    plan = _collapse_plan(ctx, day) if base is None else None
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_snapshot(conn, day, cells, base or day)
+        collapsed = _collapse_inactive(store, conn, day, plan)
         size = store.snapshot_size(conn, day, base or day)
         pruned = _prune(ctx, conn, day, keep)
     return {
         "days_rolled_forward": rolled,
         **_snapshot_figures(day, {**size, "base": base or day}, len(cells)),
+        **collapsed,
         "snapshot_rows_pruned": pruned,
+    }
+
+
+def _collapse_plan(ctx: CycleContext, day: date) -> dict | None:
+    """What ``day``'s full snapshot collapses (``_collapse_inactive``): the creatives last seen by
+    ``last_seen_by``, adjusted by the latest global fits' ``terms`` before ``day``; None when
+    collapsing is off or no fit has left terms yet. A collapsed row has no day of its own, so it
+    can only be evidence from before any split the learning makes: the drift test's window and
+    relearning's burst day (each splits at a snapshot that later days only move forward)."""
+    settings = ctx.cfg
+    if settings.collapse_after_days <= 0:
+        return None
+    found = ctx.store.nuisance_terms(day - timedelta(days=1))
+    if found is None:
+        return None
+    last_seen_by = day - timedelta(days=settings.collapse_after_days)
+    splits = []
+    if settings.drift.window_days > 0:
+        splits.append(ctx.store.latest_cumulative(on_or_before=day - timedelta(days=settings.drift.window_days)))
+    starts = burst_starts(ctx.store, date.min, day) if settings.drift.relearn_p_value > 0 else set()
+    if starts:
+        splits.append(ctx.store.latest_cumulative(on_or_before=max(starts)))
+    last_seen_by = min([last_seen_by, *(s for s in splits if s is not None)])
+    return {"last_seen_by": last_seen_by, "terms_of": found[0], "terms": found[1]}
+
+
+def _collapse_inactive(store: Store, conn, day: date, plan: dict | None) -> dict:
+    """Collapse, in ``day``'s full snapshot (inside the caller's transaction), the creatives not
+    seen for long into one row each (``Store.collapse_inactive``) as ``plan`` says. Returns the
+    figures for the summary (none when nothing was due)."""
+    if plan is None:
+        return {}
+    done = store.collapse_inactive(conn, day, plan["last_seen_by"], plan["terms"])
+    return {
+        **done,
+        "collapsed_last_seen_by": plan["last_seen_by"].isoformat(),
+        "collapse_terms_of": plan["terms_of"].isoformat(),
     }
 
 
@@ -355,6 +399,7 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
     for day in days:
         cells = _consistent_attributes(snapshot_cells(ctx.store, day, shard))
         candidates, baselines, notes, dims, relearned = pd.DataFrame(columns=CANDIDATE_COLUMNS), None, [], [], None
+        nuisance = []
         fit_cache, reused = None, 0
         if len(cells):
             wide, dims = stats.expand_attributes(cells)
@@ -366,11 +411,13 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
             candidates = pd.concat([f for f in parts if len(f)] or [parts[0]], ignore_index=True)
             fitted = [f.baselines.assign(metric=m) for m, f in global_fits.items() if len(f.baselines)]
             baselines = pd.concat(fitted, ignore_index=True) if fitted else None
+            nuisance = _nuisance_rows(global_fits)
             notes = [n for f in global_fits.values() for n in f.notes]
         tested = _drift_test(ctx, day, cells) if drift.DRIFT_METRIC in shard.global_metrics else None
         out[day] = {
             "candidates": candidates,
             "baselines": baselines,
+            "nuisance": nuisance,
             "notes": notes,
             "dimensions": dims,
             "relearned": relearned,
@@ -379,6 +426,16 @@ def _fit_patterns(ctx: CycleContext, days: list[date], shard: Shard, infos: dict
         }
         out[day]["drift"] = tested
     return out
+
+
+def _nuisance_rows(fits: dict) -> list[dict]:
+    """The global fits' day-of-week and age terms as ``nuisance_terms`` rows."""
+    return [
+        {"metric": metric, "term": term, "level": level, "log_effect": value}
+        for metric, fit in fits.items()
+        for term, levels in fit.nuisance.items()
+        for level, value in levels.items()
+    ]
 
 
 def _account_candidates(
@@ -440,7 +497,7 @@ def _relearn(ctx: CycleContext, day: date, cells: pd.DataFrame, fits: dict) -> t
     older_day = ctx.store.latest_cumulative(on_or_before=max(starts))
     if older_day is None:
         return fits, None
-    older = ctx.store.read_snapshot(older_day, columns=stats.METRICS)
+    older = ctx.store.read_snapshot(older_day, columns=[*stats.METRICS, "days"])
     older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
     recent = drift.evidence_since(cells, older)
     if recent["creative_id"].nunique() < ctx.cfg.patterns.min_creatives:
@@ -490,7 +547,7 @@ def _drift_test(ctx: CycleContext, day: date, cells: pd.DataFrame) -> dict | Non
     if older_day is None:
         return None
     # the split needs the older part's sums only (attributes come from today's cells)
-    older = ctx.store.read_snapshot(older_day, columns=stats.METRICS)
+    older = ctx.store.read_snapshot(older_day, columns=[*stats.METRICS, "days"])
     older[stats.METRICS] = older[stats.METRICS].astype(float) * evidence_weight(ctx, older_day, day)
     found = drift.level_drift(drift.split_evidence(cells, older), ctx.cfg.drift.z_threshold)
     return None if found is None else {**found, "window_start": older_day + timedelta(days=1)}
@@ -516,6 +573,10 @@ def _write_patterns(ctx: CycleContext, day: date, info: dict, parts: list[dict])
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_day(conn, t.learning_patterns, day, patterns)
         store.write_day(conn, t.account_baselines, day, baselines)
+        terms = pd.DataFrame(
+            [r for p in parts for r in p.get("nuisance", [])], columns=["metric", "term", "level", "log_effect"]
+        )
+        store.write_day(conn, t.nuisance_terms, day, terms)
         store.write_day(conn, t.evidence_drift, day, pd.DataFrame([drift_row]))
         if caches:  # the next day needs this day's entries only
             store.write_day(conn, t.account_fit_cache, day, pd.concat(caches, ignore_index=True))

@@ -8,7 +8,7 @@ seconds and the process's peak memory are printed as JSON.
 
     python -m compound_learning.benchmarks.cycle_scale --rows 100000 --days 90 \\
         [--pg-url postgresql://postgres@127.0.0.1/postgres] [--measure 2] [--half-life 0] [--lifetime 28] \\
-        [--full-snapshots]
+        [--full-snapshots] [--collapse-after 28]
 
 With ``--lifetime`` each creative runs that many days and a new one takes its slot (the same
 daily volume, ever more creatives): day 365 against day 30 at the same volume shows how the
@@ -47,7 +47,8 @@ def _peak_mb() -> float:
 
 
 def build_history(ctx: steps.CycleContext, rows: int, days: int, lifetime: int | None = None) -> dict:
-    """Ingest ``days`` days, compute their daily statistics, roll the evidence to the last one."""
+    """Ingest ``days`` days, compute their daily statistics, roll the evidence to the day before
+    the last one and learn there, then learn on the last one from a full snapshot."""
     started = time.perf_counter()
     for i in range(days):
         day = FIRST_DAY + timedelta(days=i)
@@ -57,8 +58,23 @@ def build_history(ctx: steps.CycleContext, rows: int, days: int, lifetime: int |
     ingested = time.perf_counter() - started
     last = FIRST_DAY + timedelta(days=days - 1)
     started = time.perf_counter()
-    steps.run_day(ctx, last, only=["learning_patterns"])
-    return {"history_seconds": round(ingested, 1), "first_learning_seconds": round(time.perf_counter() - started, 1)}
+    steps.run_day(ctx, last - timedelta(days=1), only=["learning_patterns"])
+    first = time.perf_counter() - started
+    # The last day's snapshot is stored full, as a daily run's are once a week: the creatives
+    # that stopped long ago are collapsed there (with the terms of the day before's fits).
+    started = time.perf_counter()
+    chain, store_module.SNAPSHOT_CHAIN_DAYS = store_module.SNAPSHOT_CHAIN_DAYS, 1
+    try:
+        learned = steps.run_day(ctx, last, only=["learning_patterns"])["learning_patterns"]
+    finally:
+        store_module.SNAPSHOT_CHAIN_DAYS = chain
+    return {
+        "history_seconds": round(ingested, 1),
+        "first_learning_seconds": round(first, 1),
+        "last_learning_seconds": round(time.perf_counter() - started, 1),
+        "creatives_collapsed": learned.get("creatives_collapsed", 0),
+        "cells_collapsed": learned.get("cells_collapsed", 0),
+    }
 
 
 def measure(
@@ -99,6 +115,7 @@ def measure(
                 "creatives_known": learned["creatives"],
                 "snapshot_full": learned["snapshot_full"],
                 "snapshot_rows_written": learned["snapshot_rows_written"],
+                "collapsed_rows": ctx.store.count_rows(t.creative_cumulative_stats, dow=-1),
                 **ctx.store.snapshot_storage(),
                 "peak_mb": round(_peak_mb()),
                 **timing,
@@ -123,6 +140,11 @@ def main() -> None:
         help="store every day's cumulative snapshot in full (as before increments between weekly ones)",
     )
     parser.add_argument(
+        "--collapse-after",
+        type=int,
+        help="days without running after which a creative is collapsed into one row (0: never; default: the setting)",
+    )
+    parser.add_argument(
         "--lifetime",
         type=int,
         help="days each creative runs before a new one takes its slot (default: the same creatives every day)",
@@ -139,10 +161,23 @@ def main() -> None:
     store = Store(settings.database_url)
     if store.count_rows(t.performance):
         raise SystemExit(f"{url} already holds performance rows: the benchmark needs an empty database")
-    ctx = steps.CycleContext(store, settings, CycleSettings.from_settings(settings))
+    cfg = CycleSettings.from_settings(settings)
+    if args.collapse_after is not None:
+        cfg = replace(cfg, collapse_after_days=args.collapse_after)
+    ctx = steps.CycleContext(store, settings, cfg)
     try:
         history = build_history(ctx, args.rows, args.days, args.lifetime)
-        print(json.dumps({"rows": args.rows, "history_days": args.days, "lifetime": args.lifetime, **history}))
+        print(
+            json.dumps(
+                {
+                    "rows": args.rows,
+                    "history_days": args.days,
+                    "lifetime": args.lifetime,
+                    "collapse_after_days": cfg.collapse_after_days,
+                    **history,
+                }
+            )
+        )
         measure(ctx, args.rows, args.days, args.measure, args.profile, args.lifetime)
     finally:
         store.dispose()

@@ -44,7 +44,7 @@ import pandas as pd
 
 from compound_learning.config import DriftSettings
 from compound_learning.core.effects import Z95, CodedCells, EffectFit, fit_coded
-from compound_learning.core.stats import CELL_KEYS, METRICS, expand_attributes
+from compound_learning.core.stats import CELL_KEYS, COLLAPSED, METRICS, expand_attributes
 
 DRIFT_METRIC = "roas"
 
@@ -59,6 +59,18 @@ def split_evidence(cumulative: pd.DataFrame, older: pd.DataFrame) -> pd.DataFram
     old_index = older.set_index(keys).index
     old = older.set_index(keys)[METRICS].astype(float).reindex(cum.index)
     old.loc[~cum.index.isin(old_index), METRICS] = 0.0  # a cell first seen in the window
+    # A collapsed row (``stats.collapse_cells``) is collapsed only once its evidence is older than
+    # any split, so all of it is older. Where ``older`` holds that creative's cells, or a smaller
+    # collapsed row, it predates the collapse: those cells are in the row, not beside the
+    # creative's cells of today, which are all recent.
+    dow = cum.index.get_level_values("dow")
+    if (dow == COLLAPSED).any():
+        rows = cum[dow == COLLAPSED]
+        older_days = older.set_index(keys)["days"].reindex(rows.index) if "days" in older else np.nan
+        stale = rows.index.droplevel(["dow", "age_bucket"])[~(older_days == rows["days"]).to_numpy()]
+        creative = cum.index.droplevel(["dow", "age_bucket"])
+        old.loc[creative.isin(stale) & (dow != COLLAPSED), METRICS] = 0.0
+        old.loc[dow == COLLAPSED, METRICS] = cum.loc[dow == COLLAPSED, METRICS].astype(float).to_numpy()
     recent = cum.copy()
     recent[METRICS] = (cum[METRICS].astype(float) - old).clip(lower=0.0)
     before = cum.copy()

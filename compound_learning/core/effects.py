@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from compound_learning.core.stats import MISSING
+from compound_learning.core.stats import ADJUSTED_EXPOSURE, COLLAPSED, MISSING, SHARE_COLUMNS
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -54,6 +54,10 @@ class EffectFit:
     # with a ``period`` column in the cells (1: the recent evidence, 0: the older): the recent
     # part's log level against the older part's, net of everything else, and its std error
     level_shift: tuple[float, float] | None = None
+    # the day-of-week and age-bucket terms against Monday and the first bucket: ``{"dow": {d:
+    # log effect}, "age": {bucket: log effect}}`` (what ``stats.collapse_cells`` adjusts by);
+    # empty when either reference is not the first level (no Monday or no fresh-creative cell)
+    nuisance: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @cached_property
     def effects(self) -> pd.DataFrame:
@@ -88,6 +92,13 @@ class CodedCells:
         # optional: which part of a split evidence a cell belongs to (see ``core.drift``)
         self.period = cells["period"].to_numpy(dtype=int) if "period" in cells else None
         self.values = {c: cells[c].to_numpy(dtype=float) for c in SUPPORT_SUMS}
+        # a creative's collapsed row (``stats.collapse_cells``): its mix of days of week and age
+        # buckets as shares, its exposures adjusted to stand there
+        self.collapsed = self.dow == COLLAPSED
+        self.adjusted, self.shares = {}, {}
+        if self.collapsed.any():
+            self.adjusted = {c: cells[a].to_numpy(dtype=float) for c, a in ADJUSTED_EXPOSURE.items()}
+            self.shares = {key: np.nan_to_num(cells[c].to_numpy(dtype=float)) for key, c in SHARE_COLUMNS.items()}
         self.attributes: dict[str, tuple[np.ndarray, list[str]]] = {}
         for dim in self.dims:
             codes, levels = pd.factorize(cells[dim])
@@ -98,6 +109,12 @@ class CodedCells:
         order = np.argsort(self.account, kind="stable")
         bounds = np.flatnonzero(np.diff(self.account[order])) + 1
         return {str(self.accounts[self.account[part[0]]]): part for part in np.split(order, bounds) if len(part)}
+
+    def exposure(self, column: str) -> np.ndarray:
+        """A metric's exposure per cell: the collapsed rows' adjusted one, the others' as sent."""
+        if not self.collapsed.any():
+            return self.values[column]
+        return np.where(self.collapsed, self.adjusted[column], self.values[column])
 
 
 class _Coded:
@@ -279,14 +296,16 @@ def fit_coded(
 
     y_col, exp_col = METRIC_SPECS[metric]
     rows = np.arange(cells.n) if rows is None else np.asarray(rows)
-    usable = (cells.values[exp_col][rows] > 0) & ~np.isnan(cells.values[y_col][rows])
+    all_exposure = cells.exposure(exp_col)
+    usable = (all_exposure[rows] > 0) & ~np.isnan(cells.values[y_col][rows])
     rows = rows[usable]
     if len(rows) == 0 or len(np.unique(cells.creative[rows])) < 2:
         return None
     coded = _Coded(cells, rows)
     y = cells.values[y_col][rows]
-    exposure = cells.values[exp_col][rows]
+    exposure = all_exposure[rows]
     offset = np.log(exposure)
+    collapsed = cells.collapsed[rows]
     # The creative-level part of the design: account, then attribute dummies.
     n_acc = len(coded.accounts)
     a_blocks = [(coded.account, n_acc)]  # (column of each creative, columns) per block
@@ -297,13 +316,22 @@ def fit_coded(
 
     def add_nuisance(kind: str, values: np.ndarray) -> list[int]:
         levels = sorted(np.unique(values))
+        shares = {}
+        if collapsed.any() and kind in ("dow", "age"):
+            # a collapsed row's indicators are its shares of each level (level 0: the rest)
+            shares = {lv: cells.shares[(k, lv)][rows] for k, lv in SHARE_COLUMNS if k == kind}
+            seen = {int(lv) for lv in levels if lv != COLLAPSED}
+            levels = sorted(seen | {0} | {lv for lv, sh in shares.items() if np.any(sh[collapsed] > 0)})
         for lv in levels[1:]:
-            z_blocks.append(_indicator(values, lv))
+            column = _indicator(values, lv)
+            if lv in shares:
+                column[collapsed, 0] = shares[lv][collapsed]
+            z_blocks.append(column)
             z_names.append((kind, int(lv)))
         return levels
 
     dows = add_nuisance("dow", cells.dow[rows])
-    add_nuisance("age", cells.age[rows])
+    ages = add_nuisance("age", cells.age[rows])
     periods = add_nuisance("period", cells.period[rows]) if cells.period is not None else []
 
     dim_levels: dict[str, tuple[str, list[str]]] = {}
@@ -435,7 +463,13 @@ def fit_coded(
         vec = np.zeros(len(params))
         vec[index[("period", int(periods[1]))]] = 1.0
         level_shift = contrast(vec)
-    return EffectFit(metric, erows, irows, brows, coded.n, coded.n_creatives, converged, notes, level_shift)
+    nuisance = {}
+    if dows and ages and dows[0] == 0 and ages[0] == 0:
+        nuisance = {
+            kind: {int(lv): (float(params[index[(kind, int(lv))]]) if i else 0.0) for i, lv in enumerate(levels)}
+            for kind, levels in (("dow", dows), ("age", ages))
+        }
+    return EffectFit(metric, erows, irows, brows, coded.n, coded.n_creatives, converged, notes, level_shift, nuisance)
 
 
 def _failed(metric: str, coded: _Coded, note: str) -> EffectFit:

@@ -156,7 +156,7 @@ def fit_accounts(
 
 
 # What a per-account fit reads of a cell: its keys within the account, its sums (and its attributes).
-DIGEST_COLUMNS = [*stats.CELL_KEYS[1:], *stats.METRICS]
+DIGEST_COLUMNS = [*stats.CELL_KEYS[1:], *stats.METRICS, *stats.COLLAPSED_COLUMNS]
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ from datetime import date
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from compound_learning.core.stats import AGE_BUCKET_EDGES, METRICS, NO_DIMENSION
+from compound_learning.core.stats import ADJUSTED, AGE_BUCKET_EDGES, COLLAPSED_COLUMNS, METRICS, NO_DIMENSION, SHARES
 from compound_learning.storage import schema as t
 
 # Memory for the day's hash aggregates, for this transaction only (SET LOCAL): the server's
@@ -188,7 +188,8 @@ def roll_forward(
     params = {"previous": previous_day, "base": previous_base, "day": day, "decay": float(decay)}
     keep = "" if decay == 1.0 else "WHERE s.impressions * :decay >= 1.0"
     keys = "account_id, creative_id, dow, age_bucket"
-    carried = f"{keys}, {_COLUMNS}, days, attributes, last_seen"
+    collapsed = ", ".join(COLLAPSED_COLUMNS)  # a collapsed row's (no day adds to it: ``core.stats.collapse_cells``)
+    carried = f"{keys}, {_COLUMNS}, days, attributes, last_seen, {collapsed}"
     if delta_base is not None:
         if delta_base != previous_base or decay != 1.0:
             raise ValueError("increments build on the previous snapshot's base, without forgetting")
@@ -199,7 +200,8 @@ def roll_forward(
     else:
         previous = f"""
             SELECT {keys}, {_summed("b", "i")}, coalesce(b.days, 0) + coalesce(i.days, 0) AS days,
-                   coalesce(i.attributes, b.attributes) AS attributes, coalesce(i.last_seen, b.last_seen) AS last_seen
+                   coalesce(i.attributes, b.attributes) AS attributes, coalesce(i.last_seen, b.last_seen) AS last_seen,
+                   {", ".join(f"coalesce(i.{a}, b.{a}) AS {a}" for a in COLLAPSED_COLUMNS)}
             FROM (SELECT {carried} FROM {snapshot} WHERE as_of = :base) AS b
                  FULL OUTER JOIN (SELECT {carried} FROM {snapshot} WHERE as_of = :previous) AS i USING ({keys})
         """
@@ -208,9 +210,10 @@ def roll_forward(
     written = conn.execute(
         sa.text(
             f"""
-            INSERT INTO {snapshot} (as_of, {keys}, {_COLUMNS}, days, attributes, last_seen)
+            INSERT INTO {snapshot} (as_of, {keys}, {_COLUMNS}, days, attributes, last_seen, {collapsed})
             WITH p AS (
-                SELECT {keys}, {", ".join(f"s.{m} * :decay AS {m}" for m in METRICS)}, days, attributes, last_seen
+                SELECT {keys}, {", ".join(f"s.{m} * :decay AS {m}" for m in (*METRICS, *ADJUSTED))},
+                       days, attributes, last_seen, {", ".join(SHARES)}
                 FROM ({previous}) AS s {keep}
             ), d AS (
                 SELECT account_id, creative_id, dow, {_age_bucket_sql("age_days")} AS age_bucket,
@@ -220,7 +223,8 @@ def roll_forward(
             )
             SELECT :day, {", ".join(f"coalesce(d.{k}, p.{k})" for k in keys.split(", "))}, {_summed("p", "d")},
                    coalesce(p.days, 0) + coalesce(d.days, 0),
-                   coalesce(d.attributes, p.attributes), coalesce(d.last_seen, p.last_seen)
+                   coalesce(d.attributes, p.attributes), coalesce(d.last_seen, p.last_seen),
+                   {", ".join(f"p.{a}" for a in COLLAPSED_COLUMNS)}
             FROM p FULL OUTER JOIN d USING ({keys})
             """
         ),

@@ -19,6 +19,8 @@ import hashlib
 
 import sqlalchemy as sa
 
+from compound_learning.core.stats import COLLAPSED_COLUMNS
+
 metadata = sa.MetaData()
 
 
@@ -133,6 +135,10 @@ creative_cumulative_stats = sa.Table(
     sa.Column("days", sa.Integer, nullable=False),
     sa.Column("attributes", sa.Text, nullable=False),
     sa.Column("last_seen", sa.Date, nullable=False),
+    # only on a creative's collapsed row (dow and age_bucket -1, ``core.stats.collapse_cells``):
+    # its exposures adjusted by the global fits' terms, and its impressions' shares of each day
+    # of week and age bucket
+    *[sa.Column(name, sa.Float) for name in COLLAPSED_COLUMNS],
 )
 
 # One row per cumulative snapshot written since snapshots were stored as a weekly base and what
@@ -171,6 +177,18 @@ learning_patterns = sa.Table(
     sa.Column("first_seen", sa.Date, nullable=False),
     sa.Column("last_updated", sa.Date, nullable=False),
     sa.Index("ix_patterns_as_of_metric", "as_of", "metric"),
+)
+
+# The global fits' day-of-week and age-bucket terms (``EffectFit.nuisance``, against Monday and
+# a fresh creative): what a creative's cells are adjusted by when they are collapsed into one row.
+nuisance_terms = sa.Table(
+    "nuisance_terms",
+    metadata,
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("metric", sa.String(16), primary_key=True),
+    sa.Column("term", sa.String(16), primary_key=True),  # dow or age
+    sa.Column("level", sa.SmallInteger, primary_key=True),
+    sa.Column("log_effect", sa.Float, nullable=False),
 )
 
 account_baselines = sa.Table(

@@ -22,7 +22,7 @@ from compound_learning.core.contract import (
     rejected_by_reason,
     rejected_lines,
 )
-from compound_learning.core.stats import CELL_KEYS, add_increments
+from compound_learning.core.stats import CELL_KEYS, COLLAPSED, EXPOSURE_METRIC, add_increments, collapse_cells
 from compound_learning.storage import rollup
 from compound_learning.storage import schema as t
 from compound_learning.storage.database import Database, in_list
@@ -30,6 +30,7 @@ from compound_learning.storage.database import Database, in_list
 LEARNING_TABLES = [
     t.creative_daily_stats,
     t.account_baselines,
+    t.nuisance_terms,
     t.evidence_drift,
     t.attribute_daily_stats,
     t.creative_cumulative_stats,
@@ -566,6 +567,50 @@ class Store(Database):
         if "as_of" in cells.columns:  # as a full snapshot's rows read
             out.insert(list(cells.columns).index("as_of"), "as_of", day)
         return out
+
+    def nuisance_terms(self, on_or_before: date) -> tuple[date, dict[str, dict[str, dict[int, float]]]] | None:
+        """The latest day up to ``on_or_before`` whose global fits left the day-of-week and age
+        terms of every metric (``EffectFit.nuisance``), and those terms: ``(day, {metric: {"dow":
+        {d: log effect}, "age": {bucket: log effect}}})``; None when no day did."""
+        n = t.nuisance_terms.c
+        days = (
+            sa.select(n.as_of)
+            .where(n.as_of <= on_or_before)
+            .group_by(n.as_of)
+            .having(sa.func.count(sa.distinct(n.metric)) == len(EXPOSURE_METRIC))
+        )
+        latest = self._scalar(sa.select(sa.func.max(days.subquery().c.as_of)))
+        if latest is None:
+            return None
+        latest = pd.Timestamp(latest).date()
+        terms: dict[str, dict[str, dict[int, float]]] = {m: {"dow": {}, "age": {}} for m in EXPOSURE_METRIC.values()}
+        for metric, term, level, value in (
+            self.read_day(t.nuisance_terms, latest).drop(columns="as_of").itertuples(index=False)
+        ):
+            terms[metric][term][int(level)] = float(value)
+        return latest, terms
+
+    def collapse_inactive(self, conn, day: date, last_seen_by: date, terms: dict) -> dict:
+        """Collapse, in ``day``'s full snapshot, every creative last seen on or before
+        ``last_seen_by`` that still has cells of its own into one row (``core.stats.collapse_cells``
+        with ``terms``; a row it was collapsed into before is folded in). Inside the caller's
+        transaction. Returns how many creatives were collapsed and how many rows that removed."""
+        table = t.creative_cumulative_stats
+        c = table.c
+        inactive = (
+            sa.select(c.account_id, c.creative_id)
+            .where(c.as_of == day)
+            .group_by(c.account_id, c.creative_id)
+            .having(sa.func.max(c.last_seen) <= last_seen_by, sa.func.max(c.dow) > COLLAPSED)
+        )
+        mine = sa.tuple_(c.account_id, c.creative_id).in_(inactive)
+        cells = self.read_frame(_ordered_by_key(sa.select(table).where(c.as_of == day, mine), table), conn)
+        if cells.empty:
+            return {"creatives_collapsed": 0, "cells_collapsed": 0}
+        rows = collapse_cells(cells.drop(columns="as_of"), terms).assign(as_of=day)
+        conn.execute(table.delete().where(c.as_of == day, mine))
+        self.bulk_insert(conn, table, rows)
+        return {"creatives_collapsed": len(rows), "cells_collapsed": len(cells) - len(rows)}
 
     def cumulative_accounts(self, day: date) -> list[str]:
         """The accounts ``day``'s cumulative snapshot holds cells of."""
