@@ -55,6 +55,7 @@ DEFAULT_STATE_DIR = ".state"
 DEFAULT_PARTITION_START = "2024-01-01"
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_HALF_LIFE_DAYS = 0.0
+DEFAULT_COLLAPSE_AFTER_DAYS = 28
 DEFAULT_MIN_NEW_CLICKS = 5000
 DEFAULT_EXPLORE_SHARE = 0.2
 # The spend split's even floor: the probability of being best (Thompson) already spends on the
@@ -156,7 +157,7 @@ class CycleSettings:
     # A creative not seen for this many days is kept as one row with its exposures adjusted for
     # day of week and age (``core.stats.collapse_cells``) when a full snapshot is written: the
     # knowledge grows with the creatives ever run, not with their cells. 0: never.
-    collapse_after_days: int = 28
+    collapse_after_days: int = DEFAULT_COLLAPSE_AFTER_DAYS
     # On PostgreSQL the day's validation summary, daily statistics and the roll-forward of the
     # cumulative cells run inside the database (storage.rollup); off, the same in pandas.
     rollup_in_database: bool = True
@@ -165,6 +166,7 @@ class CycleSettings:
     def from_settings(cls, settings: Settings) -> CycleSettings:
         return cls(
             half_life_days=settings.half_life_days,
+            collapse_after_days=settings.collapse_after_days,
             min_new_clicks=settings.min_new_clicks,
             explore_share=settings.explore_share,
             spend_floor_share=settings.spend_floor_share,
@@ -182,6 +184,7 @@ class Settings:
     partition_start: date
     timezone: str = DEFAULT_TIMEZONE
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    collapse_after_days: int = DEFAULT_COLLAPSE_AFTER_DAYS
     min_new_clicks: int = DEFAULT_MIN_NEW_CLICKS
     explore_share: float = DEFAULT_EXPLORE_SHARE
     spend_floor_share: float = DEFAULT_SPEND_FLOOR_SHARE
@@ -232,6 +235,9 @@ def load_settings() -> Settings:
     half_life = _number("COMPOUND_LEARNING_HALF_LIFE_DAYS", DEFAULT_HALF_LIFE_DAYS, float)
     if half_life < 0:
         raise ValueError("COMPOUND_LEARNING_HALF_LIFE_DAYS must be >= 0 (0 = no forgetting)")
+    collapse_after = _number("COMPOUND_LEARNING_COLLAPSE_AFTER_DAYS", DEFAULT_COLLAPSE_AFTER_DAYS, int)
+    if collapse_after < 0:
+        raise ValueError("COMPOUND_LEARNING_COLLAPSE_AFTER_DAYS must be >= 0 (0 = never collapse)")
     min_new_clicks = _number("COMPOUND_LEARNING_MIN_NEW_CLICKS", DEFAULT_MIN_NEW_CLICKS, int)
     if min_new_clicks < 0:
         raise ValueError("COMPOUND_LEARNING_MIN_NEW_CLICKS must be >= 0")
@@ -264,6 +270,7 @@ def load_settings() -> Settings:
         partition_start=partition_start,
         timezone=_env("COMPOUND_LEARNING_TIMEZONE", DEFAULT_TIMEZONE),
         half_life_days=half_life,
+        collapse_after_days=collapse_after,
         min_new_clicks=min_new_clicks,
         explore_share=explore,
         spend_floor_share=floor,

@@ -110,7 +110,7 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
         return {**{k: v for k, v in figures.items() if k != "changed"}, "changed_since_last_run": figures["changed"]}
     with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
         rows = store.performance_for_day(day, conn)
-        first_seen = store.first_seen(rows[["account_id", "creative_id"]], conn) if len(rows) else pd.DataFrame()
+        first_seen = store.first_seen(day, conn) if len(rows) else pd.DataFrame()
         creative = stats.creative_day_stats(rows, first_seen, day)
         attrs = stats.attribute_day_stats(creative)
         old = store.read_day(t.creative_daily_stats, day, "date", conn)

@@ -51,7 +51,7 @@ def test_one_default_per_setting(monkeypatch):
     cycle = config.CycleSettings()
     from_env = config.CycleSettings.from_settings(settings)
     # the environment-backed knobs have the same default whichever way they are built
-    for f in ("half_life_days", "min_new_clicks", "explore_share", "spend_floor_share"):
+    for f in ("half_life_days", "collapse_after_days", "min_new_clicks", "explore_share", "spend_floor_share"):
         assert getattr(cycle, f) == getattr(from_env, f) == getattr(settings, f)
     assert cycle.min_new_clicks == config.DEFAULT_MIN_NEW_CLICKS == 5000
     assert cycle.min_accounts_for_insight == config.MIN_ACCOUNTS_FOR_SHARED
@@ -84,6 +84,11 @@ def test_bad_setting_is_named(monkeypatch):
     # a valid value reaches the cycle's spend split
     monkeypatch.setenv("COMPOUND_LEARNING_SPEND_FLOOR_SHARE", "0.1")
     assert config.CycleSettings.from_settings(config.load_settings()).spend_floor_share == 0.1
+    monkeypatch.setenv("COMPOUND_LEARNING_COLLAPSE_AFTER_DAYS", "-3")
+    with pytest.raises(ValueError, match=r"COLLAPSE_AFTER_DAYS must be >= 0 \(0 = never collapse\)"):
+        config.load_settings()
+    monkeypatch.setenv("COMPOUND_LEARNING_COLLAPSE_AFTER_DAYS", "0")
+    assert config.CycleSettings.from_settings(config.load_settings()).collapse_after_days == 0
 
 
 def test_no_sql_outside_storage():

@@ -102,7 +102,8 @@ class Database:
             if frame is not None:
                 return frame
         result = conn.execute(stmt, params or {})
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        # plain tuples: pandas inspects each SQLAlchemy Row (a third of the time of a 140k-row read)
+        return pd.DataFrame(list(map(tuple, result.fetchall())), columns=list(result.keys()))
 
     # -- writes ---------------------------------------------------------------------------
     def bulk_insert(

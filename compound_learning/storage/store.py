@@ -368,23 +368,23 @@ class Store(Database):
         """Rows ever refused for ``day`` (by the date they gave)."""
         return self.count_rows(t.quarantine, day=day.isoformat())
 
-    def first_seen(self, keys: pd.DataFrame, conn=None) -> pd.DataFrame:
-        """First day each (account_id, creative_id) appears in the performance data."""
-        if keys.empty:
-            return pd.DataFrame(columns=["account_id", "creative_id", "first_seen"])
-        p = t.performance.c
+    def first_seen(self, day: date, conn=None) -> pd.DataFrame:
+        """First day each (account_id, creative_id) with a row on ``day`` appears in the performance
+        data. Each minimum is a lookup in the primary key's index (account, creative, date), so
+        it costs the day's creatives, not the history (a filter on the creatives alone scanned
+        every stored row: 2.5 s of a day after a year of 10k rows a day)."""
+        p = t.performance
+        f = p.alias("f")
+        first = (
+            sa.select(sa.func.min(f.c.date))
+            .where(f.c.account_id == p.c.account_id, f.c.creative_id == p.c.creative_id)
+            .scalar_subquery()
+        )
         frame = self.read_frame(
-            sa.select(p.account_id, p.creative_id, sa.func.min(p.date).label("first_seen"))
-            .where(p.creative_id.in_(in_list(keys["creative_id"].unique())))
-            .group_by(p.account_id, p.creative_id),
-            conn,
+            sa.select(p.c.account_id, p.c.creative_id, first.label("first_seen")).where(p.c.date == day), conn
         )
         frame["first_seen"] = pd.to_datetime(frame["first_seen"]).dt.date if not frame.empty else []
-        return (
-            keys[["account_id", "creative_id"]]
-            .drop_duplicates()
-            .merge(frame, on=["account_id", "creative_id"], how="left")
-        )
+        return frame
 
     # -- generic per-day outputs -------------------------------------------------------------
     def write_day(self, conn, table: sa.Table, day: date, frame: pd.DataFrame, day_column: str = "as_of") -> int:
