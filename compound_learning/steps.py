@@ -292,7 +292,7 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
         plan = _collapse_plan(ctx, day)
         with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
             size = store.roll_forward_in_database(conn, previous, day, decay)
-            collapsed = _collapse_inactive(store, conn, day, plan) if size["base"] == day else {}
+            collapsed = _collapse_inactive(store, conn, day, plan if size["base"] == day else None)
             if collapsed.get("cells_collapsed"):
                 size = {**size, **store.snapshot_size(conn, day, day)}
             pruned = _prune(ctx, conn, day, keep)
@@ -342,9 +342,9 @@ def _collapse_plan(ctx: CycleContext, day: date) -> dict | None:
 def _collapse_inactive(store: Store, conn, day: date, plan: dict | None) -> dict:
     """Collapse, in ``day``'s full snapshot (inside the caller's transaction), the creatives not
     seen for long into one row each (``Store.collapse_inactive``) as ``plan`` says. Returns the
-    figures for the summary (none when nothing was due)."""
+    figures for the summary."""
     if plan is None:
-        return {}
+        return {"creatives_collapsed": 0, "cells_collapsed": 0}
     done = store.collapse_inactive(conn, day, plan["last_seen_by"], plan["terms"])
     return {
         **done,

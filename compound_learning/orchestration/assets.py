@@ -437,6 +437,7 @@ LEARNING_FIGURES = [
     "creatives",
     "accounts",
     "cumulative_cells",
+    "creatives_collapsed",
     "days_rolled_forward",
     "drift_z",
     "exploring",
