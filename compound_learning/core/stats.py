@@ -178,7 +178,8 @@ def collapse_cells(cells: pd.DataFrame, terms: dict[str, dict[str, dict[int, flo
         own = (frame["dow" if term == "dow" else "age_bucket"].to_numpy(dtype=int) == level).astype(float)
         kept = frame[column].to_numpy(dtype=float) if column in frame else np.zeros(len(frame))
         mix[(term, level)] = np.where(live, own, np.nan_to_num(kept))
-    creative = frame.groupby(["account_id", "creative_id"], sort=True).ngroup().to_numpy()
+    g = frame.groupby(["account_id", "creative_id"], sort=True)
+    creative = g.ngroup().to_numpy()
     n = int(creative.max()) + 1
     weight = np.bincount(creative, weights=impressions, minlength=n)
     share = {
@@ -187,7 +188,6 @@ def collapse_cells(cells: pd.DataFrame, terms: dict[str, dict[str, dict[int, flo
         )
         for key, m in mix.items()
     }
-    g = frame.groupby(["account_id", "creative_id"], sort=True)
     out = g[METRICS].sum(min_count=1)
     for exposure, adjusted in ADJUSTED_EXPOSURE.items():
         t = terms[EXPOSURE_METRIC[exposure]]
