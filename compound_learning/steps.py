@@ -823,7 +823,7 @@ def _recommend(ctx: CycleContext, days: list[date], shard: Shard, infos: dict[da
         weights = shard_cells(store, t.creative_dna, day, shard, also=[GLOBAL])
         # the shard's accounts: those its DNA rows name (the global rows ride along)
         mine = sorted({a for a in weights["account_id"] if shard.has(a)}) if shard.accounts_only else None
-        live = live_creatives(store.creative_totals(day, accounts=mine), day)
+        live = live_creatives(store.creative_totals(day, accounts=mine, live=True), day)
         fatigue, burst = infos[day]["fatigue"], infos[day].get("burst", False)
         explore_share = cfg.drift.burst_explore_share if burst else cfg.explore_share
         floor_share = spend_floor_share(cfg, burst)

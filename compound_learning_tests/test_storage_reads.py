@@ -1,6 +1,7 @@
-"""Reads on PostgreSQL by ``COPY ... TO STDOUT`` (issue 12): the frame equals the one built from
-result rows for every kind of value the project stores, and a lost connection during such a read
-is a transient SQLAlchemy error, as it is on the result-row path."""
+"""Fast reads (issue 12), by ``COPY ... TO STDOUT`` on PostgreSQL and by the driver's own cursor
+on SQLite: the frame equals the one built from SQLAlchemy's result rows for every kind of value
+the project stores, and a lost connection during such a read is a transient SQLAlchemy error, as
+it is on the result-row path."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ ODD_TEXT = [
 ]
 
 
+DAYS, QUOTED = [date(2026, 1, 2), date(2026, 1, 9)], 'say "hi", then go'
+
+
 def _rows() -> list[dict]:
     values = [0.1, 1 / 3, -0.0, 1e-300, 1.7976931348623157e308, None, 2.5, 123456.789]
     return [
@@ -69,8 +73,8 @@ def _by_rows(db: Database, stmt) -> pd.DataFrame:
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-def test_a_copy_read_gives_the_frame_of_the_result_rows(pg_url):
-    db = Database(pg_url)
+def test_a_fast_read_gives_the_frame_of_the_result_rows(db_url):
+    db = Database(db_url)
     try:
         with db.transaction() as conn:
             probe.create(conn)
@@ -83,15 +87,33 @@ def test_a_copy_read_gives_the_frame_of_the_result_rows(pg_url):
             .order_by(probe.c.code),
             sa.select(probe.c.small, probe.c.value).where(probe.c.small > 0).order_by(probe.c.id),  # ints without NULLs
             sa.select(probe).where(probe.c.id < 0),  # no rows
+            # parameters written into the SQL: dates, and text with a quote
+            sa.select(probe.c.id, probe.c.day)
+            .where(probe.c.day.in_(DAYS) | probe.c.label.in_([QUOTED, "it's"]))
+            .order_by(probe.c.id),
         ]
         seen: list[str] = []
         event.listen(db.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+        fast = "COPY (" if db.is_postgres else "SELECT "
         for stmt in statements:
             got = db.read_frame(stmt)
-            assert seen[-1].startswith("COPY ("), seen[-1]  # the read went by COPY, and the engine's events saw it
+            assert seen[-1].startswith(fast), seen[-1]  # the fast read ran, and the engine's events saw it
+            assert ":param" not in seen[-1] and "?" not in seen[-1]  # with its parameters written in
             expected = _by_rows(db, stmt)
             pd.testing.assert_frame_equal(got, expected, check_dtype=len(expected) > 0, check_exact=True)
         assert list(db.read_frame(statements[0])["code"]).count("") > 0  # empty strings stay strings
+        wanted = [r["id"] for r in _rows() if r["day"] in DAYS or r["label"] == QUOTED]
+        assert list(db.read_frame(statements[-1])["id"]) == wanted
+        if not db.is_postgres:  # (PostgreSQL's text holds no NUL at all, bound or not)
+            # a parameter holding a NUL character cannot be written into SQL text: it stays bound
+            nul = sa.select(probe.c.id).where(probe.c.label.in_(["a\x00b", QUOTED])).order_by(probe.c.id)
+            assert list(db.read_frame(nul)["id"]) == [r["id"] for r in _rows() if r["label"] == QUOTED]
+            assert "IN (?, ?)" in seen[-1]
+        # a numeric column of nothing but NULLs comes back as NaN floats on both databases (the
+        # result rows give None objects)
+        nulls = db.read_frame(sa.select(probe.c.id, probe.c.small).where(probe.c.small.is_(None)))
+        assert len(nulls) == sum(r["small"] is None for r in _rows())
+        assert nulls["small"].dtype == float and nulls["small"].isna().all()
     finally:
         db.dispose()
 
@@ -172,4 +194,16 @@ def test_creative_totals_add_up_a_creatives_cells_and_keep_its_latest_attributes
     assert pd.isna(c2["revenue"]) and c2["spend"] == 2.25 and c2["last_seen"] == date(2026, 3, 4)
     only = store.creative_totals(day, accounts=["a2"])
     assert list(only["account_id"]) == ["a2"] and list(only["creative_id"]) == ["c2"]
-    assert store.creative_totals(date(2026, 3, 10)).empty
+    live = store.creative_totals(day, live=True)  # only the creatives that ran on the day, all their cells
+    assert list(live["creative_id"]) == ["c1"] and live["impressions"].iloc[0] == 303.0
+    # a snapshot stored as increments: the creative that ran adds its base's cells
+    later = date(2026, 3, 10)
+    ran = {**cells[3], "dow": 4, "impressions": 50.0, "last_seen": later}
+    with store.transaction() as conn:
+        store.register_snapshot(conn, day, day)
+        store.write_snapshot(conn, later, pd.DataFrame([ran]), base=day)
+    live = store.creative_totals(later, live=True)
+    assert list(zip(live["account_id"], live["creative_id"], strict=True)) == [("a1", "c2")]
+    assert live["impressions"].iloc[0] == 153.0 and live["last_seen"].iloc[0] == later
+    assert len(store.creative_totals(later)) == 3
+    assert store.creative_totals(date(2026, 3, 11)).empty
