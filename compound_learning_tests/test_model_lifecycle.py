@@ -303,3 +303,38 @@ def test_old_model_files_are_pruned_and_reset_removes_them(sqlite_url, env, tmp_
     run = run_cli(sqlite_url, "reset", "--yes", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["model_files_removed"] == 6 and not list(tmp_path.glob("*.skops"))
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        lambda: cm.OneHotEncoder(handle_unknown="ignore", min_frequency=5),
+        lambda: cm.OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan, max_categories=6
+        ),
+    ],
+    ids=["one_hot", "ordinal"],
+)
+def test_the_encoders_fed_codes_encode_as_they_do_on_the_text(encoder):
+    """The pipelines give the encoders ranks instead of text (``CategoryCodes``, for speed): the
+    encoded matrix must be the one the encoder gives on the text, rare values grouped the same and
+    a value not seen in training (or a new account) unknown to it."""
+    rng = np.random.default_rng(3)
+    values = ["question", "story", "Offer", "__missing__", "ümlaut", "demo", "rare_1", "rare_2", "z"]
+    frame = pd.DataFrame(
+        {
+            "hook": rng.choice(values, 400, p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.0075, 0.0075, 0.035]),
+            "account_id": rng.choice([f"acct_{i}" for i in range(30)], 400),
+        }
+    )
+    later = frame.head(60).copy()
+    later.loc[:19, "hook"] = "never_seen"
+    later.loc[10:29, "account_id"] = "acct_new"
+    on_text = encoder().fit(frame)
+    on_codes = cm._coded(encoder()).fit(frame)
+    expected, got = on_text.transform(later), on_codes.transform(later)
+    if hasattr(expected, "toarray"):
+        expected, got = expected.toarray(), got.toarray()
+    np.testing.assert_array_equal(got, expected)
+    unseen = got[10:20]  # a new hook and a new account: nothing known of either
+    assert np.isnan(unseen).all() if np.isnan(got).any() else not unseen.any()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -59,12 +60,42 @@ def aggregate(rows: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, np.n
     return grouped, clicks, impressions
 
 
+class CategoryCodes(TransformerMixin, BaseEstimator):
+    """Text columns as the rank of each value among the values seen in ``fit`` (sorted as text),
+    and an unseen value as missing (NaN).
+
+    It comes before the encoders so that they count and look up numbers: on text they count
+    every value in Python (of a 10k-row day's cycle, half of the CTR model's time), on numbers
+    with numpy. Ranks keep the sorted order of the text, so each encoder gives the columns and
+    codes it gives on the text itself, and an unseen value stays unknown to it."""
+
+    def fit(self, X: pd.DataFrame, y=None) -> CategoryCodes:
+        self.categories_ = [np.sort(pd.unique(np.asarray(X.iloc[:, j], dtype=object))) for j in range(X.shape[1])]
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        out = np.empty(X.shape, dtype=float)
+        for j, categories in enumerate(self.categories_):
+            codes = pd.Index(categories).get_indexer(np.asarray(X.iloc[:, j], dtype=object))  # unseen: -1
+            out[:, j] = np.where(codes >= 0, codes, np.nan)
+        return out
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return np.asarray(input_features if input_features is not None else [], dtype=object)
+
+
+def _coded(encoder) -> Pipeline:
+    """``encoder`` fed :class:`CategoryCodes` instead of text."""
+    return Pipeline([("codes", CategoryCodes()), ("encode", encoder)])
+
+
 def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
     cats = list(spec.categorical)
     if family == "logistic":
         pre = ColumnTransformer(
             [
-                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=5), cats),
+                ("cat", _coded(OneHotEncoder(handle_unknown="ignore", min_frequency=5)), cats),
                 ("num", FunctionTransformer(), NUMERIC),
             ]
         )
@@ -76,11 +107,13 @@ def make_pipeline(family: str, spec: FeatureSpec) -> Pipeline:
                 # account) share one "infrequent" code.
                 (
                     "cat",
-                    OrdinalEncoder(
-                        handle_unknown="use_encoded_value",
-                        unknown_value=np.nan,
-                        encoded_missing_value=np.nan,
-                        max_categories=250,
+                    _coded(
+                        OrdinalEncoder(
+                            handle_unknown="use_encoded_value",
+                            unknown_value=np.nan,
+                            encoded_missing_value=np.nan,
+                            max_categories=250,
+                        )
                     ),
                     cats,
                 ),

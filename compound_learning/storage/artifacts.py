@@ -15,6 +15,7 @@ ALLOWED_TYPES = frozenset(
         "functools.partial",  # HistGradientBoosting keeps check_array bound in a partial
         "sklearn.utils.validation.check_array",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "compound_learning.core.ctr_model.CategoryCodes",  # our own: text values as sorted ranks
     }
 )
 
