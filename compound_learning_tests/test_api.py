@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import schemathesis
@@ -144,6 +145,37 @@ def test_bad_input_is_422_never_500(open_client):
     assert c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {"hook_type": 3}}).status_code == 422
     assert c.get(f"{P}/improvement-trajectory/nobody").status_code == 404
     assert c.post(f"{P}/score", json={"account_id": "nobody", "creative": {"a": "b"}}).status_code == 404
+
+
+def _control_character_requests(c: TestClient, text: str) -> dict[str, object]:
+    """Every way an id, a pattern type or an attribute reaches a lookup, with ``text`` in it."""
+    path = quote(text, safe="")
+    return {
+        "trajectory": c.get(f"{P}/improvement-trajectory/{path}"),
+        "recommendations": c.get(f"{P}/recommendations/{path}"),
+        "dashboard": c.get(f"{P}/dashboard", params={"account_id": text}),
+        "patterns of an account": c.get(f"{P}/patterns", params={"account_id": text}),
+        "patterns of a type": c.get(f"{P}/patterns", params={"pattern_type": text}),
+        "page": c.get(f"/dashboard/{path}"),
+        "score account": c.post(f"{P}/score", json={"account_id": text, "creative": {"hook_type": "question"}}),
+        "score name": c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {text: "question"}}),
+        "score value": c.post(f"{P}/score", json={"account_id": "acct_001", "creative": {"hook_type": text}}),
+    }
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "two\nlines", "\x7f"], ids=["nul", "newline", "delete"])
+def test_a_control_character_in_an_id_or_attribute_is_422_on_both_databases(open_client, pg_url, text):
+    """No stored id, attribute name or value holds a control character (the contract refuses
+    them), and PostgreSQL cannot take a NUL even as a parameter: the API says so with a 422
+    naming the field, before any lookup, instead of failing on the database."""
+    pg_store = Store(pg_url)
+    try:
+        for client in (open_client, TestClient(create_app(store=pg_store, keys=None, launcher=fake_launcher))):
+            for what, response in _control_character_requests(client, text).items():
+                assert response.status_code == 422, (what, response.status_code, response.text)
+                assert "control character" in response.text, what
+    finally:
+        pg_store.dispose()
 
 
 def test_real_in_process_run_cycle_rejects_days_outside_partitions(learned):

@@ -22,6 +22,7 @@ from compound_learning import queries
 from compound_learning.api.access import Principal, load_keys, shared_graph, shared_patterns
 from compound_learning.api.pages import render_dashboard
 from compound_learning.config import DEFAULT_MIN_CONFIDENCE, METRICS, STATES, load_settings
+from compound_learning.core.contract import has_control_character
 from compound_learning.orchestration.launch import LaunchError, launch, scheduler_status
 from compound_learning.storage.artifacts import ArtifactError
 from compound_learning.storage.store import Store, get_store
@@ -101,8 +102,18 @@ def principal(request: Request) -> Principal:
     return keys[key]
 
 
+def plain_text(value: str | None, what: str) -> None:
+    """422 for text holding a control character, before any lookup: the contract stores no id,
+    attribute name or value with one, and PostgreSQL refuses a NUL even as a parameter (the
+    lookup would fail with a server error, not answer "not found")."""
+    if value is not None and has_control_character(value):
+        raise HTTPException(422, f"{what} {value!r} contains a control character: nothing stored has one")
+
+
 def require(who: Principal, account_id: str) -> None:
-    """403 for an account the key may not read, before anything about it is looked up."""
+    """422 for an account id no account can have; 403 for an account the key may not read,
+    before anything about it is looked up."""
+    plain_text(account_id, "account_id")
     if not who.may_see(account_id):
         raise HTTPException(403, f"this API key may not read account {account_id!r}")
 
@@ -133,6 +144,7 @@ def patterns(
     db: Store = Depends(get_db),
 ) -> list[dict]:
     """Latest patterns, most confident first (the CLI's `patterns --json` shape)."""
+    plain_text(pattern_type, "pattern_type")
     if account_id:
         require(who, account_id)
     items = queries.patterns(
@@ -201,6 +213,9 @@ def recommendations(
 def score(body: ScoreRequest, who: Principal = Depends(principal), db: Store = Depends(get_db)) -> dict:
     """Score a new creative against the account's baseline (DNA weights + the champion model)."""
     require(who, body.account_id)
+    for name, value in body.creative.items():
+        plain_text(name, "attribute name")
+        plain_text(value, f"the value of {name!r}")
     return queries.score(db, body.account_id, body.creative)
 
 

@@ -45,6 +45,12 @@ _CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # tab, CR and LF are whitespace,
 _CONTROL_ANY = r"[\x00-\x1f\x7f]"
 
 
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a control character (tab, CR and LF included): no id, attribute
+    name or value the contract stores does."""
+    return re.search(_CONTROL_ANY, text) is not None
+
+
 _STRING = pd.ArrowDtype(pa.string())  # text columns are Arrow strings: vectorized in C++
 
 
