@@ -167,9 +167,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.full_snapshots:
         store_module.SNAPSHOT_CHAIN_DAYS = 1  # no snapshot builds on an earlier one
-    tmp = tempfile.mkdtemp(prefix="cycle_scale_")
     if (args.save_history or args.from_history) and (args.pg_url or args.url):
         raise SystemExit("--save-history and --from-history keep a SQLite file: they take neither --url nor --pg-url")
+    tmp = tempfile.mkdtemp(prefix="cycle_scale_")
     if args.from_history:
         shutil.copyfile(Path(args.from_history) / "bench.db", Path(tmp) / "bench.db")
         os.sync()  # the copy's writes are not to land on the measured day's time
@@ -186,8 +186,10 @@ def main() -> None:
         cfg = replace(cfg, collapse_after_days=args.collapse_after)
     ctx = steps.CycleContext(store, settings, cfg)
     try:
-        history = {"from_history": args.from_history} if args.from_history else None
-        history = history or build_history(ctx, args.rows, args.days, args.lifetime)
+        if args.from_history:
+            history = {"from_history": args.from_history}
+        else:
+            history = build_history(ctx, args.rows, args.days, args.lifetime)
         if args.save_history:
             store.dispose()
             Path(args.save_history).mkdir(parents=True)
