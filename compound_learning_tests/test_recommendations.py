@@ -297,6 +297,61 @@ def test_the_combinatorial_search_is_exact(ties):
     assert np.allclose(total, [sum(s[i] for s, i in zip(scores, row, strict=True)) for row in index], atol=1e-9)
 
 
+def test_every_accounts_split_from_the_cycles_batch_is_its_own_split_to_the_bit():
+    """The cycle reads every account's live creatives into one set of arrays
+    (``LiveFigures.by_account``) and predicts from attribute codes read once per distinct set;
+    each account's split from its part of the batch is the split ``spend_split`` gives on that
+    account's own frame, to the bit, and each prediction is the combination's own, whichever
+    other accounts' creatives share the batch, whatever dimensions a creative lacks, and for
+    values the DNA has never seen."""
+    from compound_learning.config import GLOBAL
+    from compound_learning.core.dna import BASELINE_VALUE, WEIGHT_COLUMNS, pair_dimension
+
+    rng = np.random.default_rng(21)
+    space = {"cta": ["a", "b", "c"], "hook": ["h1", "h2", "h3"], "tone": ["x", "y"]}
+    rows = []
+    for account in [GLOBAL, "acc-1", "acc-2", "acc-3"]:
+        for metric in ("ctr", "roas"):
+            rows.append((account, metric, BASELINE_VALUE, BASELINE_VALUE, rng.normal(-1, 0.3), 0.05, 0))
+            for dim, values in space.items():
+                for value in values[: 2 if account != GLOBAL else 3]:  # accounts override some values
+                    rows.append((account, metric, dim, value, rng.normal(0, 0.2), rng.uniform(0.02, 0.2), 9))
+            for va, vb in [("a", "h1"), ("b", "h3")]:
+                pair = (pair_dimension("cta", "hook"), json.dumps([va, vb]))
+                rows.append((account, metric, *pair, rng.normal(0, 0.1), 0.05, 4))
+    dna = recommend.DNA(pd.DataFrame(rows, columns=WEIGHT_COLUMNS))
+    sets = [{"cta": "a", "hook": "h1", "tone": "x"}, {"cta": "b", "hook": "h3"}, {"cta": "c", "tone": "new"}, {}]
+    n = 60
+    frame = pd.DataFrame(
+        {
+            "account_id": rng.choice(["acc-3", "acc-1", "acc-2"], n),
+            "creative_id": [f"c{i}" for i in range(n)],
+            # creatives of one set share one dict (as the cycle reads them), and some an equal copy
+            "attributes": [sets[k] if i % 3 else dict(sets[k]) for i, k in enumerate(rng.integers(0, len(sets), n))],
+            "impressions": rng.uniform(1e3, 1e5, n).round(),
+            "spend": rng.uniform(10, 500, n),
+        }
+    )
+    frame["clicks"] = (frame["impressions"] * rng.uniform(0.005, 0.03, n)).round()
+    frame["conversions"] = (frame["clicks"] * rng.uniform(0.0, 0.1, n)).round()
+    frame["revenue"] = frame["conversions"] * rng.uniform(20, 80, n)
+    ordered, parts = recommend.LiveFigures.by_account(frame)
+    assert sorted(parts) == ["acc-1", "acc-2", "acc-3"]
+    for account, (start, figures) in parts.items():
+        own = frame[frame["account_id"] == account].reset_index(drop=True)
+        assert list(ordered["creative_id"][start : start + len(figures)]) == list(own["creative_id"])
+        batch = recommend.split_spend(figures, dna, account, np.random.default_rng(5), -0.1, floor_share=0.05)
+        alone = recommend.spend_split(own, dna, account, np.random.default_rng(5), -0.1, floor_share=0.05)
+        assert list(batch["creative_id"]) == list(alone["creative_id"])
+        for column in recommend.SPLIT_COLUMNS[1:]:
+            assert np.array_equal(batch[column], alone[column].to_numpy(float), equal_nan=True), (account, column)
+        for metric in ("ctr", "roas"):
+            post = dna.posterior(account, metric)
+            means, sds = recommend.predict_log_rates(post, figures.attributes)
+            each = [recommend.predict_log_rate(post, a) for a in own["attributes"]]
+            assert means.tolist() == [m for m, _ in each] and sds.tolist() == [s for _, s in each]
+
+
 def test_spend_split_follows_evidence_floor_and_fatigue():
     rng = np.random.default_rng(0)
     live = pd.DataFrame(

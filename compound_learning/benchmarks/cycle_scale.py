@@ -17,8 +17,10 @@ knowledge, and so a cycle, grows with the history.
 With ``--pg-url`` the run gets a fresh database on that server (dropped afterwards); with
 ``--url`` it uses that database, which must be empty.
 
-A year of history takes a quarter of an hour to build, so on SQLite it can be built once and
-measured from many times (say, a commit against the one before it, alternating):
+A year of history takes a quarter of an hour to build, so it can be built once and measured
+from many times (say, a commit against the one before it, alternating); on PostgreSQL the history
+is kept as a database of the server (``--pg-url ... --save-history cl_h90``, then ``--from-history
+cl_h90``; drop it by hand when done):
 
     python -m compound_learning.benchmarks.cycle_scale --rows 10000 --lifetime 28 --half-life 0 \
         --days 364 --measure 0 --save-history /tmp/h364
@@ -157,8 +159,14 @@ def main() -> None:
         type=int,
         help="days without running after which a creative is collapsed into one row (0: never; default: the setting)",
     )
-    parser.add_argument("--save-history", help="SQLite only: copy the database after the history into this new folder")
-    parser.add_argument("--from-history", help="a --save-history folder: measure on a copy of it instead of building")
+    parser.add_argument(
+        "--save-history",
+        help="keep the history: SQLite, a new folder to copy the database into; with --pg-url, the name of a "
+        "new database on that server to keep it in",
+    )
+    parser.add_argument(
+        "--from-history", help="a --save-history folder or database: measure on a copy of it instead of building"
+    )
     parser.add_argument(
         "--lifetime",
         type=int,
@@ -167,14 +175,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.full_snapshots:
         store_module.SNAPSHOT_CHAIN_DAYS = 1  # no snapshot builds on an earlier one
-    if (args.save_history or args.from_history) and (args.pg_url or args.url):
-        raise SystemExit("--save-history and --from-history keep a SQLite file: they take neither --url nor --pg-url")
-    tmp = tempfile.mkdtemp(prefix="cycle_scale_")
-    if args.from_history:
-        shutil.copyfile(Path(args.from_history) / "bench.db", Path(tmp) / "bench.db")
-        os.sync()  # the copy's writes are not to land on the measured day's time
+    if (args.save_history or args.from_history) and args.url:
+        raise SystemExit("--save-history and --from-history keep a SQLite file or a --pg-url database, not --url's")
     server = Postgres(args.pg_url) if args.pg_url else None
-    url = server.fresh(FRESH_DATABASE) if server else args.url or f"sqlite:///{tmp}/bench.db"
+    if server and args.save_history and server.exists(args.save_history):
+        raise SystemExit(f"--save-history: database {args.save_history} exists already")
+    if server and args.from_history and not server.exists(args.from_history):
+        raise SystemExit(f"--from-history: no database {args.from_history} on {args.pg_url}")
+    tmp = tempfile.mkdtemp(prefix="cycle_scale_")
+    if args.from_history and not server:
+        shutil.copyfile(Path(args.from_history) / "bench.db", Path(tmp) / "bench.db")
+    if server:  # a copy of the kept history is made by the server (CREATE DATABASE ... TEMPLATE)
+        url = server.fresh(FRESH_DATABASE, template=args.from_history)
+    else:
+        url = args.url or f"sqlite:///{tmp}/bench.db"
+    if args.from_history:
+        os.sync()  # the copy's writes are not to land on the measured day's time
     settings = replace(load_settings(), database_url=url, artifacts_dir=Path(tmp) / "art")
     if args.half_life is not None:
         settings = replace(settings, half_life_days=args.half_life)
@@ -192,8 +208,11 @@ def main() -> None:
             history = build_history(ctx, args.rows, args.days, args.lifetime)
         if args.save_history:
             store.dispose()
-            Path(args.save_history).mkdir(parents=True)
-            shutil.copyfile(Path(tmp) / "bench.db", Path(args.save_history) / "bench.db")
+            if server:
+                server.fresh(args.save_history, template=FRESH_DATABASE)
+            else:
+                Path(args.save_history).mkdir(parents=True)
+                shutil.copyfile(Path(tmp) / "bench.db", Path(args.save_history) / "bench.db")
         print(
             json.dumps(
                 {

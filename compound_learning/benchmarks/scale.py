@@ -85,10 +85,14 @@ class Postgres:
         cmd = self.psql(urlunsplit(self.url), sql)
         return subprocess.run([*cmd, "-t", "-A"], check=True, capture_output=True, text=True).stdout.strip()
 
-    def fresh(self, name: str) -> str:
+    def fresh(self, name: str, template: str | None = None) -> str:
+        """A new database ``name`` (empty, or a copy of the database ``template``)."""
         self.drop(name)
-        self.admin(f'CREATE DATABASE "{name}"')
+        self.admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url_of(name)
+
+    def exists(self, name: str) -> bool:
+        return self.admin(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
 
     def drop(self, name: str) -> None:
         self.admin(f'DROP DATABASE IF EXISTS "{name}"')

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,21 +172,72 @@ def predict_log_rate(post: MetricPosterior, attributes: dict[str, str]) -> tuple
     return float(mean), math.sqrt(var)
 
 
-def predict_log_rates(post: MetricPosterior, attributes: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+_ABSENT = object()  # a creative without a value of a dimension (a value may be any JSON text, even null)
+_NO_WEIGHT = (0.0, 0.0, 0)
+
+
+@dataclass
+class AttributeCodes:
+    """Creatives' attribute values as integer codes: for each dimension its distinct values
+    (``values``) and each creative's position among them (``codes``; -1 where the creative has
+    no value of that dimension). Each distinct attribute set is read once: creatives of one set
+    share one dict (``steps.live_creatives``), so the predictions of 100k creatives cost a numpy
+    pass per dimension, not a dictionary lookup per creative and dimension."""
+
+    values: dict[str, list]
+    codes: dict[str, np.ndarray]
+    n: int
+
+    @classmethod
+    def of(cls, attributes: Sequence[dict[str, str]]) -> AttributeCodes:
+        position: dict[int, int] = {}
+        distinct: list[dict[str, str]] = []
+        set_of = np.empty(len(attributes), dtype=np.int64)
+        for i, a in enumerate(attributes):
+            j = position.get(id(a))
+            if j is None:
+                j = position[id(a)] = len(distinct)
+                distinct.append(a)
+            set_of[i] = j
+        values, codes = {}, {}
+        for dim in dict.fromkeys(d for a in distinct for d in a):
+            per_set = [a.get(dim, _ABSENT) for a in distinct]
+            index = {v: k for k, v in enumerate(dict.fromkeys(v for v in per_set if v is not _ABSENT))}
+            values[dim] = list(index)
+            codes[dim] = np.array([index.get(v, -1) for v in per_set], dtype=np.int64)[set_of]
+        return cls(values, codes, len(attributes))
+
+    def part(self, start: int, stop: int) -> AttributeCodes:
+        """The creatives ``start:stop`` (views, not copies)."""
+        return AttributeCodes(self.values, {d: c[start:stop] for d, c in self.codes.items()}, stop - start)
+
+
+def predict_log_rates(
+    post: MetricPosterior, attributes: Sequence[dict[str, str]] | AttributeCodes
+) -> tuple[np.ndarray, np.ndarray]:
     """The posterior log rates of many combinations: means and sds, each the sum of the
     baseline and the terms of :func:`_terms` (in its order), one pass per dimension and synergy
     table (the cycle predicts every live creative of every account)."""
-    n = len(attributes)
-    mean, var = np.full(n, post.base), np.full(n, post.base_sd**2)
-    for dim in sorted({d for a in attributes for d in a}):
+    coded = attributes if isinstance(attributes, AttributeCodes) else AttributeCodes.of(attributes)
+    mean, var = np.full(coded.n, post.base), np.full(coded.n, post.base_sd**2)
+    present = {d: c for d, c in coded.codes.items() if (c >= 0).any()}
+    for dim in sorted(present):
         table, prior = post.weights.get(dim, {}), (0.0, post.prior_sd(dim), 0)
-        found = [table.get(a[dim], prior) if dim in a else (0.0, 0.0, 0) for a in attributes]
-        mean += np.array([f[0] for f in found])
-        var += np.array([f[1] for f in found]) ** 2
+        found = [table.get(v, prior) for v in coded.values[dim]] + [_NO_WEIGHT]  # the last: no value (code -1)
+        mean += np.array([f[0] for f in found])[present[dim]]
+        var += np.array([f[1] for f in found])[present[dim]] ** 2
     for (da, db), table in post.pairs.items():
-        found = [table.get((a.get(da), a.get(db)), (0.0, 0.0, 0)) for a in attributes]
-        mean += np.array([f[0] for f in found])
-        var += np.array([f[1] for f in found]) ** 2
+        if da not in present or db not in present:
+            continue  # no creative has both: every term is 0
+        index_a = {v: k for k, v in enumerate(coded.values[da])}
+        index_b = {v: k for k, v in enumerate(coded.values[db])}
+        m = np.zeros((len(index_a) + 1, len(index_b) + 1))  # the last row and column: no value
+        s = np.zeros_like(m)
+        for (va, vb), (w, sd, _n) in table.items():
+            if va in index_a and vb in index_b:
+                m[index_a[va], index_b[vb]], s[index_a[va], index_b[vb]] = w, sd
+        mean += m[present[da], present[db]]
+        var += s[present[da], present[db]] ** 2
     return mean, np.sqrt(var)
 
 
@@ -543,7 +595,62 @@ def _joint_posterior(
     return mean_u, mean_u + mean_v, cuu + cvv + 2.0 * cuv, later[0] + later[1] + 2.0 * later[2]
 
 
-def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPosterior | None) -> list[_Part]:
+@dataclass
+class LiveFigures:
+    """Live creatives' totals so far as arrays: one account's, or many accounts' in account order
+    (:meth:`by_account` gives each account's rows as views of them)."""
+
+    creative_id: np.ndarray
+    attributes: AttributeCodes
+    impressions: np.ndarray
+    clicks: np.ndarray  # NaN where unknown
+    spend: np.ndarray
+    revenue: np.ndarray  # 0 where unknown
+    conversions: np.ndarray  # 0 where unknown
+
+    @classmethod
+    def of(cls, live: pd.DataFrame) -> LiveFigures:
+        """From a frame of creative_id, attributes (dict), impressions, spend, and where known
+        clicks, revenue and conversions."""
+        n = len(live)
+        return cls(
+            creative_id=live["creative_id"].to_numpy(),
+            attributes=AttributeCodes.of(list(live["attributes"])),
+            impressions=live["impressions"].to_numpy(float),
+            clicks=live["clicks"].to_numpy(float) if "clicks" in live else np.full(n, np.nan),
+            spend=live["spend"].to_numpy(float),
+            revenue=live["revenue"].fillna(0).to_numpy(float),
+            conversions=live["conversions"].fillna(0).to_numpy(float) if "conversions" in live else np.zeros(n),
+        )
+
+    def __len__(self) -> int:
+        return len(self.creative_id)
+
+    def part(self, start: int, stop: int) -> LiveFigures:
+        return LiveFigures(
+            self.creative_id[start:stop],
+            self.attributes.part(start, stop),
+            *(getattr(self, f)[start:stop] for f in ("impressions", "clicks", "spend", "revenue", "conversions")),
+        )
+
+    @staticmethod
+    def by_account(live: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[int, LiveFigures]]]:
+        """``live`` (with account_id) in account order, each account's rows in their order there,
+        and each account's first position in it with its figures: the arrays are built once for
+        every account (500 accounts' frames cost more than their decisions)."""
+        ordered = live.sort_values("account_id", kind="stable", ignore_index=True)
+        if ordered.empty:
+            return ordered, {}
+        figures = LiveFigures.of(ordered)
+        accounts = ordered["account_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, accounts[1:] != accounts[:-1]])
+        stops = np.r_[starts[1:], len(accounts)]
+        return ordered, {
+            accounts[lo]: (int(lo), figures.part(int(lo), int(hi))) for lo, hi in zip(starts, stops, strict=True)
+        }
+
+
+def _roas_parts(live: LiveFigures, roas: MetricPosterior | None, ctr: MetricPosterior | None) -> list[_Part]:
     """Each live creative's log ROAS as the parts its own evidence measures, with their
     predictions: log CTR (from clicks: a creative with 2,000 clicks knows its CTR within 5%) and
     log (ROAS / CTR), the value of a click for the spend of an impression (from conversions,
@@ -552,23 +659,20 @@ def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPos
     click or conversion yet finite."""
     n = len(live)
     if roas is not None:
-        mean, sd = predict_log_rates(roas, list(live["attributes"]))
+        mean, sd = predict_log_rates(roas, live.attributes)
         prediction_var = sd**2
     else:
         mean, prediction_var = np.zeros(n), np.full(n, DEFAULT_PRIOR_SD**2)
-    spend = live["spend"].to_numpy(float)
-    revenue = live["revenue"].fillna(0).to_numpy(float)
-    conversions = live["conversions"].fillna(0).to_numpy(float) if "conversions" in live else np.zeros(n)
+    spend, revenue, conversions, clicks = live.spend, live.revenue, live.conversions, live.clicks
     if roas is None and spend.sum() > 0 and revenue.sum() > 0:  # no DNA: the account's own pooled ROAS
         mean = np.full(n, np.log(revenue.sum() / spend.sum()))
     per_conversion = spend.sum() / max(conversions.sum(), 1.0) if spend.sum() > 0 else 1.0
     obs = np.log((revenue + np.exp(mean) * per_conversion) / (spend + per_conversion))
     obs_var = np.where(spend > 0, 1.0 / (conversions + 1.0), np.inf)
-    clicks = live["clicks"].to_numpy(float) if "clicks" in live else np.full(n, np.nan)
     if ctr is None or roas is None or not np.isfinite(clicks).all():
         return [_Part(mean, prediction_var, obs, obs_var)]
-    ctr_mean, ctr_sd = predict_log_rates(ctr, list(live["attributes"]))
-    impressions = live["impressions"].to_numpy(float)
+    ctr_mean, ctr_sd = predict_log_rates(ctr, live.attributes)
+    impressions = live.impressions
     ctr_obs = np.log((clicks + 1.0) / (impressions + np.exp(-ctr_mean)))
     ctr_obs_var = np.where(impressions > 0, 1.0 / (clicks + 1.0), np.inf)
     # The value part's prediction is ROAS's less CTR's; its variance is taken as ROAS's alone:
@@ -578,6 +682,18 @@ def _roas_parts(live: pd.DataFrame, roas: MetricPosterior | None, ctr: MetricPos
         _Part(ctr_mean, ctr_sd**2, ctr_obs, ctr_obs_var),
         _Part(mean - ctr_mean, prediction_var, obs - ctr_obs, obs_var),
     ]
+
+
+SPLIT_COLUMNS = [
+    "creative_id",
+    "share",
+    "p_best",
+    "expected_roas",
+    "roas_ci_low",
+    "roas_ci_high",
+    "expected_ctr",
+    "exploration",
+]
 
 
 def spend_split(
@@ -600,20 +716,29 @@ def spend_split(
     conversions tell its ROAS. Returns creative_id, share, p_best, expected_roas, its 95%
     interval, expected_ctr (unknown without clicks or CTR weights) and ``exploration`` (the part
     of each share beyond what the best-looking creative alone would get). ``preposterior``
-    False draws from the whole posterior (the split before 2026-12-07, for comparison)."""
+    False draws from the whole posterior (the split before 2026-12-07, for comparison).
+    :func:`split_spend` is the same on arrays."""
     if live.empty:
-        return pd.DataFrame(
-            columns=[
-                "creative_id",
-                "share",
-                "p_best",
-                "expected_roas",
-                "roas_ci_low",
-                "roas_ci_high",
-                "expected_ctr",
-                "exploration",
-            ]
-        )
+        return pd.DataFrame(columns=SPLIT_COLUMNS)
+    found = split_spend(
+        LiveFigures.of(live), weights, account_id, rng, fatigue_per_100k, floor_share, use_evidence, preposterior
+    )
+    return pd.DataFrame(found, columns=SPLIT_COLUMNS)
+
+
+def split_spend(
+    live: LiveFigures,
+    weights: pd.DataFrame | DNA | None,
+    account_id: str,
+    rng: np.random.Generator,
+    fatigue_per_100k: float = 0.0,
+    floor_share: float = DEFAULT_SPEND_FLOOR_SHARE,
+    use_evidence: bool = True,
+    preposterior: bool = True,
+) -> dict[str, np.ndarray]:
+    """:func:`spend_split` of one account's live creatives (at least one) given as arrays: its
+    columns as a dict of arrays, in the creatives' order. The cycle calls this for each account's
+    part of one :class:`LiveFigures` of every account."""
     dna = as_dna(weights) if weights is not None else None
     roas = dna.posterior(account_id, "roas") if dna is not None else None
     ctr = dna.posterior(account_id, "ctr") if dna is not None else None
@@ -633,7 +758,7 @@ def spend_split(
         spreads = [part.spread(prior_spread) for part in parts]
         log_ctr, mean, var, later = _joint_posterior(*parts, *spreads, _covariance(*parts, *spreads))
     # What it earned was earned at half its impressions so far, on average; tomorrow it is at all of them.
-    fatigue = fatigue_per_100k * live["impressions"].to_numpy(float) / (2e5 if use_evidence else 1e5)
+    fatigue = fatigue_per_100k * live.impressions / (2e5 if use_evidence else 1e5)
     mean = mean + fatigue
     expected_ctr = np.exp(log_ctr + fatigue)
     sd = np.sqrt(var)
@@ -655,15 +780,13 @@ def spend_split(
     share = (1.0 - floor_share) * p_best + floor_share / n
     greedy = np.zeros(n)
     greedy[int(np.argmax(mean))] = 1.0
-    return pd.DataFrame(
-        {
-            "creative_id": live["creative_id"].to_numpy(),
-            "share": share,
-            "p_best": p_best,
-            "expected_roas": np.exp(mean),
-            "roas_ci_low": np.exp(mean - Z95 * sd),
-            "roas_ci_high": np.exp(mean + Z95 * sd),
-            "expected_ctr": expected_ctr,
-            "exploration": np.clip(share - greedy, 0.0, None),
-        }
-    )
+    return {
+        "creative_id": live.creative_id,
+        "share": share,
+        "p_best": p_best,
+        "expected_roas": np.exp(mean),
+        "roas_ci_low": np.exp(mean - Z95 * sd),
+        "roas_ci_high": np.exp(mean + Z95 * sd),
+        "expected_ctr": expected_ctr,
+        "exploration": np.clip(share - greedy, 0.0, None),
+    }
