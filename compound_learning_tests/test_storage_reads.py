@@ -190,6 +190,7 @@ def test_creative_totals_add_up_a_creatives_cells_and_keep_its_latest_attributes
     with store.transaction() as conn:
         store.write_day(conn, t.creative_cumulative_stats, day, pd.DataFrame(cells))
     totals = store.creative_totals(day).set_index(["account_id", "creative_id"])
+    assert list(totals.index) == [("a1", "c1"), ("a1", "c2"), ("a2", "c2")]  # in key order
     assert len(totals) == 3
     c1 = totals.loc[("a1", "c1")]
     assert c1["impressions"] == 303.0 and c1["clicks"] == 9.0 and c1["revenue"] == 15.5
@@ -200,6 +201,8 @@ def test_creative_totals_add_up_a_creatives_cells_and_keep_its_latest_attributes
     assert list(only["account_id"]) == ["a2"] and list(only["creative_id"]) == ["c2"]
     live = store.creative_totals(day, live=True)  # only the creatives that ran on the day, all their cells
     assert list(live["creative_id"]) == ["c1"] and live["impressions"].iloc[0] == 303.0
+    assert store.creative_totals(day, accounts=["a2"], live=True).empty  # a2's creative stopped
+    assert list(store.creative_totals(day, accounts=["a1"], live=True)["creative_id"]) == ["c1"]
     # a snapshot stored as increments: the creative that ran adds its base's cells
     later = date(2026, 3, 10)
     ran = {**cells[3], "dow": 4, "impressions": 50.0, "last_seen": later}

@@ -103,7 +103,11 @@ def daily_stats(conn: Connection, day: date) -> dict:
         ).scalar()
     conn.execute(sa.text(f"DELETE FROM {t.creative_daily_stats.name} WHERE date = :day"), params)
     conn.execute(
-        sa.text(f"INSERT INTO {t.creative_daily_stats.name} (date, {cols}) SELECT :day, {cols} FROM cl_day_creatives"),
+        # in key order, as every snapshot's cells (``roll_forward``)
+        sa.text(
+            f"INSERT INTO {t.creative_daily_stats.name} (date, {cols}) "
+            f"SELECT :day, {cols} FROM cl_day_creatives ORDER BY account_id, creative_id"
+        ),
         params,
     )
     conn.execute(sa.text(f"DELETE FROM {t.attribute_daily_stats.name} WHERE date = :day"), params)
@@ -183,7 +187,10 @@ def roll_forward(
     is not that base itself (``core.stats.add_increments``). With ``delta_base`` (no forgetting:
     ``decay`` is 1, and ``previous_base`` is that base) only the increments since it are written:
     the previous increments rolled forward with the day, so neither the base nor the cells that did
-    not run are read or written. Returns the rows written."""
+    not run are read or written. The rows are written in key order, as ``Database.bulk_insert``
+    writes them: the index then appends instead of inserting all over itself, and a day's cells lie
+    in the table in the order its reads ask for them (a snapshot's 2.8M cells: 8.4 s to read,
+    3.3 s when written in order). Returns the rows written."""
     snapshot = t.creative_cumulative_stats.name
     params = {"previous": previous_day, "base": previous_base, "day": day, "decay": float(decay)}
     keep = "" if decay == 1.0 else "WHERE s.impressions * :decay >= 1.0"
@@ -226,6 +233,7 @@ def roll_forward(
                    coalesce(d.attributes, p.attributes), coalesce(d.last_seen, p.last_seen),
                    {", ".join(f"p.{a}" for a in COLLAPSED_COLUMNS)}
             FROM p FULL OUTER JOIN d USING ({keys})
+            ORDER BY 2, 3, 4, 5
             """
         ),
         params,
@@ -252,6 +260,7 @@ def fatigue_sums(conn: Connection, start: date, end: date) -> tuple[float, float
     equivalent form ``sum(wxx) - sum(wx)^2 / sum(w)`` per creative. The arithmetic is in double
     precision, as in numpy (with integer counts and decimal literals PostgreSQL would compute
     in ``numeric``, about four times slower than reading the rows)."""
+    conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # the window's sort in memory, not on disk
     row = conn.execute(
         sa.text(
             f"""

@@ -480,11 +480,13 @@ class Store(Database):
         """Each creative of ``day``'s cumulative snapshot with its cells added up in the database
         (one row per creative, not one per day of week and age): ``account_id, creative_id``, the
         summed metrics (unknown where no cell knew them), ``attributes`` (the most recently seen
-        set: a restatement may have corrected them) and ``last_seen``. ``live``: only the
-        creatives that ran on ``day`` (each has a cell of ``day`` seen then, full snapshot or
-        increment), looked up by key: a year in, 10k of 140k creatives, read in a sixth of the time."""
+        set: a restatement may have corrected them) and ``last_seen``, in key order. ``live``: only
+        the creatives that ran on ``day`` (last seen on ``day``, full snapshot or increment)."""
         c = t.creative_cumulative_stats.c
         keys = ["account_id", "creative_id"]
+        # No ORDER BY: sorted here. On PostgreSQL an ordered aggregate invites a scan of the
+        # primary key's index, which reads the table's pages out of order (6.9 s against 2.3 s
+        # for 2.8M cells with fresh statistics).
         stmt = (
             sa.select(
                 c.account_id,
@@ -496,14 +498,27 @@ class Store(Database):
             # a snapshot stored as increments adds up with its base's cells
             .where(c.as_of.in_(sorted({day, self.snapshot_base(day)})))
             .group_by(c.account_id, c.creative_id, c.attributes)
-            .order_by(c.account_id, c.creative_id)
         )
-        if live:
-            ran = sa.select(c.account_id, c.creative_id).where(c.as_of == day, c.last_seen == day)
-            stmt = stmt.where(sa.tuple_(c.account_id, c.creative_id).in_(ran))
-        frame = self.read_frame(_of_accounts(stmt, t.creative_cumulative_stats, accounts))
+        if live and self.is_postgres:
+            # Kept by each creative's own last day (over its groups: a creative whose attributes
+            # were restated has one group per set) instead of looked up by key: an IN-subquery's
+            # plan hangs on statistics that lag a table growing by a day's snapshot at a time
+            # (with none, a nested loop of 100k index lookups: 11 s against 2 s for 2.8M cells).
+            seen = sa.func.max(sa.func.max(c.last_seen)).over(partition_by=[c.account_id, c.creative_id])
+            grouped = stmt.add_columns(seen.label("last_run"))
+            inner = _of_accounts(grouped, t.creative_cumulative_stats, accounts).subquery()
+            stmt = sa.select(*(inner.c[n] for n in [*keys, "attributes", *METRIC_COLUMNS, "last_seen"])).where(
+                inner.c.last_run == day
+            )
+        else:
+            if live:  # SQLite plans the lookup by key: at day 365 of 10k rows a day, 0.2 s against 1.2 s
+                ran = sa.select(c.account_id, c.creative_id).where(c.as_of == day, c.last_seen == day)
+                stmt = stmt.where(sa.tuple_(c.account_id, c.creative_id).in_(ran))
+            stmt = _of_accounts(stmt, t.creative_cumulative_stats, accounts)
+        frame = self.read_frame(stmt)
         if frame.empty:
             return pd.DataFrame(columns=[*keys, *METRIC_COLUMNS, "attributes", "last_seen"])
+        frame = frame.sort_values(keys, kind="stable", ignore_index=True)
         frame["last_seen"] = pd.to_datetime(frame["last_seen"]).dt.date
         if not frame.duplicated(keys).any():  # one attribute set per creative: the usual case
             return frame[[*keys, *METRIC_COLUMNS, "attributes", "last_seen"]]
