@@ -107,6 +107,7 @@ def compute_daily_stats(ctx: CycleContext, day: date) -> dict:
             figures = store.daily_stats_in_database(conn, day)
             if figures["changed"]:
                 store.drop_snapshots_from(conn, day)
+        store.refresh_statistics(t.creative_daily_stats)
         return {**{k: v for k, v in figures.items() if k != "changed"}, "changed_since_last_run": figures["changed"]}
     with store.transaction(lock_key=_lock("daily_stats", day)) as conn:
         rows = store.performance_for_day(day, conn)
@@ -296,6 +297,7 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
             if collapsed.get("cells_collapsed"):
                 size = {**size, **store.snapshot_size(conn, day, day)}
             pruned = _prune(ctx, conn, day, keep)
+        store.refresh_statistics(t.creative_cumulative_stats)
         figures = _snapshot_figures(day, size, size["written"])
         return {"days_rolled_forward": 1, **figures, **collapsed, "snapshot_rows_pruned": pruned}
     previous = store.latest_cumulative(on_or_before=day - timedelta(days=1))
@@ -308,6 +310,7 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
         collapsed = _collapse_inactive(store, conn, day, plan)
         size = store.snapshot_size(conn, day, base or day)
         pruned = _prune(ctx, conn, day, keep)
+    store.refresh_statistics(t.creative_cumulative_stats)
     return {
         "days_rolled_forward": rolled,
         **_snapshot_figures(day, {**size, "base": base or day}, len(cells)),

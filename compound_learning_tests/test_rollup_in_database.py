@@ -60,6 +60,24 @@ def _assert_same_rows(pandas_rows: pd.DataFrame, sql_rows: pd.DataFrame, name: s
     )
 
 
+def _planner_knows(url: str, table, column: str, day: date) -> bool:
+    """Whether PostgreSQL's planner statistics of ``table.column`` hold ``day`` (``ANALYZE`` ran
+    after it was written: ``Database.refresh_statistics``)."""
+    import sqlalchemy as sa
+
+    store = make_store(url)
+    with store.engine.connect() as conn:
+        values = conn.execute(
+            sa.text(
+                "SELECT coalesce(most_common_vals::text, '') || coalesce(histogram_bounds::text, '') "
+                "FROM pg_stats WHERE tablename = :table AND attname = :column"
+            ),
+            {"table": table.name, "column": column},
+        ).scalar()
+    store.dispose()
+    return values is not None and day.isoformat() in values
+
+
 def test_daily_stats_in_sql_equal_pandas(loaded_pg):
     url, data = loaded_pg
     tables = [(t.creative_daily_stats, "date"), (t.attribute_daily_stats, "date")]
@@ -76,6 +94,7 @@ def test_daily_stats_in_sql_equal_pandas(loaded_pg):
         }
         expected = data[pd.to_datetime(data["date"]).dt.date == day]
         assert sql_summary["source_rows"] == len(expected)
+        assert _planner_knows(url, t.creative_daily_stats, "date", day) == (day != EMPTY_DAY)
     pairs = make_store(url).read_frame(t.attribute_daily_stats.select())
     assert (pairs["dimension2"] != stats.NO_DIMENSION).any()
     assert pairs["revenue"].isna().any() and pairs["revenue"].notna().any()
@@ -92,6 +111,8 @@ def test_roll_forward_in_sql_equals_pandas(loaded_pg, half_life):
             url, steps._prepare_patterns, snapshot, day, half_life_days=half_life
         )
         _assert_same_rows(pandas_rows, sql_rows, f"snapshot {day}")
+        # the next steps' reads of the day are planned knowing it
+        assert _planner_knows(url, t.creative_cumulative_stats, "as_of", day)
         # without forgetting the days between weekly full snapshots store the increments since
         full = bool(half_life) or offset == 0 or day.weekday() == 6
         assert sql_summary["snapshot_full"] is full and pandas_summary["snapshot_full"] is full

@@ -108,6 +108,20 @@ class Database:
         # plain tuples: pandas inspects each SQLAlchemy Row (a third of the time of a 140k-row read)
         return pd.DataFrame(list(map(tuple, result.fetchall())), columns=list(result.keys()))
 
+    def refresh_statistics(self, *tables: sa.Table) -> None:
+        """On PostgreSQL, ``ANALYZE`` the tables (a sample of 30k rows: about 0.2 s), after a
+        commit that added a day to them. Each step reads the newest day, which the planner's
+        statistics know nothing of until autovacuum gets round to it: with them, a snapshot's
+        2.8M cells, stored in key order, are read by their index, 3.1 s against 4.3 s by a
+        sort. Run in its own transaction, after the writer's: inside it, its lock would be
+        held to the commit and serialize a backfill's days. Nothing on SQLite, whose planner
+        keeps no such statistics unless asked."""
+        if not self.is_postgres:
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in tables:
+                conn.exec_driver_sql(f'ANALYZE "{table.name}"')
+
     # -- writes ---------------------------------------------------------------------------
     def bulk_insert(
         self,
