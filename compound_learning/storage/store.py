@@ -658,15 +658,29 @@ class Store(Database):
 
     def snapshot_size(self, conn, day: date, base: date) -> dict:
         """Cells, creatives and accounts of ``day``'s snapshot (built on ``base``), counted in the database."""
-        c = t.creative_cumulative_stats.c
-        cells = sa.select(c.account_id, c.creative_id, c.dow, c.age_bucket).where(c.as_of.in_(sorted({day, base})))
-        # a full snapshot holds each cell once; increments repeat some of their base's
-        cells = (cells if day == base else cells.distinct()).subquery()
-        per_creative = (
-            sa.select(cells.c.account_id, sa.func.count().label("cells"))
-            .group_by(cells.c.account_id, cells.c.creative_id)
-            .subquery()
+        table = t.creative_cumulative_stats
+        c = table.c
+        per_creative = sa.select(c.account_id, c.creative_id, sa.func.count().label("cells")).group_by(
+            c.account_id, c.creative_id
         )
+        if day == base:  # a full snapshot holds each cell once
+            per_creative = per_creative.where(c.as_of == day).subquery()
+        else:
+            # the base's cells, and the increments' cells the base does not have: no DISTINCT over
+            # both (at 2.8M cells and 400k increments, 3.5 s against 2.1 s)
+            i, b = table.alias("i"), table.alias("b")
+            in_base = sa.exists().where(*(b.c[k] == i.c[k] for k in CELL_KEYS), b.c.as_of == base)
+            new = (
+                sa.select(i.c.account_id, i.c.creative_id, sa.func.count().label("cells"))
+                .where(i.c.as_of == day, ~in_base)
+                .group_by(i.c.account_id, i.c.creative_id)
+            )
+            both = sa.union_all(per_creative.where(c.as_of == base), new).subquery()
+            per_creative = (
+                sa.select(both.c.account_id, sa.func.sum(both.c.cells).label("cells"))
+                .group_by(both.c.account_id, both.c.creative_id)
+                .subquery()
+            )
         n_cells, creatives, accounts = conn.execute(
             sa.select(
                 sa.func.coalesce(sa.func.sum(per_creative.c.cells), 0),
