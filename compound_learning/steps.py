@@ -297,7 +297,6 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
             if collapsed.get("cells_collapsed"):
                 size = {**size, **store.snapshot_size(conn, day, day)}
             pruned = _prune(ctx, conn, day, keep)
-        store.refresh_statistics(t.creative_cumulative_stats)
         figures = _snapshot_figures(day, size, size["written"])
         return {"days_rolled_forward": 1, **figures, **collapsed, "snapshot_rows_pruned": pruned}
     previous = store.latest_cumulative(on_or_before=day - timedelta(days=1))
@@ -307,10 +306,10 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     plan = _collapse_plan(ctx, day) if base is None else None
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_snapshot(conn, day, cells, base or day)
+        store.refresh_statistics(t.creative_cumulative_stats, conn=conn)  # the collapse reads the new day
         collapsed = _collapse_inactive(store, conn, day, plan)
         size = store.snapshot_size(conn, day, base or day)
         pruned = _prune(ctx, conn, day, keep)
-    store.refresh_statistics(t.creative_cumulative_stats)
     return {
         "days_rolled_forward": rolled,
         **_snapshot_figures(day, {**size, "base": base or day}, len(cells)),

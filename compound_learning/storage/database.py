@@ -108,19 +108,24 @@ class Database:
         # plain tuples: pandas inspects each SQLAlchemy Row (a third of the time of a 140k-row read)
         return pd.DataFrame(list(map(tuple, result.fetchall())), columns=list(result.keys()))
 
-    def refresh_statistics(self, *tables: sa.Table) -> None:
-        """On PostgreSQL, ``ANALYZE`` the tables (a sample of 30k rows: about 0.2 s), after a
-        commit that added a day to them. Each step reads the newest day, which the planner's
-        statistics know nothing of until autovacuum gets round to it: with them, a snapshot's
-        2.8M cells, stored in key order, are read by their index, 3.1 s against 4.3 s by a
-        sort. Run in its own transaction, after the writer's: inside it, its lock would be
-        held to the commit and serialize a backfill's days. Nothing on SQLite, whose planner
-        keeps no such statistics unless asked."""
+    def refresh_statistics(self, *tables: sa.Table, conn: Connection | None = None) -> None:
+        """On PostgreSQL, ``ANALYZE`` the tables (a sample of 30k rows: about 0.2 s) once a day
+        has been added to them. Each step reads the newest day, and statistics taken before it
+        was written say it holds no rows: an IN-subquery over it is then planned as a nested
+        loop that re-aggregates the whole day for each of its rows (the collapse of a 2.8M-cell
+        snapshot ran for over nine minutes instead of seconds). With ``conn``, inside the
+        writer's transaction, so that its own later statements over the day are planned right
+        (``ANALYZE`` counts the transaction's own new rows); its lock is then held to the commit,
+        which serializes only other ``ANALYZE``s of the table. Without, in a transaction of its
+        own. Nothing on SQLite, whose planner keeps no such statistics unless asked."""
         if not self.is_postgres:
             return
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if conn is not None:
             for table in tables:
                 conn.exec_driver_sql(f'ANALYZE "{table.name}"')
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
+            self.refresh_statistics(*tables, conn=own)
 
     # -- writes ---------------------------------------------------------------------------
     def bulk_insert(

@@ -361,6 +361,7 @@ class Store(Database):
         previous_base = self.snapshot_base(previous_day, conn)
         base = self.delta_base(previous_day, day, decay, conn, previous_base)
         written = rollup.roll_forward(conn, previous_day, day, decay, previous_base, base)
+        self.refresh_statistics(t.creative_cumulative_stats, conn=conn)  # what follows reads the new day
         self.register_snapshot(conn, day, base or day)
         return {**self.snapshot_size(conn, day, base or day), "base": base or day, "written": written}
 
