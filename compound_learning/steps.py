@@ -306,7 +306,6 @@ def _prepare_patterns(ctx: CycleContext, day: date) -> dict:
     plan = _collapse_plan(ctx, day) if base is None else None
     with store.transaction(lock_key=_lock("learning_patterns", day)) as conn:
         store.write_snapshot(conn, day, cells, base or day)
-        store.refresh_statistics(t.creative_cumulative_stats, conn=conn)  # the collapse reads the new day
         collapsed = _collapse_inactive(store, conn, day, plan)
         size = store.snapshot_size(conn, day, base or day)
         pruned = _prune(ctx, conn, day, keep)
@@ -892,7 +891,9 @@ def _launch_row(account_id: str, p: dict) -> dict:
     }
 
 
-def _spend_rows(live: pd.DataFrame, splits: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], fatigue: float):
+def _spend_rows(
+    live: pd.DataFrame, splits: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], fatigue: float
+) -> pd.DataFrame:
     """Every account's spend rows, best share first: ``splits`` holds each account's split in
     that order with the positions of its creatives in ``live`` (attributes as sorted JSON,
     impressions and clicks). Built column by column for all accounts at once: a 1M-row day has a

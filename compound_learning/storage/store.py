@@ -644,6 +644,7 @@ class Store(Database):
         """Store ``day``'s snapshot: ``cells`` are every cell (``base`` is ``day``) or the increments
         since ``base``. Returns the rows written."""
         written = self.write_day(conn, t.creative_cumulative_stats, day, cells)
+        self.refresh_statistics(t.creative_cumulative_stats, conn=conn)  # what follows reads the new day
         self.register_snapshot(conn, day, base)
         return written
 
